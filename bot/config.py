@@ -1,0 +1,127 @@
+"""Settings, read from the environment and `.env` (prefix ``CHATMAN_``).
+
+Every field here is documented in `.env.example`; `chatman doctor` prints them with
+secrets masked (see :func:`Settings.masked`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+#: The value that selects the small model shipped in a PyPI package (see README).
+STARTER = "starter"
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATMAN_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    data_dir: Path = Path("./data")
+    database_url: SecretStr | None = Field(
+        default=None, description="SQLAlchemy URL; default sqlite file under data_dir"
+    )
+    model_cache_dir: Path | None = Field(
+        default=None, description="De-quantised model cache; default data_dir/models"
+    )
+
+    persona: str = "manman"
+    persona_dir: Path | None = Field(default=None, description="Default: the bundled persona/ folder")
+    language: str = "en"
+
+    asr_model: str = STARTER
+    asr_device: Device = "auto"
+    asr_compute_type: str = "auto"
+    asr_language: str | None = None
+    asr_vad: bool = True
+    asr_beam_size: int = Field(default=1, ge=1, le=10)
+
+    llm_model: str = STARTER
+    llm_device: Device = "auto"
+    llm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    llm_max_new_tokens: int = Field(default=128, ge=1, le=4096)
+    llm_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    llm_top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    llm_repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
+    llm_seed: int | None = None
+    llm_context_tokens: int = Field(default=1536, ge=64)
+    history_max_messages: int = Field(default=40, ge=0)
+
+    tts_backend: Literal["piper"] = "piper"
+    tts_voice: str = STARTER
+    tts_device: Device = "auto"
+    tts_speed: float = Field(default=1.0, gt=0.2, le=3.0)
+
+    max_voice_seconds: float = Field(default=120.0, gt=0)
+    max_upload_mb: float = Field(default=20.0, gt=0)
+    admin_ids: str = ""
+
+    log_level: str = "INFO"
+
+    @field_validator("asr_language", mode="before")
+    @classmethod
+    def _empty_language_is_auto(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+            return None
+        return value
+
+    # --- derived values -------------------------------------------------------------
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{(self.data_dir / 'chatman.db').resolve()}"
+
+    @property
+    def resolved_model_cache_dir(self) -> Path:
+        return self.model_cache_dir or self.data_dir / "models"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def admin_id_set(self) -> frozenset[str]:
+        return frozenset(x.strip() for x in self.admin_ids.split(",") if x.strip())
+
+    def secret_values(self) -> list[str]:
+        """Raw secret strings, for the log filter that masks them."""
+        values: list[str] = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                raw = value.get_secret_value()
+                if name == "database_url":
+                    password = make_url(raw).password
+                    if password:
+                        values.append(str(password))
+                elif raw:
+                    values.append(raw)
+        return values
+
+    def masked(self) -> dict[str, str]:
+        """Effective settings for display: secrets masked, DB passwords hidden."""
+        shown: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "database_url":
+                shown[name] = mask_url(self.resolved_database_url)
+            elif isinstance(value, SecretStr):
+                shown[name] = "***" if value.get_secret_value() else ""
+            else:
+                shown[name] = "" if value is None else str(value)
+        return shown
+
+
+def mask_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)

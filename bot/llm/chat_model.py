@@ -1,0 +1,150 @@
+"""A transformers causal LM answering with its own chat template."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from bot.devices import resolve_device
+from bot.llm.source import resolve_llm
+from bot.types import ChatMessage, LlmReply, Role
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 128
+    temperature: float = 0.7  # 0 means greedy
+    top_p: float = 0.9
+    repetition_penalty: float = 1.1
+    seed: int | None = None
+
+
+def to_template_messages(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
+    """Chat-template dicts; in groups each user turn carries its speaker's name."""
+    rendered = []
+    for m in messages:
+        content = m.content
+        if m.role is Role.USER and m.speaker:
+            content = f"{m.speaker}: {content}"
+        rendered.append({"role": m.role.value, "content": content})
+    return rendered
+
+
+class TransformersChatModel:
+    def __init__(
+        self,
+        model: str,
+        *,
+        cache_dir: Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        generation: GenerationSettings = GenerationSettings(),
+        context_tokens: int = 1536,
+    ) -> None:
+        self.model_ref = model
+        self.cache_dir = cache_dir
+        self.device = resolve_device(device)
+        self.dtype_setting = dtype
+        self.generation = generation
+        self.context_tokens = context_tokens
+        self.version = model
+        self._model = None
+        self._tokenizer = None
+        self._load_lock = threading.Lock()
+        # One generate at a time per model: sampling seeds and KV caches are per-call state
+        # that concurrent conversations must not share.
+        self._generate_lock = threading.Lock()
+
+    def _torch_dtype(self):
+        import torch
+
+        if self.dtype_setting != "auto":
+            return getattr(torch, self.dtype_setting)
+        if self.device == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+
+    def load(self) -> None:
+        with self._load_lock:
+            if self._model is not None:
+                return
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            resolved = resolve_llm(self.model_ref, self.cache_dir)
+            log.info("loading LLM %s on %s", resolved.load_from, self.device)
+            tokenizer = AutoTokenizer.from_pretrained(resolved.load_from)
+            model = AutoModelForCausalLM.from_pretrained(
+                resolved.load_from, dtype=self._torch_dtype()
+            ).to(self.device)
+            model.eval()
+            if tokenizer.chat_template is None:
+                raise ValueError(f"{resolved.load_from} has no chat template")
+            self._tokenizer, self._model = tokenizer, model
+            self.version = resolved.version
+
+    @property
+    def tokenizer(self):
+        self.load()
+        return self._tokenizer
+
+    def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return len(self._encode(messages)["input_ids"][0])
+
+    def _encode(self, messages: Sequence[ChatMessage]):
+        return self.tokenizer.apply_chat_template(
+            to_template_messages(messages),
+            add_generation_prompt=True,
+            return_dict=True,
+            return_tensors="pt",
+        )
+
+    def fit_history(
+        self, system: str, history: Sequence[ChatMessage], user: ChatMessage
+    ) -> list[ChatMessage]:
+        head = [ChatMessage(Role.SYSTEM, system)]
+        history = list(history)
+        while history:
+            # A window must open on a user turn, or the model sees an answer to nothing.
+            while history and history[0].role is not Role.USER:
+                history.pop(0)
+            candidate = head + history + [user]
+            if self.count_prompt_tokens(candidate) <= self.context_tokens:
+                return candidate
+            history.pop(0)
+        return head + [user]
+
+    def generate(self, messages: Sequence[ChatMessage]) -> LlmReply:
+        self.load()
+        import torch
+
+        assert self._model is not None and self._tokenizer is not None
+        g = self.generation
+        inputs = self._encode(messages).to(self.device)
+        with self._generate_lock:
+            kwargs: dict = {
+                "max_new_tokens": g.max_new_tokens,
+                "repetition_penalty": g.repetition_penalty,
+                "pad_token_id": self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+            }
+            if g.temperature > 0:
+                kwargs.update(do_sample=True, temperature=g.temperature, top_p=g.top_p)
+                if g.seed is not None:
+                    torch.manual_seed(g.seed)
+            else:
+                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            with torch.inference_mode():
+                output = self._model.generate(**inputs, **kwargs)
+        prompt_len = inputs["input_ids"].shape[1]
+        new_ids = output[0][prompt_len:]
+        text = self._tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+        return LlmReply(
+            text=text,
+            new_tokens=int(new_ids.shape[0]),
+            prompt_tokens=int(prompt_len),
+            model_version=self.version,
+        )

@@ -1,0 +1,63 @@
+"""The small interfaces each pipeline stage sits behind.
+
+Implementations are plain classes side by side (``bot/audio``, ``bot/asr``, ``bot/llm``,
+``bot/tts``, ``bot/storage``); the application object wires them from settings, and tests
+can hand it any other implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from bot.types import ChatMessage, ChatRef, LlmReply, Pcm, Transcript, Turn, UserRef, VoiceNote
+
+
+@runtime_checkable
+class AudioCodec(Protocol):
+    def decode(self, data: bytes) -> Pcm:
+        """Any supported container → 16 kHz mono float32. Raises UserFacingError."""
+
+    def encode_voice_note(self, audio: Pcm) -> VoiceNote:
+        """PCM → OGG/Opus voice note with duration and waveform."""
+
+
+@runtime_checkable
+class SpeechRecognizer(Protocol):
+    name: str
+
+    def load(self) -> None: ...
+
+    def transcribe(self, audio: Pcm) -> Transcript: ...
+
+
+@runtime_checkable
+class ChatModel(Protocol):
+    version: str
+
+    def load(self) -> None: ...
+
+    def fit_history(
+        self, system: str, history: Sequence[ChatMessage], user: ChatMessage
+    ) -> list[ChatMessage]:
+        """The messages to send: system + as much recent history as the budget allows + user."""
+
+    def generate(self, messages: Sequence[ChatMessage]) -> LlmReply: ...
+
+
+@runtime_checkable
+class SpeechSynthesizer(Protocol):
+    name: str
+
+    def load(self) -> None: ...
+
+    def synthesize(self, text: str, language: str) -> Pcm: ...
+
+
+@runtime_checkable
+class Store(Protocol):
+    def recent_history(self, chat: ChatRef, limit: int) -> list[ChatMessage]: ...
+
+    def record_turn(self, chat: ChatRef, user: UserRef, message_id: str | None, turn: Turn,
+                    input_kind: str) -> int:
+        """Persist the exchange and its history messages atomically; returns the exchange id."""

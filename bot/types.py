@@ -1,0 +1,104 @@
+"""Typed values that cross stage and module boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+
+class ChatKind(StrEnum):
+    PRIVATE = "private"
+    GROUP = "group"
+
+
+class Role(StrEnum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+@dataclass(frozen=True, slots=True)
+class Pcm:
+    """Mono float32 samples in [-1, 1]."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.samples) / float(self.sample_rate)
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceNote:
+    """An encoded reply: OGG/Opus bytes plus what chat platforms want alongside."""
+
+    data: bytes
+    duration_s: float
+    waveform: bytes  # 256 amplitude points, 0..255
+    mime_type: str = "audio/ogg"
+
+
+@dataclass(frozen=True, slots=True)
+class Transcript:
+    text: str
+    language: str
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+    speaker: str | None = None  # display name of the user who said it, in groups
+
+
+@dataclass(frozen=True, slots=True)
+class LlmReply:
+    text: str
+    new_tokens: int
+    prompt_tokens: int
+    model_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRef:
+    platform: str
+    chat_id: str
+    kind: ChatKind = ChatKind.PRIVATE
+    title: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserRef:
+    platform: str
+    user_id: str
+    display_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One user message, as an adapter hands it to the pipeline."""
+
+    chat: ChatRef
+    user: UserRef
+    audio: bytes | None = None
+    text: str | None = None
+    message_id: str | None = None
+    want_voice: bool = True
+
+
+@dataclass(slots=True)
+class Turn:
+    """What the pipeline did with one :class:`Incoming`."""
+
+    transcript: str
+    language: str
+    reply: str
+    voice: VoiceNote | None
+    audio_duration_s: float | None
+    model_version: str
+    exchange_id: int | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,1 @@
+"""Dataset, LoRA SFT, evaluation, merge/export and training jobs."""
