@@ -110,8 +110,9 @@ class TransformersChatModel:
         history = list(history)
         while history:
             # A window must open on a user turn, or the model sees an answer to nothing.
-            while history and history[0].role is not Role.USER:
+            if history[0].role is not Role.USER:
                 history.pop(0)
+                continue
             candidate = head + history + [user]
             if self.count_prompt_tokens(candidate) <= self.context_tokens:
                 return candidate

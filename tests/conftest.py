@@ -1,0 +1,175 @@
+"""Shared fixtures: the real starter models (loaded once per session), settings, apps, speech.
+
+No test may reach a hub: the offline switches below make any attempt fail loudly.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+from sqlalchemy import create_engine, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from bot.app import ChatmanApp  # noqa: E402
+from bot.asr import FasterWhisperASR  # noqa: E402
+from bot.audio.codec import PyAvCodec  # noqa: E402
+from bot.config import Settings  # noqa: E402
+from bot.llm.chat_model import GenerationSettings, TransformersChatModel  # noqa: E402
+from bot.tts.piper_tts import PiperTTS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# Survives between local runs so the one-off GGUF de-quantisation is paid once per checkout.
+MODEL_CACHE = Path(os.environ.get("CHATMAN_TEST_MODEL_CACHE", REPO / ".cache" / "test-models"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> None:
+    """Keep a developer's own CHATMAN_* variables and .env out of the tests."""
+    for key in list(os.environ):
+        if key.startswith("CHATMAN_") and key not in ("CHATMAN_TEST_POSTGRES_URL",
+                                                      "CHATMAN_TEST_MODEL_CACHE"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
+def make_settings(data_dir: Path, **overrides) -> Settings:
+    values = dict(
+        data_dir=data_dir,
+        model_cache_dir=MODEL_CACHE,
+        llm_temperature=0.0,
+        llm_max_new_tokens=40,
+    )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture(scope="session")
+def asr() -> FasterWhisperASR:
+    model = FasterWhisperASR()
+    model.load()
+    return model
+
+
+@pytest.fixture(scope="session")
+def llm() -> TransformersChatModel:
+    model = TransformersChatModel(
+        "starter",
+        cache_dir=MODEL_CACHE,
+        generation=GenerationSettings(max_new_tokens=40, temperature=0.0),
+    )
+    model.load()
+    return model
+
+
+@pytest.fixture(scope="session")
+def tts() -> PiperTTS:
+    model = PiperTTS()
+    model.load()
+    return model
+
+
+@pytest.fixture(scope="session")
+def codec() -> PyAvCodec:
+    return PyAvCodec(max_seconds=120, max_bytes=20 * 2**20)
+
+
+@pytest.fixture(scope="session")
+def speak(tts, codec):
+    """Text → an OGG/Opus voice note spoken by the Piper starter voice."""
+    cache: dict[str, bytes] = {}
+
+    def _speak(text: str) -> bytes:
+        if text not in cache:
+            cache[text] = codec.encode_voice_note(tts.synthesize(text, "en")).data
+        return cache[text]
+
+    return _speak
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+def app(settings, asr, llm, tts) -> Iterator[ChatmanApp]:
+    application = ChatmanApp.from_settings(settings, asr=asr, llm=llm, tts=tts)
+    application.migrate()
+    yield application
+    application.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> str | None:
+    url = os.environ.get("CHATMAN_TEST_POSTGRES_URL")
+    if not url and os.environ.get("CI"):
+        pytest.fail("CI must test PostgreSQL: .ci/run sets CHATMAN_TEST_POSTGRES_URL")
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_admin_url) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    if not postgres_admin_url:
+        pytest.skip("CHATMAN_TEST_POSTGRES_URL not set (.ci/run sets it)")
+    name = f"chatman_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+QWEN2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2_dir(tmp_path_factory, llm) -> Path:
+    """A randomly initialised Qwen2 (two layers, 64 wide) with Qwen2's chat template.
+
+    It borrows the starter's byte-level BPE tokenizer, which has the same <|im_start|> and
+    <|im_end|> markers, so the real Qwen2 code paths run without Qwen2's weights.
+    """
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    from bot.llm.source import resolve_llm
+
+    out = tmp_path_factory.mktemp("models") / "tiny-qwen2"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_llm("starter", MODEL_CACHE).load_from)
+    tokenizer.chat_template = QWEN2_CHAT_TEMPLATE
+    config = Qwen2Config(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

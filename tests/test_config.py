@@ -1,0 +1,57 @@
+"""Settings: defaults, environment, .env, and secrets kept out of output and logs."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from pydantic import ValidationError
+
+from bot.config import Settings
+from bot.logs import SecretMaskingFilter
+
+
+def test_defaults(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = Settings(_env_file=None)
+    assert s.persona == "manman"
+    assert s.data_dir.as_posix() == "data"
+    assert s.resolved_database_url == f"sqlite:///{(tmp_path / 'data' / 'chatman.db')}"
+    assert (s.asr_model, s.llm_model, s.tts_voice, s.tts_backend) == ("starter",) * 3 + ("piper",)
+    assert s.max_voice_seconds == 120 and s.max_upload_mb == 20
+    assert s.asr_language is None
+
+
+def test_environment_and_dotenv(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("CHATMAN_PERSONA=other\nCHATMAN_MAX_VOICE_SECONDS=30\n")
+    monkeypatch.setenv("CHATMAN_ADMIN_IDS", "telegram:123, discord:456 ,")
+    monkeypatch.setenv("CHATMAN_ASR_LANGUAGE", "auto")
+    s = Settings()
+    assert s.persona == "other" and s.max_voice_seconds == 30
+    assert s.admin_id_set == {"telegram:123", "discord:456"}
+    assert s.asr_language is None
+
+
+def test_invalid_values_are_refused(monkeypatch):
+    monkeypatch.setenv("CHATMAN_MAX_VOICE_SECONDS", "-1")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)
+
+
+def test_database_password_is_masked_in_display_and_logs(caplog):
+    s = Settings(_env_file=None, database_url="postgresql+psycopg://bot:s3cr3t-pw@db:5432/chatman")
+    shown = s.masked()
+    assert "s3cr3t-pw" not in str(shown)
+    assert shown["database_url"] == "postgresql+psycopg://bot:***@db:5432/chatman"
+
+    logger = logging.getLogger("test.secrets")
+    masking = SecretMaskingFilter(s.secret_values())
+    logger.addFilter(masking)
+    try:
+        with caplog.at_level(logging.INFO, logger="test.secrets"):
+            logger.info("connecting with %s", s.resolved_database_url)
+    finally:
+        logger.removeFilter(masking)
+    assert "s3cr3t-pw" not in caplog.text
+    assert "bot:***@db" in caplog.text
