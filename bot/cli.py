@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -27,15 +28,13 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
 app.add_typer(db_app, name="db")
 
 log = logging.getLogger("chatman")
-err = Console(stderr=True)
 
 
 def _settings() -> Settings:
     try:
         settings = Settings()
     except ValidationError as exc:
-        err.print(f"error: invalid settings:\n{exc}")
-        raise typer.Exit(2) from exc
+        raise _fail(f"invalid settings: {exc}".replace("\n", " ")) from exc
     configure_logging(settings.log_level, settings.secret_values())
     _quiet_libraries()
     return settings
@@ -53,7 +52,8 @@ def _quiet_libraries() -> None:
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"error: {message}", markup=False, highlight=False)
+    # Plain print: rich would wrap a long message over several lines.
+    print(f"error: {message}", file=sys.stderr)
     return typer.Exit(code)
 
 
@@ -89,7 +89,8 @@ def ask(
     async def run():
         application = ChatmanApp.from_settings(settings)
         try:
-            await application.start()
+            # Models load on first use, so a bad file is refused before any model loads.
+            await application.start(load_models=False)
             return await application.pipeline.handle(msg)
         finally:
             application.close()
@@ -199,28 +200,37 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="e.g. -1 or base")
 def db_current() -> None:
     """Print the schema revision of the database and the newest one the code knows."""
     from bot.storage import migrate
-    from bot.storage.store import make_engine
 
-    settings = _settings()
-    engine = make_engine(settings.resolved_database_url)
-    try:
+    with _engine() as engine:
         current, head = migrate.current_revision(engine), migrate.head_revision(engine)
-    finally:
-        engine.dispose()
     state = "up to date" if current == head else "needs `chatman db upgrade`"
     print(f"current: {current or '(empty database)'}  head: {head}  ({state})")
 
 
 def _migrate(direction: str, revision: str) -> None:
     from bot.storage import migrate
+
+    with _engine() as engine:
+        getattr(migrate, direction)(engine, revision)
+        print(f"schema now at {migrate.current_revision(engine) or '(empty)'}")
+
+
+@contextmanager
+def _engine():
+    """An engine for the configured database; database errors become one-line CLI errors."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.config import mask_url
     from bot.storage.store import make_engine
 
     settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     try:
-        getattr(migrate, direction)(engine, revision)
-        print(f"schema now at {migrate.current_revision(engine) or '(empty)'}")
+        yield engine
+    except SQLAlchemyError as exc:
+        log.debug("database error", exc_info=True)
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        raise _fail(f"database {mask_url(settings.resolved_database_url)}: {reason}", 1) from exc
     finally:
         engine.dispose()
 

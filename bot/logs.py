@@ -36,5 +36,5 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Libraries that are chatty at INFO about things a bot operator doesn't need.
-    for name in ("httpx", "faster_whisper", "alembic.runtime.migration"):
+    for name in ("httpx", "faster_whisper", "alembic"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

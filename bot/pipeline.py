@@ -96,48 +96,53 @@ class VoicePipeline:
         return Transcript(text=text, language=self.config.language, duration_s=0.0)
 
     async def handle(self, msg: Incoming) -> Turn:
+        # The chat's lock is taken on arrival (asyncio locks are FIFO), so a quick text message
+        # cannot overtake a voice note sent before it that is still being transcribed.
+        async with self._lock_for(msg):
+            return await self._handle_in_order(msg)
+
+    async def _handle_in_order(self, msg: Incoming) -> Turn:
         timer = _Timer()
         started = time.perf_counter()
         transcript = await self.understand(msg, timer)
         speaker = msg.user.display_name if msg.chat.kind is ChatKind.GROUP else None
         user_turn = ChatMessage(Role.USER, transcript.text, speaker)
 
-        async with self._lock_for(msg):
-            history = await self._run(
-                self.store.recent_history, msg.chat, self.config.history_max_messages
+        history = await self._run(
+            self.store.recent_history, msg.chat, self.config.history_max_messages
+        )
+        if msg.chat.kind is not ChatKind.GROUP:
+            history = [ChatMessage(m.role, m.content) for m in history]
+        with timer.stage("llm"):
+            prompt = await self._run(
+                self.llm.fit_history, self.config.system_prompt, history, user_turn
             )
-            if msg.chat.kind is not ChatKind.GROUP:
-                history = [ChatMessage(m.role, m.content) for m in history]
-            with timer.stage("llm"):
-                prompt = await self._run(
-                    self.llm.fit_history, self.config.system_prompt, history, user_turn
-                )
-                reply = await self._run(self.llm.generate, prompt)
-            text = reply.text or FALLBACK_REPLY
-            voice = None
-            if msg.want_voice:
-                with timer.stage("tts"):
-                    pcm = await self._run(self.tts.synthesize, text, transcript.language)
-                with timer.stage("encode"):
-                    voice = await self._run(self.codec.encode_voice_note, pcm)
-            timer.ms["total"] = round((time.perf_counter() - started) * 1000, 1)
-            turn = Turn(
-                transcript=transcript.text,
-                language=transcript.language,
-                reply=text,
-                voice=voice,
-                audio_duration_s=transcript.duration_s if msg.audio is not None else None,
-                model_version=reply.model_version,
-                timings_ms=dict(timer.ms),
-            )
-            turn.exchange_id = await self._run(
-                self.store.record_turn,
-                msg.chat,
-                msg.user,
-                msg.message_id,
-                turn,
-                "voice" if msg.audio is not None else "text",
-            )
+            reply = await self._run(self.llm.generate, prompt)
+        text = reply.text or FALLBACK_REPLY
+        voice = None
+        if msg.want_voice:
+            with timer.stage("tts"):
+                pcm = await self._run(self.tts.synthesize, text, transcript.language)
+            with timer.stage("encode"):
+                voice = await self._run(self.codec.encode_voice_note, pcm)
+        timer.ms["total"] = round((time.perf_counter() - started) * 1000, 1)
+        turn = Turn(
+            transcript=transcript.text,
+            language=transcript.language,
+            reply=text,
+            voice=voice,
+            audio_duration_s=transcript.duration_s if msg.audio is not None else None,
+            model_version=reply.model_version,
+            timings_ms=dict(timer.ms),
+        )
+        turn.exchange_id = await self._run(
+            self.store.record_turn,
+            msg.chat,
+            msg.user,
+            msg.message_id,
+            turn,
+            "voice" if msg.audio is not None else "text",
+        )
         log.info(
             "turn %s/%s exchange=%s tokens=%d timings=%s",
             msg.chat.platform, msg.chat.chat_id, turn.exchange_id, reply.new_tokens, turn.timings_ms,
