@@ -25,6 +25,8 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        # `CHATMAN_X=` in .env means "use the default", as in .env.example.
+        env_ignore_empty=True,
     )
 
     data_dir: Path = Path("./data")

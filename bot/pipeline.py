@@ -133,6 +133,7 @@ class VoicePipeline:
             voice=voice,
             audio_duration_s=transcript.duration_s if msg.audio is not None else None,
             model_version=reply.model_version,
+            reply_tokens=reply.new_tokens,
             timings_ms=dict(timer.ms),
         )
         turn.exchange_id = await self._run(

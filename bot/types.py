@@ -101,4 +101,5 @@ class Turn:
     audio_duration_s: float | None
     model_version: str
     exchange_id: int | None = None
+    reply_tokens: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)

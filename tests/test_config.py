@@ -55,3 +55,22 @@ def test_database_password_is_masked_in_display_and_logs(caplog):
         logger.removeFilter(masking)
     assert "s3cr3t-pw" not in caplog.text
     assert "bot:***@db" in caplog.text
+
+
+def test_env_example_documents_every_setting_and_loads_as_the_defaults(tmp_path, monkeypatch):
+    from tests.conftest import REPO
+
+    example = (REPO / ".env.example").read_text()
+    documented = {
+        line.split("=", 1)[0].strip()
+        for line in example.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    }
+    expected = {f"CHATMAN_{name.upper()}" for name in Settings.model_fields}
+    assert documented == expected
+    for name in expected:  # each one has a comment right above it or above its group
+        assert f"\n# " in example.split(f"\n{name}=")[0][-400:], name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(example)
+    assert Settings().model_dump() == Settings(_env_file=None).model_dump()
