@@ -29,7 +29,7 @@ from bot.logs import configure_logging  # noqa: E402
 from bot.types import ChatMessage, ChatRef, Incoming, Role, UserRef  # noqa: E402
 
 QUESTIONS = [
-    "Who are you?",
+    "Hello there! Who are you, and what do you do?",
     "What is the capital of Japan, and what is it famous for?",
     "I want to start writing a blog about technology. How should I choose my first topics, "
     "and how often should I publish?",
