@@ -78,6 +78,7 @@ class ChatmanApp:
         """Models may be passed in to share already-loaded ones (tests, several adapters)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         persona = load_persona(settings.persona, settings.persona_dir)
+        language = settings.language or persona.language
         engine = make_engine(settings.resolved_database_url)
         store = SqlStore(engine)
         codec = PyAvCodec(max_seconds=settings.max_voice_seconds, max_bytes=settings.max_upload_bytes)
@@ -87,8 +88,8 @@ class ChatmanApp:
         pipeline = VoicePipeline(
             codec=codec, asr=asr, llm=llm, tts=tts, store=store,
             config=PipelineConfig(
-                system_prompt=persona.prompt_for(settings.language),
-                language=settings.language,
+                system_prompt=persona.prompt_for(language),
+                language=language,
                 history_max_messages=settings.history_max_messages,
             ),
         )

@@ -165,8 +165,9 @@ def doctor() -> None:
 
     def persona() -> str:
         p = load_persona(settings.persona, settings.persona_dir)
-        p.prompt_for(settings.language)
-        return f"{p.display_name} ({settings.language})"
+        language = settings.language or p.language
+        p.prompt_for(language)
+        return f"{p.display_name} ({language})"
 
     def loaded(builder):
         def run() -> str:

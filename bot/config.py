@@ -39,7 +39,7 @@ class Settings(BaseSettings):
 
     persona: str = "manman"
     persona_dir: Path | None = Field(default=None, description="Default: the bundled persona/ folder")
-    language: str = "en"
+    language: str | None = Field(default=None, description="Default: the persona's own")
 
     asr_model: str = STARTER
     asr_device: Device = "auto"

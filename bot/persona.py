@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class PersonaError(ValueError):
@@ -18,7 +18,13 @@ class PersonaProfile(BaseModel):
     name: str = Field(pattern=r"^[a-z0-9_-]+$")
     display_name: str = Field(min_length=1)
     description: str = ""
+    language: str = Field(min_length=2)
     system_prompt: dict[str, str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _speaks_its_own_language(self) -> PersonaProfile:
+        self.prompt_for(self.language)
+        return self
 
     def prompt_for(self, language: str) -> str:
         if language in self.system_prompt:

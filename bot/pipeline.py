@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bot.audio.codec import is_silent
-from bot.errors import EmptyInput, NoSpeech
+from bot.errors import EmptyInput, NoSpeech, UserFacingError
 from bot.protocols import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer, Store
 from bot.types import ChatKind, ChatMessage, Incoming, Role, Transcript, Turn
 
@@ -99,7 +99,11 @@ class VoicePipeline:
         # The chat's lock is taken on arrival (asyncio locks are FIFO), so a quick text message
         # cannot overtake a voice note sent before it that is still being transcribed.
         async with self._lock_for(msg):
-            return await self._handle_in_order(msg)
+            try:
+                return await self._handle_in_order(msg)
+            except UserFacingError as err:
+                log.info("refused input in %s/%s: %s", msg.chat.platform, msg.chat.chat_id, err)
+                raise
 
     async def _handle_in_order(self, msg: Incoming) -> Turn:
         timer = _Timer()

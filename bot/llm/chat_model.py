@@ -130,7 +130,11 @@ class TransformersChatModel:
             kwargs: dict = {
                 "max_new_tokens": g.max_new_tokens,
                 "repetition_penalty": g.repetition_penalty,
-                "pad_token_id": self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
+                "pad_token_id": (
+                    self._tokenizer.pad_token_id
+                    if self._tokenizer.pad_token_id is not None
+                    else self._tokenizer.eos_token_id
+                ),
             }
             if g.temperature > 0:
                 kwargs.update(do_sample=True, temperature=g.temperature, top_p=g.top_p)
