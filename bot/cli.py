@@ -89,8 +89,11 @@ def ask(
     async def run():
         application = ChatmanApp.from_settings(settings)
         try:
-            # Models load on first use, so a bad file is refused before any model loads.
-            await application.start(load_models=False)
+            if data is not None:
+                # Refuse a bad file before paying for model loads; and load the models
+                # up front so the reported stage timings are the turn's alone.
+                application.codec.decode(data)
+            await application.start()
             return await application.pipeline.handle(msg)
         finally:
             application.close()
