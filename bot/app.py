@@ -8,9 +8,11 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 
+from bot.admin import AdminService
 from bot.asr import FasterWhisperASR
 from bot.audio.codec import PyAvCodec
 from bot.config import Settings
+from bot.curation import Curation
 from bot.llm.chat_model import GenerationSettings, TransformersChatModel
 from bot.persona import PersonaProfile, load_persona
 from bot.pipeline import PipelineConfig, VoicePipeline
@@ -65,6 +67,9 @@ class ChatmanApp:
     llm: ChatModel
     tts: SpeechSynthesizer
     pipeline: VoicePipeline
+    curation: Curation
+    admin: AdminService
+    language: str
 
     @classmethod
     def from_settings(
@@ -88,12 +93,19 @@ class ChatmanApp:
         pipeline = VoicePipeline(
             codec=codec, asr=asr, llm=llm, tts=tts, store=store,
             config=PipelineConfig(
+                persona=persona.name,
                 system_prompt=persona.prompt_for(language),
                 language=language,
                 history_max_messages=settings.history_max_messages,
             ),
         )
-        return cls(settings, persona, engine, store, codec, asr, llm, tts, pipeline)
+        curation = Curation(store, persona.name)
+        admin = AdminService(
+            curation, persona, language=language, admin_ids=settings.admin_id_set,
+            model_version=lambda: llm.version,
+        )
+        return cls(settings, persona, engine, store, codec, asr, llm, tts, pipeline, curation,
+                   admin, language)
 
     def migrate(self) -> None:
         migrate.upgrade(self.engine)

@@ -26,6 +26,8 @@ from bot.types import ChatRef, Incoming, UserRef
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ChatMan persona voice bot.")
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
 app.add_typer(db_app, name="db")
+dataset_app = typer.Typer(no_args_is_help=True, help="The persona's SFT dataset.")
+app.add_typer(dataset_app, name="dataset")
 
 log = logging.getLogger("chatman")
 
@@ -186,6 +188,107 @@ def doctor() -> None:
     check("tts", loaded(app_module.build_tts))
     if failures:
         raise typer.Exit(1)
+
+
+@contextmanager
+def _admin_app(persona: str | None = None):
+    """The application without loading models: admin and dataset work needs none."""
+    from bot.app import ChatmanApp
+
+    settings = _settings()
+    if persona:
+        settings = settings.model_copy(update={"persona": persona})
+    try:
+        application = ChatmanApp.from_settings(settings)
+    except ValueError as exc:  # PersonaError and friends
+        raise _fail(str(exc)) from exc
+    try:
+        application.migrate()
+        yield application
+    finally:
+        application.close()
+
+
+@app.command(
+    "admin",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def admin_command(
+    ctx: typer.Context,
+    command: Annotated[str, typer.Argument(help="approve, correct, reject, pending, add, "
+                                                "dataset, persona, forget")],
+    operator: Annotated[str, typer.Option("--as", help="Operator name, for the audit log.")] = "",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run an admin command as a shell operator, e.g. `chatman admin add "Q | A" --as ops`."""
+    from bot.admin import Actor
+
+    name = operator or getpass.getuser()
+    actor = Actor("cli", name, name, granted_admin=True)
+    with _admin_app() as application:
+        try:
+            result = application.admin.execute(actor, " ".join([command, *ctx.args]))
+        except UserFacingError as exc:
+            log.info("admin command refused: %s", exc)
+            raise _fail(exc.user_message) from exc
+    if as_json:
+        print(json.dumps(result.to_dict(), ensure_ascii=False))
+    else:
+        print(result.message)
+
+
+@dataset_app.command("export")
+def dataset_export(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write (created if needed).")],
+    persona: Annotated[str | None, typer.Option("--persona")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="alpaca or sharegpt")] = "alpaca",
+) -> None:
+    """Write seed + approved pairs and a LLaMA-Factory dataset_info.json into --out."""
+    from training.dataset import export_dataset
+
+    if fmt not in ("alpaca", "sharegpt"):
+        raise _fail("--format must be alpaca or sharegpt")
+    with _admin_app(persona) as application:
+        try:
+            result = export_dataset(application.curation, application.persona,
+                                    application.language, fmt, out)
+        except (ValueError, OSError) as exc:
+            raise _fail(str(exc)) from exc
+    print(f"wrote {result.rows} rows to {result.data_file} (sha256 {result.sha256[:12]}); "
+          f"train with: llamafactory-cli train --dataset_dir {out} --dataset {result.dataset_name}")
+
+
+@dataset_app.command("import")
+def dataset_import(
+    file: Annotated[Path, typer.Argument(help="alpaca or sharegpt, JSON or JSONL")],
+    persona: Annotated[str | None, typer.Option("--persona")] = None,
+    skip_invalid: Annotated[bool, typer.Option("--skip-invalid")] = False,
+    operator: Annotated[str, typer.Option("--as", help="Operator name, for the audit log.")] = "",
+) -> None:
+    """Import pairs as approved. Any invalid row imports nothing unless --skip-invalid."""
+    from training.dataset import import_dataset
+
+    actor = f"cli:{operator or getpass.getuser()}"
+    with _admin_app(persona) as application:
+        report = import_dataset(application.curation, file, actor, skip_invalid=skip_invalid)
+    print(report.summary())
+    if report.errors and not report.committed:
+        raise typer.Exit(2)
+
+
+@dataset_app.command("snapshot")
+def dataset_snapshot(persona: Annotated[str | None, typer.Option("--persona")] = None) -> None:
+    """Freeze the current dataset under data/datasets/<persona>/<hash>/ (what training uses)."""
+    from training.dataset import snapshot_dataset
+
+    with _admin_app(persona) as application:
+        try:
+            result = snapshot_dataset(application.curation, application.persona,
+                                      application.language,
+                                      application.settings.data_dir / "datasets")
+        except ValueError as exc:
+            raise _fail(str(exc)) from exc
+    print(f"{result.data_file} rows={result.rows} sha256={result.sha256}")
 
 
 @db_app.command("upgrade")

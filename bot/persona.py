@@ -2,24 +2,70 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from training.formats import AlpacaRow
 
 
 class PersonaError(ValueError):
     pass
 
 
-class PersonaProfile(BaseModel):
+class Probe(BaseModel):
+    """An evaluation question; an in-persona answer contains at least one keyword."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    language: str
+    question: str = Field(min_length=1)
+    keywords: list[str] = Field(min_length=1)
+
+
+class TrainingProfile(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
+
+    base_model: str = "starter"
+
+
+class PersonaProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(pattern=r"^[a-z0-9_-]+$")
     display_name: str = Field(min_length=1)
     description: str = ""
     language: str = Field(min_length=2)
     system_prompt: dict[str, str] = Field(min_length=1)
+    voice: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    training: TrainingProfile = TrainingProfile()
+    probes: list[Probe] = Field(default_factory=list)
+    directory: Path | None = Field(default=None, exclude=True)
+
+    def probes_for(self, language: str) -> list[Probe]:
+        return [p for p in self.probes if p.language == language]
+
+    def seed_file(self, language: str) -> Path | None:
+        """``seed.<language>.json`` if there is one, else ``seed.json`` (the native seed)."""
+        if self.directory is None:
+            return None
+        for name in (f"seed.{language}.json", "seed.json"):
+            if (self.directory / name).is_file():
+                return self.directory / name
+        return None
+
+    def seed_pairs(self, language: str) -> list[AlpacaRow]:
+        path = self.seed_file(language)
+        if path is None:
+            return []
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+            return [AlpacaRow.model_validate(r) for r in rows]
+        except (ValueError, ValidationError) as err:
+            raise PersonaError(f"{path}: {err}") from err
 
     @model_validator(mode="after")
     def _speaks_its_own_language(self) -> PersonaProfile:
@@ -52,6 +98,6 @@ def load_persona(name: str, root: Path | None = None) -> PersonaProfile:
     except yaml.YAMLError as err:
         raise PersonaError(f"{path}: not valid YAML: {err}") from err
     try:
-        return PersonaProfile.model_validate(raw)
+        return PersonaProfile.model_validate({**(raw or {}), "directory": path.parent})
     except ValidationError as err:
         raise PersonaError(f"{path}: {err}") from err

@@ -31,6 +31,7 @@ FALLBACK_REPLY = "Sorry, I don't have an answer to that right now."
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    persona: str
     system_prompt: str
     language: str
     history_max_messages: int = 40
@@ -138,6 +139,8 @@ class VoicePipeline:
             audio_duration_s=transcript.duration_s if msg.audio is not None else None,
             model_version=reply.model_version,
             reply_tokens=reply.new_tokens,
+            persona=self.config.persona,
+            context=[m for m in prompt[1:-1]],
             timings_ms=dict(timer.ms),
         )
         turn.exchange_id = await self._run(

@@ -102,4 +102,7 @@ class Turn:
     model_version: str
     exchange_id: int | None = None
     reply_tokens: int = 0
+    persona: str = ""
+    # The earlier turns the model saw with this question (no system prompt, no question).
+    context: list[ChatMessage] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)

@@ -57,6 +57,8 @@ class Exchange(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     input_kind: Mapped[str] = mapped_column(String(16))  # voice | text
     incoming_message_id: Mapped[str | None] = mapped_column(String(128))
+    # Set by adapters once the reply is sent, so "/approve" as a reply to it finds this exchange.
+    reply_message_id: Mapped[str | None] = mapped_column(String(128))
     transcript: Mapped[str] = mapped_column(Text)
     reply_text: Mapped[str] = mapped_column(Text)
     language: Mapped[str] = mapped_column(String(16))
@@ -81,4 +83,68 @@ class HistoryMessage(Base):
     role: Mapped[str] = mapped_column(String(16))
     speaker: Mapped[str | None] = mapped_column(String(256))
     content: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class PairStatus:
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    # An approved pair whose question was approved again later: newest approval wins.
+    SUPERSEDED = "superseded"
+    ALL = (PENDING, APPROVED, REJECTED, SUPERSEDED)
+
+
+class Pair(Base):
+    """A question/answer pair: a candidate from a conversation, or written/imported by an admin."""
+
+    __tablename__ = "pairs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    persona: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    source: Mapped[str] = mapped_column(String(16))  # exchange | admin | import
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    question_key: Mapped[str] = mapped_column(String(512), index=True)
+    history: Mapped[list] = mapped_column(JSON, default=list)  # [[question, answer], ...]
+    exchange_id: Mapped[int | None] = mapped_column(ForeignKey("exchanges.id"), unique=True)
+    platform: Mapped[str | None] = mapped_column(String(32))
+    platform_chat_id: Mapped[str | None] = mapped_column(String(128))
+    incoming_message_id: Mapped[str | None] = mapped_column(String(128))
+    reply_message_id: Mapped[str | None] = mapped_column(String(128))
+    asked_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"), index=True)
+    model_version: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    decided_by: Mapped[str | None] = mapped_column(String(160))
+    superseded_by_id: Mapped[int | None] = mapped_column(ForeignKey("pairs.id"))
+
+
+class AuditEntry(Base):
+    """Who changed what, when, with the values before and after."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(160))
+    action: Mapped[str] = mapped_column(String(32))
+    pair_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    before: Mapped[dict | None] = mapped_column(JSON)
+    after: Mapped[dict | None] = mapped_column(JSON)
+
+
+class DatasetSnapshot(Base):
+    """An exported or frozen dataset file, with its content hash."""
+
+    __tablename__ = "dataset_snapshots"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    persona: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # export | snapshot
+    format: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    rows: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

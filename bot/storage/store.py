@@ -9,7 +9,8 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.storage.models import Chat, Exchange, HistoryMessage, User
+from bot.storage.models import Chat, Exchange, HistoryMessage, Pair, PairStatus, User
+from bot.textkeys import history_pairs, question_key
 from bot.types import ChatMessage, ChatRef, Role, Turn, UserRef
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,21 @@ class SqlStore:
             )
             s.add(exchange)
             s.flush()
+            s.add(Pair(
+                persona=turn.persona,
+                status=PairStatus.PENDING,
+                source="exchange",
+                question=turn.transcript,
+                answer=turn.reply,
+                question_key=question_key(turn.transcript),
+                history=history_pairs(turn.context),
+                exchange_id=exchange.id,
+                platform=chat.platform,
+                platform_chat_id=chat.chat_id,
+                incoming_message_id=message_id,
+                asked_by_id=user_row.id,
+                model_version=turn.model_version,
+            ))
             s.add_all([
                 HistoryMessage(chat_id=chat_row.id, exchange_id=exchange.id, role=Role.USER.value,
                                speaker=user.display_name, content=turn.transcript),
@@ -110,6 +126,17 @@ class SqlStore:
                                role=Role.ASSISTANT.value, speaker=None, content=turn.reply),
             ])
             return exchange.id
+
+    def set_reply_message_id(self, exchange_id: int, reply_message_id: str) -> None:
+        """Adapters call this once the answer is posted, so replies to it find the pair."""
+        with self.session() as s, s.begin():
+            exchange = s.get(Exchange, exchange_id)
+            if exchange is None:
+                return
+            exchange.reply_message_id = reply_message_id
+            pair = s.scalar(select(Pair).where(Pair.exchange_id == exchange_id))
+            if pair is not None:
+                pair.reply_message_id = reply_message_id
 
     def exchanges(self, chat: ChatRef | None = None) -> list[Exchange]:
         with self.session() as s:

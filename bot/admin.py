@@ -1,0 +1,281 @@
+"""The admin service: one set of commands for every adapter and the CLI.
+
+Adapters hand over who is asking (:class:`Actor`), the command text, and — when the command
+replies to one of the bot's answers — which message it replies to; they render the returned
+:class:`CommandResult`. Nothing here knows a chat platform.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from bot.curation import Change, Curation, PairView
+from bot.errors import UserFacingError
+from bot.persona import PersonaProfile
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 10
+ADMIN_COMMANDS = ("approve", "correct", "reject", "pending", "add", "dataset", "persona")
+USER_COMMANDS = ("forget",)
+
+
+class PermissionDenied(UserFacingError):
+    user_message = "Only admins can do that."
+
+
+class CommandError(UserFacingError):
+    pass
+
+
+@dataclass(frozen=True)
+class Actor:
+    platform: str
+    user_id: str
+    display_name: str
+    # Set by an adapter when the platform itself grants admin rights (e.g. a guild admin),
+    # and for shell operators.
+    granted_admin: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"{self.platform}:{self.user_id}"
+
+
+@dataclass(frozen=True)
+class ReplyTarget:
+    """The bot message a command replied to."""
+
+    platform: str
+    chat_id: str
+    message_id: str
+
+
+@dataclass
+class CommandResult:
+    command: str
+    message: str
+    pairs: list[PairView] = field(default_factory=list)
+    data: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"command": self.command, "message": self.message,
+                "pairs": [p.to_dict() for p in self.pairs], "data": self.data}
+
+
+def excerpt(text: str, limit: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate: ~4 characters per token, one per CJK character."""
+    cjk = sum(1 for ch in text if "\u3400" <= ch <= "\u9fff")
+    return cjk + max(0, len(text) - cjk) // 4 + (1 if text else 0)
+
+
+class AdminService:
+    def __init__(
+        self,
+        curation: Curation,
+        persona: PersonaProfile,
+        *,
+        language: str,
+        admin_ids: frozenset[str],
+        model_version: Callable[[], str],
+        count_tokens: Callable[[str], int] = estimate_tokens,
+    ) -> None:
+        self.curation = curation
+        self.persona = persona
+        self.language = language
+        self.admin_ids = admin_ids
+        self.model_version = model_version
+        self.count_tokens = count_tokens
+
+    def is_admin(self, actor: Actor) -> bool:
+        return actor.granted_admin or actor.key in self.admin_ids
+
+    # --- the one entry point adapters use ---------------------------------------------
+    def execute(self, actor: Actor, text: str, reply_to: ReplyTarget | None = None) -> CommandResult:
+        """Run ``/command args`` (the slash is optional) for ``actor``."""
+        name, _, args = text.strip().lstrip("/").partition(" ")
+        name = name.split("@", 1)[0].lower()  # Telegram appends @botname in groups
+        args = args.strip()
+        if name in USER_COMMANDS:
+            return self.forget(actor)
+        if name not in ADMIN_COMMANDS:
+            known = ", ".join(f"/{c}" for c in (*ADMIN_COMMANDS, *USER_COMMANDS))
+            raise CommandError(f"unknown command {name!r}",
+                               user_message=f"Unknown command /{name}. Commands: {known}.")
+        self._require_admin(actor, name)
+        if name == "pending":
+            return self.pending(actor, _page(args))
+        if name == "dataset":
+            return self.dataset(actor)
+        if name == "persona":
+            return self.persona_info(actor)
+        if name == "add":
+            question, answer = _split_pair(args, "add <question> | <answer>")
+            return self.add(actor, question, answer)
+        if name == "correct":
+            pair_id, rest = _leading_id(args)
+            if not rest:
+                raise CommandError("correct without text", user_message=(
+                    "Usage: /correct <better answer> as a reply to my answer, or "
+                    "/correct ID <better answer>; write <question> | <answer> to fix both."))
+            question, answer = (None, rest)
+            if "|" in rest:
+                question, answer = _split_pair(rest, "correct [ID] <question> | <answer>")
+            return self.correct(actor, self._target(pair_id, reply_to, name), answer, question)
+        pair_id, rest = _leading_id(args)
+        if rest:
+            raise CommandError(f"unexpected {rest!r}", user_message=f"Usage: /{name} [ID]")
+        target = self._target(pair_id, reply_to, name)
+        return self.approve(actor, target) if name == "approve" else self.reject(actor, target)
+
+    # --- commands -----------------------------------------------------------------------
+    def _require_admin(self, actor: Actor, command: str) -> None:
+        if not self.is_admin(actor):
+            log.warning("refused /%s for non-admin %s", command, actor.key)
+            raise PermissionDenied(f"{actor.key} is not an admin")
+
+    def _target(self, pair_id: int | None, reply_to: ReplyTarget | None, command: str) -> int:
+        if pair_id is not None:
+            return pair_id
+        if reply_to is not None:
+            found = self.curation.find_by_reply(reply_to.platform, reply_to.chat_id,
+                                                reply_to.message_id)
+            if found is None:
+                raise CommandError("reply target is not an answer", user_message=(
+                    "That message isn't one of my answers, so there is nothing to curate."))
+            return found
+        raise CommandError("no target", user_message=(
+            f"Which pair? Reply to one of my answers with /{command}, or give its ID "
+            "(see /pending)."))
+
+    def _changed(self, command: str, change: Change | None, pair_id: int, verb: str) -> CommandResult:
+        if change is None:
+            raise CommandError(f"no pair {pair_id}", user_message=f"There is no pair #{pair_id}.")
+        p = change.pair
+        if not change.changed:
+            message = f"Pair #{p.id} was already {p.status}; nothing changed."
+        else:
+            message = f"{verb} #{p.id}: {excerpt(p.question)} → {excerpt(p.answer)}"
+            if change.superseded:
+                ids = ", ".join(f"#{i}" for i in change.superseded)
+                message += f" (replaces earlier {ids})"
+        return CommandResult(command, message, [p], {"changed": change.changed,
+                                                      "superseded": change.superseded})
+
+    def approve(self, actor: Actor, pair_id: int) -> CommandResult:
+        self._require_admin(actor, "approve")
+        return self._changed("approve", self.curation.approve(pair_id, actor.key), pair_id,
+                             "Approved")
+
+    def correct(self, actor: Actor, pair_id: int, answer: str,
+                question: str | None = None) -> CommandResult:
+        self._require_admin(actor, "correct")
+        change = self.curation.approve(pair_id, actor.key, answer=answer, question=question)
+        return self._changed("correct", change, pair_id, "Corrected and approved")
+
+    def reject(self, actor: Actor, pair_id: int) -> CommandResult:
+        self._require_admin(actor, "reject")
+        return self._changed("reject", self.curation.reject(pair_id, actor.key), pair_id,
+                             "Rejected")
+
+    def add(self, actor: Actor, question: str, answer: str) -> CommandResult:
+        self._require_admin(actor, "add")
+        change = self.curation.add(question, answer, actor.key)
+        return self._changed("add", change, change.pair.id, "Added")
+
+    def pending(self, actor: Actor, page: int = 1) -> CommandResult:
+        self._require_admin(actor, "pending")
+        pairs, total = self.curation.pending(page, PAGE_SIZE)
+        pages = max(1, -(-total // PAGE_SIZE))
+        if not pairs:
+            message = "Nothing is waiting for review." if total == 0 else (
+                f"Page {page} is empty; there are {pages} page(s).")
+        else:
+            lines = [f"Pending pairs: {total} (page {page}/{pages}, oldest first)"]
+            for p in pairs:
+                who = f" — {p.asked_by}" if p.asked_by else ""
+                lines.append(f"#{p.id}{who}\n  Q: {excerpt(p.question)}\n  A: {excerpt(p.answer)}")
+            lines.append("Reply /approve ID, /correct ID <answer> or /reject ID.")
+            message = "\n".join(lines)
+        return CommandResult("pending", message, pairs,
+                             {"total": total, "page": page, "pages": pages})
+
+    def dataset(self, actor: Actor) -> CommandResult:
+        self._require_admin(actor, "dataset")
+        from training.dataset import collect_rows
+
+        counts = self.curation.counts_by_status()
+        seeds = self.persona.seed_pairs(self.language)
+        rows = collect_rows(self.curation, self.persona, self.language)
+        tokens = sum(
+            self.count_tokens(r.question) + self.count_tokens(r.output)
+            + sum(self.count_tokens(q) + self.count_tokens(a) for q, a in r.history)
+            for r in rows
+        )
+        snaps = self.curation.last_snapshots()
+        lines = [
+            f"Dataset for {self.persona.name} ({self.language}): {len(rows)} rows "
+            f"({len(seeds)} seed, {counts['approved']} approved), ≈{tokens} tokens.",
+            "By status: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
+            "Approved per persona: " + (", ".join(
+                f"{k} {v}" for k, v in sorted(self.curation.approved_per_persona().items()))
+                or "none"),
+        ]
+        data = {"persona": self.persona.name, "language": self.language, "rows": len(rows),
+                "seed": len(seeds),
+                "by_status": counts, "approved_per_persona": self.curation.approved_per_persona(),
+                "tokens": tokens}
+        for kind, snap in snaps.items():
+            lines.append(f"Last {kind}: {snap.rows} rows, sha256 {snap.sha256[:12]}, "
+                         f"{snap.created_at:%Y-%m-%d %H:%M} → {snap.path}")
+            data[f"last_{kind}"] = {"rows": snap.rows, "sha256": snap.sha256, "path": snap.path,
+                                    "format": snap.format, "at": snap.created_at.isoformat()}
+        return CommandResult("dataset", "\n".join(lines), [], data)
+
+    def persona_info(self, actor: Actor) -> CommandResult:
+        self._require_admin(actor, "persona")
+        p = self.persona
+        version = self.model_version()
+        message = (f"Persona: {p.display_name} ({p.name}, {self.language}). "
+                   f"Answering model: {version}. Training base: {p.training.base_model}.")
+        return CommandResult("persona", message, [], {
+            "name": p.name, "display_name": p.display_name, "language": self.language,
+            "model_version": version, "base_model": p.training.base_model})
+
+    def forget(self, actor: Actor) -> CommandResult:
+        counts = self.curation.forget_user(actor.platform, actor.user_id)
+        log.info("forgot a user's data: %s", counts)
+        message = (f"Done: I deleted {counts['exchanges']} of your messages and "
+                   f"{counts['pairs_deleted']} unreviewed pairs. Answers already approved for "
+                   "training stay, with your name removed.")
+        return CommandResult("forget", message, [], counts)
+
+
+def _page(args: str) -> int:
+    if not args:
+        return 1
+    if not args.isdigit() or int(args) < 1:
+        raise CommandError(f"bad page {args!r}", user_message="Usage: /pending [page number]")
+    return int(args)
+
+
+def _leading_id(args: str) -> tuple[int | None, str]:
+    head, _, rest = args.partition(" ")
+    token = head.lstrip("#")
+    if token.isdigit():
+        return int(token), rest.strip()
+    return None, args
+
+
+def _split_pair(text: str, usage: str) -> tuple[str, str]:
+    question, sep, answer = text.partition("|")
+    if not sep or not question.strip() or not answer.strip():
+        raise CommandError(f"bad pair {text!r}", user_message=f"Usage: /{usage}")
+    return question.strip(), answer.strip()

@@ -1,0 +1,262 @@
+"""Curating question/answer pairs: approve, correct, reject, add, forget — with an audit trail.
+
+All state changes happen here, each in one transaction with its audit entries, so every
+adapter and the CLI get identical semantics. Permissions are checked by the caller
+(:mod:`bot.admin`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from bot.storage.models import (
+    AuditEntry,
+    DatasetSnapshot,
+    Exchange,
+    HistoryMessage,
+    Pair,
+    PairStatus,
+    User,
+    utcnow,
+)
+from bot.storage.store import SqlStore
+from bot.textkeys import question_key
+
+log = logging.getLogger(__name__)
+
+AUDITED_FIELDS = ("status", "question", "answer", "superseded_by_id")
+
+
+@dataclass(frozen=True)
+class PairView:
+    id: int
+    status: str
+    source: str
+    question: str
+    answer: str
+    history: list[list[str]]
+    asked_by: str | None
+    model_version: str | None
+    created_at: datetime
+    decided_by: str | None
+
+    def to_dict(self) -> dict:
+        d = self.__dict__.copy()
+        d["created_at"] = self.created_at.isoformat()
+        return d
+
+
+@dataclass(frozen=True)
+class Change:
+    """The outcome of one curation action."""
+
+    pair: PairView
+    changed: bool
+    superseded: list[int]
+
+
+def _state(p: Pair) -> dict:
+    return {f: getattr(p, f) for f in AUDITED_FIELDS}
+
+
+def _view(s: Session, p: Pair) -> PairView:
+    asked_by = s.get(User, p.asked_by_id).display_name if p.asked_by_id else None
+    return PairView(p.id, p.status, p.source, p.question, p.answer, list(p.history or []),
+                    asked_by, p.model_version, p.created_at, p.decided_by)
+
+
+class Curation:
+    def __init__(self, store: SqlStore, persona: str) -> None:
+        self.store = store
+        self.persona = persona
+
+    # --- finding pairs --------------------------------------------------------------
+    def find_by_reply(self, platform: str, chat_id: str, reply_message_id: str) -> int | None:
+        """The pair whose bot answer is message ``reply_message_id`` in that chat."""
+        with self.store.session() as s:
+            return s.scalar(
+                select(Pair.id).where(
+                    Pair.platform == platform,
+                    Pair.platform_chat_id == chat_id,
+                    Pair.reply_message_id == reply_message_id,
+                )
+            )
+
+    def get(self, pair_id: int) -> PairView | None:
+        with self.store.session() as s:
+            p = s.get(Pair, pair_id)
+            return _view(s, p) if p is not None and p.persona == self.persona else None
+
+    def pending(self, page: int, per_page: int) -> tuple[list[PairView], int]:
+        with self.store.session() as s:
+            where = (Pair.persona == self.persona, Pair.status == PairStatus.PENDING)
+            total = s.scalar(select(func.count()).select_from(Pair).where(*where)) or 0
+            rows = s.scalars(
+                select(Pair).where(*where).order_by(Pair.id)
+                .offset((page - 1) * per_page).limit(per_page)
+            ).all()
+            return [_view(s, p) for p in rows], total
+
+    def approved(self) -> list[PairView]:
+        """Approved pairs, oldest approval first (the dataset's order)."""
+        with self.store.session() as s:
+            rows = s.scalars(
+                select(Pair).where(Pair.persona == self.persona, Pair.status == PairStatus.APPROVED)
+                .order_by(Pair.id)
+            ).all()
+            return [_view(s, p) for p in rows]
+
+    # --- changing pairs -------------------------------------------------------------
+    def _audit(self, s: Session, actor: str, action: str, pair: Pair | None,
+               before: dict | None, after: dict | None) -> None:
+        s.add(AuditEntry(actor=actor, action=action, pair_id=pair.id if pair else None,
+                         before=before, after=after))
+
+    def _approve(self, s: Session, p: Pair, actor: str, action: str, before: dict | None) -> list[int]:
+        p.status = PairStatus.APPROVED
+        p.decided_at, p.decided_by = utcnow(), actor
+        p.question_key = question_key(p.question)
+        s.flush()
+        self._audit(s, actor, action, p, before, _state(p))
+        # Newest approval wins; the older ones stay, marked, for history.
+        older = s.scalars(
+            select(Pair).where(
+                Pair.persona == self.persona,
+                Pair.status == PairStatus.APPROVED,
+                Pair.question_key == p.question_key,
+                Pair.id != p.id,
+            )
+        ).all()
+        for o in older:
+            was = _state(o)
+            o.status, o.superseded_by_id = PairStatus.SUPERSEDED, p.id
+            self._audit(s, actor, "supersede", o, was, _state(o))
+        return [o.id for o in older]
+
+    def _load(self, s: Session, pair_id: int) -> Pair | None:
+        p = s.get(Pair, pair_id)
+        return p if p is not None and p.persona == self.persona else None
+
+    def approve(self, pair_id: int, actor: str, *, answer: str | None = None,
+                question: str | None = None) -> Change | None:
+        """Approve as is, or with a corrected answer (and question). None: no such pair."""
+        with self.store.session() as s, s.begin():
+            p = self._load(s, pair_id)
+            if p is None:
+                return None
+            new_answer = answer.strip() if answer else p.answer
+            new_question = question.strip() if question else p.question
+            if (p.status == PairStatus.APPROVED and new_answer == p.answer
+                    and new_question == p.question):
+                return Change(_view(s, p), changed=False, superseded=[])
+            before = _state(p)
+            p.answer, p.question = new_answer, new_question
+            action = "correct" if answer or question else "approve"
+            superseded = self._approve(s, p, actor, action, before)
+            return Change(_view(s, p), changed=True, superseded=superseded)
+
+    def reject(self, pair_id: int, actor: str) -> Change | None:
+        with self.store.session() as s, s.begin():
+            p = self._load(s, pair_id)
+            if p is None:
+                return None
+            if p.status == PairStatus.REJECTED:
+                return Change(_view(s, p), changed=False, superseded=[])
+            before = _state(p)
+            p.status, p.decided_at, p.decided_by = PairStatus.REJECTED, utcnow(), actor
+            self._audit(s, actor, "reject", p, before, _state(p))
+            return Change(_view(s, p), changed=True, superseded=[])
+
+    def add(self, question: str, answer: str, actor: str, *, source: str = "admin",
+            history: list[list[str]] | None = None) -> Change:
+        """A pair written (or imported) by an admin; the same approved pair again is a no-op."""
+        question, answer, history = question.strip(), answer.strip(), history or []
+        with self.store.session() as s, s.begin():
+            same = s.scalars(
+                select(Pair).where(
+                    Pair.persona == self.persona,
+                    Pair.status == PairStatus.APPROVED,
+                    Pair.question_key == question_key(question),
+                )
+            ).all()
+            for p in same:
+                if p.question == question and p.answer == answer and (p.history or []) == history:
+                    return Change(_view(s, p), changed=False, superseded=[])
+            p = Pair(persona=self.persona, status=PairStatus.PENDING, source=source,
+                     question=question, answer=answer, question_key=question_key(question),
+                     history=history)
+            s.add(p)
+            s.flush()
+            superseded = self._approve(s, p, actor, "add" if source == "admin" else source, None)
+            return Change(_view(s, p), changed=True, superseded=superseded)
+
+    def forget_user(self, platform: str, user_id: str) -> dict[str, int]:
+        """Remove a user's messages and unapproved pairs; approved pairs lose their identity."""
+        with self.store.session() as s, s.begin():
+            user = s.scalar(select(User).where(User.platform == platform,
+                                               User.platform_user_id == user_id))
+            if user is None:
+                return {"exchanges": 0, "pairs_deleted": 0, "pairs_anonymised": 0}
+            exchange_ids = list(s.scalars(select(Exchange.id).where(Exchange.user_id == user.id)))
+            kept = (PairStatus.APPROVED, PairStatus.SUPERSEDED)
+            deleted = s.execute(
+                delete(Pair).where(Pair.asked_by_id == user.id, Pair.status.not_in(kept))
+            ).rowcount
+            anonymised = s.execute(
+                update(Pair).where(Pair.asked_by_id == user.id).values(
+                    asked_by_id=None, exchange_id=None, incoming_message_id=None,
+                    reply_message_id=None, platform_chat_id=None)
+            ).rowcount
+            if exchange_ids:
+                s.execute(delete(HistoryMessage).where(HistoryMessage.exchange_id.in_(exchange_ids)))
+                s.execute(delete(Exchange).where(Exchange.id.in_(exchange_ids)))
+            s.delete(user)
+            counts = {"exchanges": len(exchange_ids), "pairs_deleted": deleted,
+                      "pairs_anonymised": anonymised}
+            # The log records that a deletion happened, not whose.
+            self._audit(s, "forgotten-user", "forget", None, None, counts)
+            return counts
+
+    # --- figures --------------------------------------------------------------------
+    def counts_by_status(self) -> dict[str, int]:
+        with self.store.session() as s:
+            rows = s.execute(
+                select(Pair.status, func.count()).where(Pair.persona == self.persona)
+                .group_by(Pair.status)
+            ).all()
+        counts = dict.fromkeys(PairStatus.ALL, 0)
+        counts.update({status: n for status, n in rows})
+        return counts
+
+    def approved_per_persona(self) -> dict[str, int]:
+        with self.store.session() as s:
+            rows = s.execute(
+                select(Pair.persona, func.count()).where(Pair.status == PairStatus.APPROVED)
+                .group_by(Pair.persona)
+            ).all()
+        return {persona: n for persona, n in rows}
+
+    def last_snapshots(self) -> dict[str, DatasetSnapshot]:
+        with self.store.session() as s:
+            out = {}
+            for kind in ("export", "snapshot"):
+                row = s.scalar(
+                    select(DatasetSnapshot)
+                    .where(DatasetSnapshot.persona == self.persona, DatasetSnapshot.kind == kind)
+                    .order_by(DatasetSnapshot.id.desc()).limit(1)
+                )
+                if row is not None:
+                    out[kind] = row
+            return out
+
+    def audit_log(self, pair_id: int | None = None) -> list[AuditEntry]:
+        with self.store.session() as s:
+            q = select(AuditEntry).order_by(AuditEntry.id)
+            if pair_id is not None:
+                q = q.where(AuditEntry.pair_id == pair_id)
+            return list(s.scalars(q).all())
