@@ -34,10 +34,9 @@ class FasterWhisperASR:
         cpu_threads: int = 0,
     ) -> None:
         self.model_ref = starter_whisper_path() if model == STARTER else model
-        self.device = resolve_device(device)
-        self.compute_type = (
-            ("float16" if self.device == "cuda" else "int8") if compute_type == "auto" else compute_type
-        )
+        # Resolved at load: asking torch about CUDA costs seconds of import time.
+        self.device_setting = device
+        self.compute_type_setting = compute_type
         self.language = language
         self.vad = vad
         self.beam_size = beam_size
@@ -52,6 +51,11 @@ class FasterWhisperASR:
                 return
             from faster_whisper import WhisperModel
 
+            device = resolve_device(self.device_setting)
+            self.compute_type = self.compute_type_setting
+            if self.compute_type == "auto":
+                self.compute_type = "float16" if device == "cuda" else "int8"
+            self.device = device
             log.info("loading ASR %s on %s (%s)", self.model_ref, self.device, self.compute_type)
             self._model = WhisperModel(
                 self.model_ref,

@@ -43,14 +43,11 @@ def _settings() -> Settings:
 
 
 def _quiet_libraries() -> None:
+    # Environment switches rather than importing transformers here: commands that need no
+    # model (admin, dataset, db) should start in a second, not in five.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:

@@ -48,7 +48,8 @@ class TransformersChatModel:
     ) -> None:
         self.model_ref = model
         self.cache_dir = cache_dir
-        self.device = resolve_device(device)
+        self.device_setting = device  # resolved at load: importing torch takes seconds
+        self.device = "cpu"
         self.dtype_setting = dtype
         self.generation = generation
         self.context_tokens = context_tokens
@@ -75,6 +76,7 @@ class TransformersChatModel:
                 return
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            self.device = resolve_device(self.device_setting)
             resolved = resolve_llm(self.model_ref, self.cache_dir)
             log.info("loading LLM %s on %s", resolved.load_from, self.device)
             tokenizer = AutoTokenizer.from_pretrained(resolved.load_from)

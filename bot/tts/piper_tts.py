@@ -27,7 +27,7 @@ class PiperTTS:
 
     def __init__(self, voice: str = STARTER, *, device: str = "auto", speed: float = 1.0) -> None:
         self.voice_path = starter_voice_path() if voice == STARTER else voice
-        self.use_cuda = resolve_device(device) == "cuda"
+        self.device_setting = device  # resolved at load, like the other models
         self.speed = speed
         self.name = f"piper:{Path(self.voice_path).stem}"
         self._voice = None
@@ -40,7 +40,8 @@ class PiperTTS:
             from piper import PiperVoice
 
             log.info("loading TTS voice %s", self.voice_path)
-            self._voice = PiperVoice.load(self.voice_path, use_cuda=self.use_cuda)
+            use_cuda = resolve_device(self.device_setting) == "cuda"
+            self._voice = PiperVoice.load(self.voice_path, use_cuda=use_cuda)
 
     @property
     def sample_rate(self) -> int:
