@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from bot.admin import AdminService
 from bot.asr import FasterWhisperASR
 from bot.audio.codec import PyAvCodec
-from bot.config import Settings
+from bot.config import STARTER, Settings
 from bot.curation import Curation
 from bot.llm.chat_model import GenerationSettings, TransformersChatModel
 from bot.persona import PersonaProfile, load_persona
@@ -52,8 +52,17 @@ def build_llm(s: Settings) -> ChatModel:
     )
 
 
-def build_tts(s: Settings) -> SpeechSynthesizer:
-    return PiperTTS(s.tts_voice, device=s.tts_device, speed=s.tts_speed)
+def build_tts(s: Settings, persona: PersonaProfile | None = None) -> SpeechSynthesizer:
+    """The persona's voice settings apply unless the environment sets them explicitly."""
+    voice, speed = s.tts_voice, s.tts_speed
+    own = (persona.voice.get("piper") if persona else None) or {}
+    if "tts_voice" not in s.model_fields_set and own.get("voice"):
+        voice = str(own["voice"])
+        if voice != STARTER and persona is not None and persona.directory is not None:
+            voice = str((persona.directory / voice).resolve())
+    if "tts_speed" not in s.model_fields_set and own.get("speed"):
+        speed = float(own["speed"])
+    return PiperTTS(voice, device=s.tts_device, speed=speed)
 
 
 @dataclass
@@ -89,7 +98,7 @@ class ChatmanApp:
         codec = PyAvCodec(max_seconds=settings.max_voice_seconds, max_bytes=settings.max_upload_bytes)
         asr = asr or build_asr(settings)
         llm = llm or build_llm(settings)
-        tts = tts or build_tts(settings)
+        tts = tts or build_tts(settings, persona)
         pipeline = VoicePipeline(
             codec=codec, asr=asr, llm=llm, tts=tts, store=store,
             config=PipelineConfig(

@@ -175,25 +175,35 @@ class Curation:
     def add(self, question: str, answer: str, actor: str, *, source: str = "admin",
             history: list[list[str]] | None = None) -> Change:
         """A pair written (or imported) by an admin; the same approved pair again is a no-op."""
-        question, answer, history = question.strip(), answer.strip(), history or []
         with self.store.session() as s, s.begin():
-            same = s.scalars(
-                select(Pair).where(
-                    Pair.persona == self.persona,
-                    Pair.status == PairStatus.APPROVED,
-                    Pair.question_key == question_key(question),
-                )
-            ).all()
-            for p in same:
-                if p.question == question and p.answer == answer and (p.history or []) == history:
-                    return Change(_view(s, p), changed=False, superseded=[])
-            p = Pair(persona=self.persona, status=PairStatus.PENDING, source=source,
-                     question=question, answer=answer, question_key=question_key(question),
-                     history=history)
-            s.add(p)
-            s.flush()
-            superseded = self._approve(s, p, actor, "add" if source == "admin" else source, None)
-            return Change(_view(s, p), changed=True, superseded=superseded)
+            return self._add(s, question, answer, actor, source, history or [])
+
+    def add_many(self, pairs: list[tuple[str, str, list[list[str]]]], actor: str,
+                 source: str = "import") -> list[Change]:
+        """Several pairs in one transaction: all of them land, or none (an import)."""
+        with self.store.session() as s, s.begin():
+            return [self._add(s, q, a, actor, source, h) for q, a, h in pairs]
+
+    def _add(self, s: Session, question: str, answer: str, actor: str, source: str,
+             history: list[list[str]]) -> Change:
+        question, answer = question.strip(), answer.strip()
+        same = s.scalars(
+            select(Pair).where(
+                Pair.persona == self.persona,
+                Pair.status == PairStatus.APPROVED,
+                Pair.question_key == question_key(question),
+            )
+        ).all()
+        for p in same:
+            if p.question == question and p.answer == answer and (p.history or []) == history:
+                return Change(_view(s, p), changed=False, superseded=[])
+        p = Pair(persona=self.persona, status=PairStatus.PENDING, source=source,
+                 question=question, answer=answer, question_key=question_key(question),
+                 history=history)
+        s.add(p)
+        s.flush()
+        superseded = self._approve(s, p, actor, "add" if source == "admin" else source, None)
+        return Change(_view(s, p), changed=True, superseded=superseded)
 
     def forget_user(self, platform: str, user_id: str) -> dict[str, int]:
         """Remove a user's messages and unapproved pairs; approved pairs lose their identity."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +87,9 @@ def test_db_upgrade_and_current(tmp_path):
     assert "(empty database)" in before.stdout and "needs `chatman db upgrade`" in before.stdout
     assert chatman(tmp_path, "db", "upgrade").returncode == 0
     after = chatman(tmp_path, "db", "current")
-    assert "current: 0001" in after.stdout and "up to date" in after.stdout
+    assert re.match(r"current: (\w+)  head: \1  \(up to date\)", after.stdout), after.stdout
+    step = chatman(tmp_path, "db", "downgrade", "-1")
+    assert step.returncode == 0 and "needs `chatman db upgrade`" in chatman(tmp_path, "db", "current").stdout
     down = chatman(tmp_path, "db", "downgrade", "base")
     assert down.returncode == 0 and "schema now at (empty)" in down.stdout
 

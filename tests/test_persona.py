@@ -46,3 +46,21 @@ def test_language_setting_overrides_the_personas_own(tmp_path):
         assert app.pipeline.config.system_prompt.startswith("你是慢慢")
     finally:
         app.close()
+
+
+def test_persona_voice_settings_apply_unless_the_environment_sets_them(tmp_path, monkeypatch):
+    import shutil
+
+    from bot.app import build_tts
+    from bot.persona import bundled_persona_dir
+
+    root = tmp_path / "personas"
+    shutil.copytree(bundled_persona_dir() / "manman", root / "manman")
+    yaml_path = root / "manman" / "persona.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("speed: 1.0", "speed: 1.25"))
+    persona = load_persona("manman", root)
+
+    assert build_tts(make_settings(tmp_path), persona).speed == 1.25
+    monkeypatch.setenv("CHATMAN_TTS_SPEED", "0.9")
+    from bot.config import Settings
+    assert build_tts(Settings(_env_file=None), persona).speed == 0.9

@@ -162,12 +162,10 @@ def import_dataset(curation: Curation, path: Path, actor: str, *,
     report = ImportReport(rows=total, errors=errors)
     if errors and not skip_invalid:
         return report
-    for row in rows:
-        change = curation.add(row.question, row.output, actor, source="import",
-                              history=[list(h) for h in row.history])
-        if change.changed:
-            report.imported += 1
-        else:
-            report.unchanged += 1
+    changes = curation.add_many(
+        [(row.question, row.output, [list(h) for h in row.history]) for row in rows], actor
+    )
+    report.imported = sum(c.changed for c in changes)
+    report.unchanged = len(changes) - report.imported
     report.committed = True
     return report
