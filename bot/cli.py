@@ -294,7 +294,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     _migrate("upgrade", revision)
 
 
-@db_app.command("downgrade")
+@db_app.command("downgrade", context_settings={"ignore_unknown_options": True})
 def db_downgrade(revision: Annotated[str, typer.Argument(help="e.g. -1 or base")]) -> None:
     """Downgrade the schema. Drops data in the tables a revision removes."""
     _migrate("downgrade", revision)
