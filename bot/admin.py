@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from bot.curation import Change, Curation, PairView
 from bot.errors import UserFacingError
 from bot.persona import PersonaProfile
+from bot.types import ChatMessage
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +71,13 @@ def excerpt(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def estimate_tokens(text: str) -> int:
+def estimate_tokens(messages: list[ChatMessage]) -> int:
     """A tokenizer-free estimate: ~4 characters per token, one per CJK character."""
-    cjk = sum(1 for ch in text if "\u3400" <= ch <= "\u9fff")
-    return cjk + max(0, len(text) - cjk) // 4 + (1 if text else 0)
+    total = 0
+    for m in messages:
+        cjk = sum(1 for ch in m.content if "\u3400" <= ch <= "\u9fff")
+        total += cjk + (len(m.content) - cjk) // 4 + 4  # + role markers
+    return total
 
 
 class AdminService:
@@ -85,7 +89,7 @@ class AdminService:
         language: str,
         admin_ids: frozenset[str],
         model_version: Callable[[], str],
-        count_tokens: Callable[[str], int] = estimate_tokens,
+        count_tokens: Callable[[list[ChatMessage]], int] = estimate_tokens,
     ) -> None:
         self.curation = curation
         self.persona = persona
@@ -209,20 +213,16 @@ class AdminService:
 
     def dataset(self, actor: Actor) -> CommandResult:
         self._require_admin(actor, "dataset")
-        from training.dataset import collect_rows
+        from training.dataset import collect_rows, training_messages
 
         counts = self.curation.counts_by_status()
         seeds = self.persona.seed_pairs(self.language)
         rows = collect_rows(self.curation, self.persona, self.language)
-        tokens = sum(
-            self.count_tokens(r.question) + self.count_tokens(r.output)
-            + sum(self.count_tokens(q) + self.count_tokens(a) for q, a in r.history)
-            for r in rows
-        )
+        tokens = sum(self.count_tokens(training_messages(r)) for r in rows)
         snaps = self.curation.last_snapshots()
         lines = [
             f"Dataset for {self.persona.name} ({self.language}): {len(rows)} rows "
-            f"({len(seeds)} seed, {counts['approved']} approved), ≈{tokens} tokens.",
+            f"({len(seeds)} seed, {counts['approved']} approved), {tokens} tokens.",
             "By status: " + ", ".join(f"{k} {v}" for k, v in counts.items()),
             "Approved per persona: " + (", ".join(
                 f"{k} {v}" for k, v in sorted(self.curation.approved_per_persona().items()))

@@ -112,6 +112,7 @@ class ChatmanApp:
         admin = AdminService(
             curation, persona, language=language, admin_ids=settings.admin_id_set,
             model_version=lambda: llm.version,
+            count_tokens=llm.count_conversation_tokens,
         )
         return cls(settings, persona, engine, store, codec, asr, llm, tts, pipeline, curation,
                    admin, language)

@@ -77,6 +77,15 @@ class Settings(BaseSettings):
             return None
         return value
 
+    @field_validator("admin_ids")
+    @classmethod
+    def _admin_ids_name_their_platform(cls, value: str) -> str:
+        for entry in (x.strip() for x in value.split(",")):
+            platform, sep, user = entry.partition(":")
+            if entry and (not sep or not platform.isalpha() or not user or " " in user):
+                raise ValueError(f"{entry!r} is not platform:user_id (e.g. telegram:123)")
+        return value
+
     # --- derived values -------------------------------------------------------------
     @property
     def resolved_database_url(self) -> str:

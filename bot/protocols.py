@@ -44,6 +44,9 @@ class ChatModel(Protocol):
 
     def generate(self, messages: Sequence[ChatMessage]) -> LlmReply: ...
 
+    def count_conversation_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of a whole conversation as the model's chat template renders it."""
+
 
 @runtime_checkable
 class SpeechSynthesizer(Protocol):

@@ -74,3 +74,9 @@ def test_env_example_documents_every_setting_and_loads_as_the_defaults(tmp_path,
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text(example)
     assert Settings().model_dump() == Settings(_env_file=None).model_dump()
+
+
+def test_admin_ids_must_name_their_platform(monkeypatch):
+    monkeypatch.setenv("CHATMAN_ADMIN_IDS", "telegram:1,12345")
+    with pytest.raises(ValidationError, match="'12345' is not platform:user_id"):
+        Settings(_env_file=None)

@@ -221,3 +221,19 @@ def test_history_pairs_from_context():
     assert history_pairs(msgs) == [["a", "b"], ["c", "d"]]
     assert question_key("  Who are YOU?? ") == question_key("who are you") == "whoareyou"
     assert question_key("你是谁?") == question_key("你是谁？")
+
+
+def test_dataset_tokens_are_counted_with_the_models_chat_template(app, llm):
+    from training.dataset import collect_rows, training_messages
+
+    app.admin.execute(OPS, "/add Favourite colour? | Green, like tea leaves.")
+    rows = collect_rows(app.curation, app.persona, app.language)
+    expected = sum(
+        len(llm.tokenizer.apply_chat_template(
+            [{"role": m.role.value, "content": m.content} for m in training_messages(r)],
+            tokenize=True, return_dict=True)["input_ids"])
+        for r in rows
+    )
+    figures = app.admin.execute(OPS, "/dataset")
+    assert figures.data["tokens"] == expected
+    assert f"{expected} tokens" in figures.message

@@ -17,6 +17,7 @@ from bot.curation import Curation
 from bot.persona import PersonaProfile
 from bot.storage.models import DatasetSnapshot
 from bot.textkeys import question_key
+from bot.types import ChatMessage, Role
 from training.formats import AlpacaRow, Format, ShareGptRow, dataset_info_entry, dump_alpaca
 
 
@@ -32,6 +33,14 @@ def collect_rows(curation: Curation, persona: PersonaProfile, language: str) -> 
             history=[tuple(h) for h in p.history],
         )
     return list(rows.values())
+
+
+def training_messages(row: AlpacaRow) -> list[ChatMessage]:
+    """One row as the conversation the model is trained on."""
+    messages = [ChatMessage(Role.SYSTEM, row.system)] if row.system else []
+    for q, a in row.history:
+        messages += [ChatMessage(Role.USER, q), ChatMessage(Role.ASSISTANT, a)]
+    return messages + [ChatMessage(Role.USER, row.question), ChatMessage(Role.ASSISTANT, row.output)]
 
 
 def render(rows: list[AlpacaRow], fmt: Format) -> bytes:

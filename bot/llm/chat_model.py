@@ -70,29 +70,49 @@ class TransformersChatModel:
             return torch.bfloat16
         return torch.float32
 
+    def _load_tokenizer(self) -> str:
+        """Resolve the model and load its tokenizer; returns where the weights are."""
+        from transformers import AutoTokenizer
+
+        resolved = resolve_llm(self.model_ref, self.cache_dir)
+        if self._tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(resolved.load_from)
+            if tokenizer.chat_template is None:
+                raise ValueError(f"{resolved.load_from} has no chat template")
+            self._tokenizer = tokenizer
+        self.version = resolved.version
+        return resolved.load_from
+
     def load(self) -> None:
         with self._load_lock:
             if self._model is not None:
                 return
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
 
             self.device = resolve_device(self.device_setting)
-            resolved = resolve_llm(self.model_ref, self.cache_dir)
-            log.info("loading LLM %s on %s", resolved.load_from, self.device)
-            tokenizer = AutoTokenizer.from_pretrained(resolved.load_from)
+            load_from = self._load_tokenizer()
+            log.info("loading LLM %s on %s", load_from, self.device)
             model = AutoModelForCausalLM.from_pretrained(
-                resolved.load_from, dtype=self._torch_dtype()
+                load_from, dtype=self._torch_dtype()
             ).to(self.device)
             model.eval()
-            if tokenizer.chat_template is None:
-                raise ValueError(f"{resolved.load_from} has no chat template")
-            self._tokenizer, self._model = tokenizer, model
-            self.version = resolved.version
+            self._model = model
 
     @property
     def tokenizer(self):
-        self.load()
+        """The tokenizer alone, without loading the weights (counting needs no model)."""
+        if self._tokenizer is None:
+            with self._load_lock:
+                if self._tokenizer is None:
+                    self._load_tokenizer()
         return self._tokenizer
+
+    def count_conversation_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        """Tokens of a whole training example as the chat template renders it."""
+        ids = self.tokenizer.apply_chat_template(
+            to_template_messages(messages), tokenize=True, return_dict=True
+        )["input_ids"]
+        return len(ids)
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self._encode(messages)["input_ids"][0])
