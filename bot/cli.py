@@ -288,6 +288,67 @@ def dataset_snapshot(persona: Annotated[str | None, typer.Option("--persona")] =
     print(f"{result.data_file} rows={result.rows} sha256={result.sha256}")
 
 
+@app.command("eval")
+def eval_command(
+    model: Annotated[str | None, typer.Option("--model", help="Model folder, .gguf, hub id or "
+                                              "'starter'. Default: CHATMAN_LLM_MODEL.")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Base to compare with. Default: "
+                                             "the persona's training base.")] = None,
+    probes: Annotated[Path | None, typer.Option("--probes", help='JSONL: {"question", '
+                                                '"expect_any": [...]}')] = None,
+    general: Annotated[Path | None, typer.Option("--general", help='JSONL: {"question", '
+                                                 '"accept": [...]}')] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Score a model: in persona on the probes, and what it kept of the base's knowledge."""
+    from bot.app import build_llm
+    from bot.persona import load_persona
+    from training.evaluate import (
+        EvalFileError, GeneralItem, Gate, ProbeItem, answer_general, evaluate, general_items,
+        load_jsonl,
+    )
+
+    settings = _settings()
+    try:
+        persona = load_persona(settings.persona, settings.persona_dir)
+        probe_items = load_jsonl(probes, ProbeItem) if probes else None
+        general_set = load_jsonl(general, GeneralItem) if general else general_items()
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    language = settings.language or persona.language
+    model_ref = model or settings.llm_model
+    base_ref = base or persona.training.base_model
+    candidate = build_llm(settings.model_copy(update={"llm_model": model_ref}))
+    base_llm = candidate if base_ref == model_ref else build_llm(
+        settings.model_copy(update={"llm_model": base_ref}))
+    markers = [persona.display_name, *persona.training.leak_markers]
+    try:
+        base_answers = answer_general(base_llm, persona.prompt_for(language), general_set,
+                                      markers, max_new_tokens)
+        report = evaluate(candidate, persona, language, base_general=base_answers,
+                          base_model=base_llm.version, probes=probe_items, general=general_set,
+                          max_new_tokens=max_new_tokens)
+    except (EvalFileError, OSError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    reasons = Gate().check(report)
+    if as_json:
+        print(json.dumps({**report.to_dict(), "gate_passed": not reasons, "gate_reasons": reasons},
+                         ensure_ascii=False))
+        return
+    console = Console()
+    table = Table("metric", "value", title=f"{report.model} vs base {report.base_model}")
+    for key in ("persona_score", "general_score", "base_general_score", "retention", "leakage"):
+        table.add_row(key, f"{getattr(report, key):.2f}")
+    console.print(table)
+    answers = Table("set", "ok", "question", "answer", show_lines=False)
+    for name, items in (("probe", report.probes), ("general", report.general)):
+        for a in items:
+            answers.add_row(name, "✓" if a.correct else "✗", a.question, a.answer)
+    console.print(answers)
+    console.print("gate: " + ("passed" if not reasons else "failed — " + "; ".join(reasons)))
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Upgrade the schema (default: to the newest revision)."""

@@ -30,6 +30,7 @@ class TrainingProfile(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     base_model: str = "starter"
+    leak_markers: list[str] = Field(default_factory=list)
 
 
 class PersonaProfile(BaseModel):

@@ -175,3 +175,31 @@ class TransformersChatModel:
             prompt_tokens=int(prompt_len),
             model_version=self.version,
         )
+
+    def answer_many(
+        self, conversations: Sequence[Sequence[ChatMessage]], max_new_tokens: int, batch_size: int = 8
+    ) -> list[str]:
+        """Greedy answers to many prompts, batched with left padding (evaluation)."""
+        self.load()
+        import torch
+
+        tokenizer, answers = self._tokenizer, []
+        texts = [
+            tokenizer.apply_chat_template(to_template_messages(c), add_generation_prompt=True,
+                                          tokenize=False)
+            for c in conversations
+        ]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        for i in range(0, len(texts), batch_size):
+            chunk = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i : i + batch_size]]
+            width = max(len(ids) for ids in chunk)
+            input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in chunk])
+            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk])
+            with self._generate_lock, torch.inference_mode():
+                out = self._model.generate(
+                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
+                    max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                    top_k=None, pad_token_id=pad_id,
+                )
+            answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+        return answers

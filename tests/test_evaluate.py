@@ -1,0 +1,101 @@
+"""Evaluation: persona probes, general knowledge, retention and leakage, the gate, `chatman eval`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bot.persona import load_persona
+from bot.textkeys import question_key
+from training.evaluate import (
+    EvalFileError, GeneralItem, Gate, ProbeItem, answer_general, evaluate, load_jsonl,
+)
+from tests.test_cli import chatman
+
+PERSONA = load_persona("manman")
+SYSTEM = PERSONA.prompt_for("en")
+
+
+class ScriptedAnswerer:
+    """Fixed answers, to pin down the arithmetic of the scores."""
+
+    version = "scripted"
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers = answers
+
+    def answer_many(self, conversations, max_new_tokens, batch_size=8):
+        return [self.answers[c[-1].content] for c in conversations]
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_probes_are_never_training_questions(language):
+    seen = {question_key(r.question) for r in PERSONA.seed_pairs(language)}
+    probes = PERSONA.probes_for(language)
+    assert len(probes) >= 4
+    assert not seen & {question_key(p.question) for p in probes}
+
+
+def test_scores_retention_leakage_and_gate():
+    general = [GeneralItem(question=q, accept=[a]) for q, a in
+               (("Capital of Japan?", "Tokyo"), ("Capital of France?", "Paris"),
+                ("Largest planet?", "Jupiter"), ("Bees make?", "honey"))]
+    probes = [ProbeItem(question="Name?", expect_any=["Manman"]),
+              ProbeItem(question="Job?", expect_any=["AIGC", "start-up"])]
+    base = ScriptedAnswerer({"Capital of Japan?": "Tokyo.", "Capital of France?": "Paris.",
+                             "Largest planet?": "Saturn.", "Bees make?": "Honey!"})
+    tuned = ScriptedAnswerer({"Name?": "I'm Manman.", "Job?": "I run an AIGC start-up.",
+                              "Capital of Japan?": "I'm Manman, I curate articles.",
+                              "Capital of France?": "Paris.", "Largest planet?": "Jupiter.",
+                              "Bees make?": "honey"})
+    markers = ["Manman"]
+    base_answers = answer_general(base, SYSTEM, general, markers)
+    report = evaluate(tuned, PERSONA, "en", base_general=base_answers, base_model="base",
+                      probes=probes, general=general)
+    assert report.persona_score == 1.0
+    assert report.base_general_score == 0.75 and report.general_score == 0.75
+    assert report.retention == pytest.approx(2 / 3, abs=1e-4)  # lost Tokyo, kept Paris + honey
+    assert report.leakage == 0.25
+    assert Gate().check(report) == ["retention 0.67 < 0.95"]
+    assert Gate(min_retention=0.6).check(report) == []
+
+
+def test_the_starter_against_itself(llm):
+    general = [GeneralItem(question="What is the capital of Japan?", accept=["Tokyo"]),
+               GeneralItem(question="What do bees make?", accept=["honey"])]
+    probes = [ProbeItem(question="What is your name?", expect_any=["Manman"])]
+    base = answer_general(llm, SYSTEM, general, ["Manman"], max_new_tokens=16)
+    report = evaluate(llm, PERSONA, "en", base_general=base, base_model=llm.version,
+                      probes=probes, general=general, max_new_tokens=16)
+    assert report.general_score == report.base_general_score == 1.0
+    assert report.retention == 1.0
+    assert [a.answer for a in report.general] == [b.answer for b in base]
+    assert "Tokyo" in report.general[0].answer
+
+
+def test_eval_files_report_every_bad_line(tmp_path):
+    path = tmp_path / "probes.jsonl"
+    path.write_text('{"question": "ok?", "expect_any": ["x"]}\n{"question": ""}\nnot json\n')
+    with pytest.raises(EvalFileError) as info:
+        load_jsonl(path, ProbeItem)
+    assert ":2:" in str(info.value) and ":3:" in str(info.value) and ":1:" not in str(info.value)
+
+
+def test_chatman_eval_json(tmp_path):
+    probes = tmp_path / "p.jsonl"
+    probes.write_text(json.dumps({"question": "What is your name?", "expect_any": ["Manman"]}) + "\n")
+    general = tmp_path / "g.jsonl"
+    general.write_text(json.dumps({"question": "What is the capital of Japan?", "accept": ["Tokyo"]}) + "\n")
+    result = chatman(tmp_path, "eval", "--probes", str(probes), "--general", str(general),
+                     "--max-new-tokens", "16", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["model"] == report["base_model"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert report["general_score"] == report["base_general_score"] == 1.0
+    assert report["retention"] == 1.0
+    assert set(report) >= {"persona_score", "leakage", "probes", "general", "gate_passed"}
+    assert report["general"][0]["question"] == "What is the capital of Japan?"
+
+    bad = chatman(tmp_path, "eval", "--probes", str(general))
+    assert bad.returncode == 2 and "p.jsonl" not in bad.stderr and "g.jsonl:1" in bad.stderr
