@@ -31,6 +31,8 @@ class TrainingProfile(BaseModel):
 
     base_model: str = "starter"
     leak_markers: list[str] = Field(default_factory=list)
+    # Other ways of asking a training question, added as extra training rows.
+    paraphrases: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class PersonaProfile(BaseModel):

@@ -179,27 +179,36 @@ class TransformersChatModel:
     def answer_many(
         self, conversations: Sequence[Sequence[ChatMessage]], max_new_tokens: int, batch_size: int = 8
     ) -> list[str]:
-        """Greedy answers to many prompts, batched with left padding (evaluation)."""
+        """Greedy answers to many prompts, batched (evaluation)."""
         self.load()
-        import torch
+        with self._generate_lock:
+            return generate_greedy(self._model, self._tokenizer, conversations, max_new_tokens,
+                                   batch_size)
 
-        tokenizer, answers = self._tokenizer, []
-        texts = [
-            tokenizer.apply_chat_template(to_template_messages(c), add_generation_prompt=True,
-                                          tokenize=False)
-            for c in conversations
-        ]
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        for i in range(0, len(texts), batch_size):
-            chunk = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i : i + batch_size]]
-            width = max(len(ids) for ids in chunk)
-            input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in chunk])
-            mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk])
-            with self._generate_lock, torch.inference_mode():
-                out = self._model.generate(
-                    input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device),
-                    max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                    top_k=None, pad_token_id=pad_id,
-                )
-            answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
-        return answers
+
+def generate_greedy(model, tokenizer, conversations: Sequence[Sequence[ChatMessage]],
+                    max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy answers with left padding; works for plain and peft-wrapped models alike."""
+    import torch
+
+    device = next(model.parameters()).device
+    texts = [
+        tokenizer.apply_chat_template(to_template_messages(c), add_generation_prompt=True,
+                                      tokenize=False)
+        for c in conversations
+    ]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    answers: list[str] = []
+    for i in range(0, len(texts), batch_size):
+        chunk = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i : i + batch_size]]
+        width = max(len(ids) for ids in chunk)
+        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in chunk])
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk])
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
+                top_k=None, pad_token_id=pad_id,
+            )
+        answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+    return answers
