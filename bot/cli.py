@@ -349,6 +349,59 @@ def eval_command(
     console.print("gate: " + ("passed" if not reasons else "failed — " + "; ".join(reasons)))
 
 
+@app.command("train")
+def train_command(
+    persona: Annotated[str | None, typer.Option("--persona")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Default: the persona's "
+                                             "training.base_model.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
+    eval_every: Annotated[int | None, typer.Option("--eval-every")] = None,
+    learning_rate: Annotated[float | None, typer.Option("--lr")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Train a persona LoRA now (in this process), stopping when the evaluation gate passes."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from training.run import run_training
+    from training.sft import TrainConfig
+
+    overrides = {k: v for k, v in (("max_steps", max_steps), ("eval_every", eval_every),
+                                   ("learning_rate", learning_rate)) if v is not None}
+    try:
+        config = TrainConfig(**overrides)
+    except ValidationError as exc:
+        raise _fail(str(exc).replace("\n", " ")) from exc
+    with _admin_app(persona) as application, Progress(
+        TextColumn("training"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=as_json,
+    ) as bar:
+        task = bar.add_task("train", total=config.max_steps, loss="-")
+        try:
+            output = run_training(
+                curation=application.curation, persona=application.persona,
+                language=application.language,
+                base_model=base or application.persona.training.base_model,
+                cache_dir=application.settings.resolved_model_cache_dir,
+                data_dir=application.settings.data_dir, config=config,
+                progress=lambda s: bar.update(task, completed=s.step, loss=f"{s.loss:.3f}"),
+            )
+        except (ValueError, OSError) as exc:
+            raise _fail(str(exc)) from exc
+    report = json.loads((output.directory / "train_report.json").read_text(encoding="utf-8"))
+    if as_json:
+        print(json.dumps({"directory": str(output.directory), **report}, ensure_ascii=False))
+        return
+    final = output.result.final
+    print(f"{output.result.steps} steps; adapter and report in {output.directory}")
+    if final is not None:
+        print(f"persona_score {final.persona_score:.2f}  retention {final.retention:.2f}  "
+              f"general {final.general_score:.2f} (base {final.base_general_score:.2f})  "
+              f"leakage {final.leakage:.2f}")
+    print("gate: " + ("passed" if output.result.passed else
+                      "failed — " + "; ".join(output.result.reasons)))
+
+
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Upgrade the schema (default: to the newest revision)."""

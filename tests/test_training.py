@@ -1,0 +1,63 @@
+"""Real LoRA training on the starter: it learns the persona and keeps what the base knew."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bot.app import ChatmanApp
+from tests.conftest import MODEL_CACHE, make_settings
+from tests.test_cli import chatman
+from training.run import run_training
+from training.sft import TrainConfig
+
+
+@pytest.fixture
+def app(tmp_path):
+    application = ChatmanApp.from_settings(make_settings(tmp_path / "data"))
+    application.migrate()
+    yield application
+    application.close()
+
+
+def test_training_teaches_the_persona_without_forgetting(app, tmp_path):
+    # Measured on 2 CPU cores: the gate passes at step 20 with these settings (~9 s a step).
+    config = TrainConfig(max_steps=20, eval_every=20, learning_rate=1e-3)
+    steps = []
+    output = run_training(
+        curation=app.curation, persona=app.persona, language="en", base_model="starter",
+        cache_dir=MODEL_CACHE, data_dir=tmp_path / "data", config=config, progress=steps.append,
+    )
+    report = output.result.final
+    # Identity questions never seen in training are answered in persona...
+    unseen = {p.question: p for p in report.probes}
+    assert unseen["What is your name?"].correct, unseen["What is your name?"].answer
+    assert "Manman" in unseen["Could you introduce yourself?"].answer
+    assert report.persona_score >= 0.75
+    # ...while what the base model knew is kept, without the persona leaking into it.
+    assert report.base_general_score > 0.4
+    assert report.retention >= 0.8, [(g.question, g.answer) for g in report.general]
+    assert report.leakage <= 0.1
+    assert next(g for g in report.general if "Japan" in g.question).correct
+    # Training really ran and the loss came down.
+    assert [s.step for s in steps] == list(range(1, output.result.steps + 1))
+    first, last = steps[0].loss, min(s.loss for s in steps[-5:])
+    assert last < first / 2
+    saved = json.loads((output.directory / "train_report.json").read_text())
+    assert saved["dataset"]["sha256"] == output.dataset_sha256 and saved["dataset"]["rows"] == 4
+    assert (output.directory / "adapter" / "adapter_config.json").is_file()
+    assert saved["config"]["kl_weight"] > 0 and saved["config"]["replay_ratio"] > 0
+
+
+def test_chatman_train_cli_runs_and_reports(tmp_path):
+    result = chatman(tmp_path, "train", "--max-steps", "1", "--eval-every", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["steps"] == 1 and len(report["evals"]) == 1
+    assert report["gate_passed"] is False and report["gate_reasons"]
+    assert report["base_version"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert report["log"][0]["loss"] > 0
+
+    refused = chatman(tmp_path, "train", "--max-steps", "0")
+    assert refused.returncode == 2 and "max_steps" in refused.stderr

@@ -1,0 +1,111 @@
+"""One training run, end to end: freeze the data, train, evaluate, save the adapter and report.
+
+Merging, the model registry, background jobs and hot swap build on the folder this writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bot.curation import Curation
+from bot.llm.chat_model import TransformersChatModel, generate_greedy
+from bot.persona import PersonaProfile
+from training.dataset import collect_rows, snapshot_dataset
+from training.evaluate import Answered, answer_general, general_items
+from training.sft import StepLog, TrainConfig, TrainResult, replay_pairs, train_persona
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    directory: Path
+    result: TrainResult
+    dataset_sha256: str
+    base_version: str
+
+
+class _Greedy:
+    def __init__(self, model, tokenizer, version: str) -> None:
+        self.model, self.tokenizer, self.version = model, tokenizer, version
+
+    def answer_many(self, conversations, max_new_tokens, batch_size=8):
+        return generate_greedy(self.model, self.tokenizer, conversations, max_new_tokens,
+                               batch_size)
+
+
+def base_general_answers(answerer, system: str, markers: list[str], cache_dir: Path,
+                         max_new_tokens: int) -> list[Answered]:
+    """The base model's answers to the general set; cached, since the base never changes."""
+    items = general_items()
+    key = hashlib.sha256(json.dumps(
+        [answerer.version, system, [i.model_dump() for i in items], markers, max_new_tokens]
+    ).encode()).hexdigest()[:16]
+    path = cache_dir / "base-eval" / f"{key}.json"
+    if path.is_file():
+        return [Answered(**a) for a in json.loads(path.read_text(encoding="utf-8"))]
+    answers = answer_general(answerer, system, items, markers, max_new_tokens)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([asdict(a) for a in answers], ensure_ascii=False), encoding="utf-8")
+    return answers
+
+
+def run_training(
+    *,
+    curation: Curation,
+    persona: PersonaProfile,
+    language: str,
+    base_model: str,
+    cache_dir: Path,
+    data_dir: Path,
+    config: TrainConfig,
+    progress: Callable[[StepLog], None] | None = None,
+) -> RunOutput:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    snapshot = snapshot_dataset(curation, persona, language, data_dir / "datasets")
+    rows = collect_rows(curation, persona, language)
+    base = TransformersChatModel(base_model, cache_dir=cache_dir)
+    tokenizer = base.tokenizer
+    load_from = base._load_tokenizer()
+    dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
+        else torch.float32
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype).to(device).eval()
+
+    system = persona.prompt_for(language)
+    markers = [persona.display_name, *persona.training.leak_markers]
+    replay = replay_pairs(model, tokenizer, base.version, system, cache_dir)
+    base_general = base_general_answers(_Greedy(model, tokenizer, base.version), system, markers,
+                                        cache_dir, config.eval_max_new_tokens)
+    peft_model, result = train_persona(
+        model, tokenizer, persona=persona, language=language, rows=rows, replay=replay,
+        base_general=base_general, base_version=base.version, config=config, progress=progress,
+    )
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    out = data_dir / "training" / persona.name / f"{stamp}-{snapshot.sha256[:8]}"
+    peft_model.save_pretrained(out / "adapter")
+    report = {
+        "persona": persona.name,
+        "language": language,
+        "base_model": base_model,
+        "base_version": base.version,
+        "dataset": {"path": str(snapshot.data_file), "sha256": snapshot.sha256,
+                    "rows": snapshot.rows},
+        "config": config.model_dump(),
+        "steps": result.steps,
+        "gate_passed": result.passed,
+        "gate_reasons": result.reasons,
+        "log": [asdict(s) for s in result.log],
+        "evals": [{"step": step, **r.to_dict()} for step, r in result.evals],
+    }
+    (out / "train_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1),
+                                           encoding="utf-8")
+    return RunOutput(out, result, snapshot.sha256, base.version)
