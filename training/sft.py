@@ -42,7 +42,9 @@ class TrainConfig(BaseModel):
     lora_r: int = Field(default=16, ge=1)
     lora_alpha: int = Field(default=32, ge=1)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
-    learning_rate: float = Field(default=5e-4, gt=0)
+    # With replay + KL + early stopping, 1e-3 learns the persona in ~20 steps on the starter
+    # without the forgetting it causes on its own.
+    learning_rate: float = Field(default=1e-3, gt=0)
     max_steps: int = Field(default=60, ge=1)
     batch_size: int = Field(default=2, ge=1)  # persona rows per step
     grad_accum: int = Field(default=1, ge=1)
