@@ -15,6 +15,7 @@ from bot.curation import Change, Curation, PairView
 from bot.errors import UserFacingError
 from bot.persona import PersonaProfile
 from bot.types import ChatMessage
+from training.dataset import collect_rows, training_messages
 
 log = logging.getLogger(__name__)
 
@@ -213,8 +214,6 @@ class AdminService:
 
     def dataset(self, actor: Actor) -> CommandResult:
         self._require_admin(actor, "dataset")
-        from training.dataset import collect_rows, training_messages
-
         counts = self.curation.counts_by_status()
         seeds = self.persona.seed_pairs(self.language)
         rows = collect_rows(self.curation, self.persona, self.language)

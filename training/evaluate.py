@@ -16,6 +16,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bot.llm.chat_model import generate_greedy
 from bot.persona import PersonaProfile
 from bot.types import ChatMessage, Role
 from training.general_qa import GENERAL_QA
@@ -25,6 +26,17 @@ class Answerer(Protocol):
     version: str
 
     def answer_many(self, conversations, max_new_tokens: int, batch_size: int = 8) -> list[str]: ...
+
+
+class GreedyAnswerer:
+    """Any loaded causal LM (plain or with a LoRA) as an :class:`Answerer`."""
+
+    def __init__(self, model, tokenizer, version: str) -> None:
+        self.model, self.tokenizer, self.version = model, tokenizer, version
+
+    def answer_many(self, conversations, max_new_tokens, batch_size=8):
+        return generate_greedy(self.model, self.tokenizer, conversations, max_new_tokens,
+                               batch_size)
 
 
 class ProbeItem(BaseModel):

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bot.curation import Curation
-from bot.llm.chat_model import TransformersChatModel, generate_greedy
+from bot.llm.chat_model import TransformersChatModel
 from bot.persona import PersonaProfile
 from training.dataset import collect_rows, snapshot_dataset
-from training.evaluate import Answered, answer_general, general_items
+from training.evaluate import Answered, GreedyAnswerer, answer_general, general_items
 from training.sft import StepLog, TrainConfig, TrainResult, replay_pairs, train_persona
 
 log = logging.getLogger(__name__)
@@ -29,15 +29,6 @@ class RunOutput:
     result: TrainResult
     dataset_sha256: str
     base_version: str
-
-
-class _Greedy:
-    def __init__(self, model, tokenizer, version: str) -> None:
-        self.model, self.tokenizer, self.version = model, tokenizer, version
-
-    def answer_many(self, conversations, max_new_tokens, batch_size=8):
-        return generate_greedy(self.model, self.tokenizer, conversations, max_new_tokens,
-                               batch_size)
 
 
 def base_general_answers(answerer, system: str, markers: list[str], cache_dir: Path,
@@ -74,7 +65,7 @@ def run_training(
     rows = collect_rows(curation, persona, language)
     base = TransformersChatModel(base_model, cache_dir=cache_dir)
     tokenizer = base.tokenizer
-    load_from = base._load_tokenizer()
+    load_from = base.weights_path()
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
         else torch.float32
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -83,7 +74,7 @@ def run_training(
     system = persona.prompt_for(language)
     markers = [persona.display_name, *persona.training.leak_markers]
     replay = replay_pairs(model, tokenizer, base.version, system, cache_dir)
-    base_general = base_general_answers(_Greedy(model, tokenizer, base.version), system, markers,
+    base_general = base_general_answers(GreedyAnswerer(model, tokenizer, base.version), system, markers,
                                         cache_dir, config.eval_max_new_tokens)
     peft_model, result = train_persona(
         model, tokenizer, persona=persona, language=language, rows=rows, replay=replay,

@@ -30,7 +30,7 @@ from bot.persona import PersonaProfile
 from bot.textkeys import question_key
 from bot.types import ChatMessage, Role
 from training.dataset import training_messages
-from training.evaluate import Answered, EvalReport, Gate, evaluate
+from training.evaluate import Answered, EvalReport, Gate, GreedyAnswerer, evaluate
 from training.formats import AlpacaRow
 from training.general_qa import REPLAY_PROMPTS
 from training.tokenize import IGNORE, Example, encode_conversation
@@ -111,15 +111,6 @@ def replay_pairs(model, tokenizer, version: str, system: str, cache_dir: Path,
     return pairs
 
 
-class _PeftAnswerer:
-    def __init__(self, model, tokenizer, version: str) -> None:
-        self.model, self.tokenizer, self.version = model, tokenizer, version
-
-    def answer_many(self, conversations, max_new_tokens, batch_size=8):
-        return generate_greedy(self.model, self.tokenizer, conversations, max_new_tokens,
-                               batch_size)
-
-
 def _collate(examples: list[Example], pad_id: int):
     import torch
 
@@ -181,7 +172,7 @@ def train_persona(
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     n_replay = round(config.batch_size * config.replay_ratio) if replay_examples else 0
-    answerer = _PeftAnswerer(peft_model, tokenizer, f"{base_version}+lora")
+    answerer = GreedyAnswerer(peft_model, tokenizer, f"{base_version}+lora")
     result = TrainResult(steps=0, passed=False, reasons=["not evaluated"])
 
     def sample(pool: list[Example], k: int) -> list[Example]:

@@ -83,6 +83,10 @@ class TransformersChatModel:
         self.version = resolved.version
         return resolved.load_from
 
+    def weights_path(self) -> str:
+        """Where ``from_pretrained`` finds the weights (a GGUF is de-quantised first)."""
+        return self._load_tokenizer()
+
     def load(self) -> None:
         with self._load_lock:
             if self._model is not None:
