@@ -182,7 +182,8 @@ def doctor() -> None:
     check("persona", persona)
     check("asr", loaded(app_module.build_asr))
     check("llm", loaded(app_module.build_llm))
-    check("tts", loaded(app_module.build_tts))
+    check("tts", loaded(lambda s: app_module.build_tts(
+        s, load_persona(s.persona, s.persona_dir))))
     if failures:
         raise typer.Exit(1)
 
