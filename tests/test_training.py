@@ -47,6 +47,8 @@ def test_training_teaches_the_persona_without_forgetting(app, tmp_path):
     saved = json.loads((output.directory / "train_report.json").read_text())
     assert saved["dataset"]["sha256"] == output.dataset_sha256 and saved["dataset"]["rows"] == 4
     assert (output.directory / "adapter" / "adapter_config.json").is_file()
+    # A merged copy is written only when the gate passed.
+    assert (saved["model_dir"] is not None) == output.result.passed
     assert saved["config"]["kl_weight"] > 0 and saved["config"]["replay_ratio"] > 0
 
 

@@ -18,6 +18,7 @@ from bot.llm.chat_model import TransformersChatModel
 from bot.persona import PersonaProfile
 from training.dataset import collect_rows, snapshot_dataset
 from training.evaluate import Answered, GreedyAnswerer, answer_general, general_items
+from training.export import export_merged
 from training.sft import StepLog, TrainConfig, TrainResult, replay_pairs, train_persona
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,6 @@ def run_training(
     )
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = data_dir / "training" / persona.name / f"{stamp}-{snapshot.sha256[:8]}"
-    peft_model.save_pretrained(out / "adapter")
     report = {
         "persona": persona.name,
         "language": language,
@@ -96,7 +96,19 @@ def run_training(
         "gate_reasons": result.reasons,
         "log": [asdict(s) for s in result.log],
         "evals": [{"step": step, **r.to_dict()} for step, r in result.evals],
+        "model_dir": None,
     }
+    card = {k: report[k] for k in ("persona", "language", "base_model", "base_version",
+                                   "dataset", "config", "steps", "gate_passed")}
+    if result.final is not None:
+        card["metrics"] = {k: getattr(result.final, k) for k in (
+            "persona_score", "general_score", "base_general_score", "retention", "leakage")}
+    if result.passed:
+        # Only a model that passed the gate is worth a merged copy of the base's weights.
+        exported = export_merged(peft_model, tokenizer, out, system_prompt=system, info=card)
+        report["model_dir"] = str(exported.model_dir)
+    else:
+        peft_model.save_pretrained(out / "adapter")
     (out / "train_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1),
                                            encoding="utf-8")
     return RunOutput(out, result, snapshot.sha256, base.version)
