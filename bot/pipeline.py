@@ -140,7 +140,7 @@ class VoicePipeline:
             model_version=reply.model_version,
             reply_tokens=reply.new_tokens,
             persona=self.config.persona,
-            context=[m for m in prompt[1:-1]],
+            context=list(prompt[1:-1]),
             timings_ms=dict(timer.ms),
         )
         turn.exchange_id = await self._run(

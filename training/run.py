@@ -65,8 +65,8 @@ def run_training(
     snapshot = snapshot_dataset(curation, persona, language, data_dir / "datasets")
     rows = collect_rows(curation, persona, language)
     base = TransformersChatModel(base_model, cache_dir=cache_dir)
+    load_from = base.weights_path()  # resolves (and fingerprints) the base once
     tokenizer = base.tokenizer
-    load_from = base.weights_path()
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
         else torch.float32
     device = "cuda" if torch.cuda.is_available() else "cpu"
