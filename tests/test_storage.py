@@ -11,7 +11,8 @@ from bot.storage.models import Base
 from bot.storage.store import SqlStore, make_engine
 from bot.types import ChatKind, ChatRef, Role, Turn, UserRef, VoiceNote
 
-TABLES = {"users", "chats", "exchanges", "history_messages"}
+TABLES = {"users", "chats", "exchanges", "history_messages", "pairs", "audit_log",
+          "dataset_snapshots", "model_versions", "training_jobs"}
 
 
 def _turn(question: str, answer: str) -> Turn:

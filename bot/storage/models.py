@@ -148,3 +148,75 @@ class DatasetSnapshot(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     rows: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelStatus:
+    # candidate: being trained or waiting for its evaluation; active: answering (one per persona);
+    # rejected: failed the gate; retired: was active, replaced; failed: crashed, killed or
+    # unloadable.
+    CANDIDATE = "candidate"
+    ACTIVE = "active"
+    REJECTED = "rejected"
+    RETIRED = "retired"
+    FAILED = "failed"
+    ALL = (CANDIDATE, ACTIVE, REJECTED, RETIRED, FAILED)
+
+
+class ModelVersion(Base):
+    """A trained persona model: where it lives, what it was trained on, how it scored."""
+
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    persona: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    base_model: Mapped[str] = mapped_column(Text)
+    base_version: Mapped[str | None] = mapped_column(String(256))
+    directory: Mapped[str | None] = mapped_column(Text)  # the run folder (report, plot, adapter)
+    model_dir: Mapped[str | None] = mapped_column(Text)  # merged HF folder, when the gate passed
+    dataset_sha256: Mapped[str | None] = mapped_column(String(64))
+    dataset_rows: Mapped[int | None] = mapped_column(Integer)
+    steps: Mapped[int | None] = mapped_column(Integer)
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
+    reasons: Mapped[list] = mapped_column(JSON, default=list)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id"), index=True)
+    # The version that was active when this one was activated: what /rollback returns to.
+    previous_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    created_by: Mapped[str | None] = mapped_column(String(160))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobStatus:
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # trained, passed the gate, activated
+    REJECTED = "rejected"  # trained, failed the gate; the active model is unchanged
+    FAILED = "failed"  # crashed, killed, or interrupted by a restart
+    OPEN = (QUEUED, RUNNING)
+    ALL = (QUEUED, RUNNING, SUCCEEDED, REJECTED, FAILED)
+
+
+class TrainingJob(Base):
+    """A queued or finished /retrain, with live progress and whom to tell."""
+
+    __tablename__ = "training_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    persona: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    requested_by: Mapped[str] = mapped_column(String(160))
+    notify_platform: Mapped[str | None] = mapped_column(String(32))
+    notify_chat_id: Mapped[str | None] = mapped_column(String(128))
+    max_steps: Mapped[int | None] = mapped_column(Integer)
+    progress: Mapped[dict] = mapped_column(JSON, default=dict)
+    pid: Mapped[int | None] = mapped_column(Integer)
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
