@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from bot.curation import Change, Curation, PairView
 from bot.errors import UserFacingError
 from bot.persona import PersonaProfile
-from bot.types import ChatMessage
+from bot.registry import ModelRegistry, VersionView
+from bot.types import ChatMessage, ChatRef
 from training.dataset import collect_rows, training_messages
+from training.jobs import JobQueue
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 10
-ADMIN_COMMANDS = ("approve", "correct", "reject", "pending", "add", "dataset", "persona")
+ADMIN_COMMANDS = ("approve", "correct", "reject", "pending", "add", "dataset", "persona",
+                  "retrain", "trainstatus", "models", "activate", "rollback")
 USER_COMMANDS = ("forget",)
 
 
@@ -91,7 +94,16 @@ class AdminService:
         admin_ids: frozenset[str],
         model_version: Callable[[], str],
         count_tokens: Callable[[list[ChatMessage]], int] = estimate_tokens,
+        registry: ModelRegistry | None = None,
+        jobs: JobQueue | None = None,
+        default_max_steps: int | None = None,
     ) -> None:
+        self.registry = registry or ModelRegistry(curation.store, persona.name)
+        self.jobs = jobs or JobQueue(curation.store, persona.name)
+        self.default_max_steps = default_max_steps
+        # Set by the application: nudge the job runner / the model follower (thread-safe).
+        self.on_job_queued: Callable[[], None] = lambda: None
+        self.on_model_change: Callable[[], None] = lambda: None
         self.curation = curation
         self.persona = persona
         self.language = language
@@ -103,8 +115,12 @@ class AdminService:
         return actor.granted_admin or actor.key in self.admin_ids
 
     # --- the one entry point adapters use ---------------------------------------------
-    def execute(self, actor: Actor, text: str, reply_to: ReplyTarget | None = None) -> CommandResult:
-        """Run ``/command args`` (the slash is optional) for ``actor``."""
+    def execute(self, actor: Actor, text: str, reply_to: ReplyTarget | None = None,
+                origin: ChatRef | None = None) -> CommandResult:
+        """Run ``/command args`` (the slash is optional) for ``actor``.
+
+        ``origin`` is the chat the command came from: where /retrain reports progress.
+        """
         name, _, args = text.strip().lstrip("/").partition(" ")
         name = name.split("@", 1)[0].lower()  # Telegram appends @botname in groups
         args = args.strip()
@@ -121,6 +137,18 @@ class AdminService:
             return self.dataset(actor)
         if name == "persona":
             return self.persona_info(actor)
+        if name == "retrain":
+            return self.retrain(actor, origin, _max_steps(args))
+        if name in ("trainstatus", "models", "rollback"):
+            if args:
+                raise CommandError(f"unexpected {args!r}", user_message=f"Usage: /{name}")
+            return getattr(self, {"trainstatus": "train_status", "models": "models",
+                                  "rollback": "rollback"}[name])(actor)
+        if name == "activate":
+            if not args or " " in args:
+                raise CommandError("activate without version",
+                                   user_message="Usage: /activate VERSION (see /models)")
+            return self.activate(actor, args)
         if name == "add":
             question, answer = _split_pair(args, "add <question> | <answer>")
             return self.add(actor, question, answer)
@@ -248,6 +276,73 @@ class AdminService:
             "name": p.name, "display_name": p.display_name, "language": self.language,
             "model_version": version, "base_model": p.training.base_model})
 
+    # --- training and model versions ---------------------------------------------------
+    def retrain(self, actor: Actor, origin: ChatRef | None = None,
+                max_steps: int | None = None) -> CommandResult:
+        self._require_admin(actor, "retrain")
+        job, behind = self.jobs.enqueue(actor.key, origin, max_steps or self.default_max_steps)
+        steps = max_steps or self.default_max_steps
+        message = (f"Queued training job #{job.id} for {self.persona.display_name}"
+                   + (f" (at most {steps} steps)" if steps else "")
+                   + ". It stops as soon as the evaluation gate passes; the current model keeps "
+                   "answering meanwhile and is replaced only if the new one passes.")
+        if behind is not None:
+            message += f" It waits for job #{behind.id} ({behind.describe()})."
+        if origin is not None and origin.platform != "cli":
+            message += " Progress and the loss plot will come here."
+        else:
+            message += (" A running bot picks it up; `chatman train` trains in this shell "
+                        "instead.")
+        self.on_job_queued()
+        return CommandResult("retrain", message, [], {"job": job.to_dict()})
+
+    def train_status(self, actor: Actor) -> CommandResult:
+        self._require_admin(actor, "trainstatus")
+        active = self.registry.active()
+        lines = [f"Answering: {self.model_version()}"
+                 + (f" — {_metrics(active)}" if active else " (base model, no trained version)")]
+        open_jobs = self.jobs.open_jobs()
+        lines += [f"Job {j.describe()}" for j in open_jobs] or ["No training job is queued or "
+                                                                 "running."]
+        finished = [j for j in self.jobs.recent(3) if j.status not in ("queued", "running")]
+        if finished:
+            lines.append(f"Last finished: job {finished[0].describe()}")
+        return CommandResult("trainstatus", "\n".join(lines), [], {
+            "active": active.to_dict() if active else None,
+            "jobs": [j.to_dict() for j in open_jobs],
+            "last_finished": finished[0].to_dict() if finished else None})
+
+    def models(self, actor: Actor) -> CommandResult:
+        self._require_admin(actor, "models")
+        versions = self.registry.list()
+        if not versions:
+            message = f"No trained versions yet; {self.model_version()} answers. Use /retrain."
+        else:
+            message = "\n".join(f"{v.version} {v.status}" + (f" — {_metrics(v)}" if v.metrics
+                                                                else "")
+                                 + (f" — {'; '.join(v.reasons)}" if v.status in (
+                                     "rejected", "failed") and v.reasons else "")
+                                 for v in versions[:PAGE_SIZE])
+        return CommandResult("models", message, [], {"versions": [v.to_dict() for v in versions]})
+
+    def activate(self, actor: Actor, version: str) -> CommandResult:
+        self._require_admin(actor, "activate")
+        view = self.registry.activate(version, actor.key)
+        self.on_model_change()
+        return CommandResult("activate", f"{view.version} is now active"
+                             + (f" (was {view.previous})" if view.previous else "")
+                             + "; switching between requests.", [], {"version": view.to_dict()})
+
+    def rollback(self, actor: Actor) -> CommandResult:
+        self._require_admin(actor, "rollback")
+        before = self.registry.active()
+        back = self.registry.rollback(actor.key)
+        self.on_model_change()
+        target = back.version if back else "the base model"
+        return CommandResult("rollback", f"Rolled back from {before.version} to {target}; "
+                             "switching between requests.", [], {
+                                 "from": before.version, "to": back.version if back else None})
+
     def forget(self, actor: Actor) -> CommandResult:
         counts = self.curation.forget_user(actor.platform, actor.user_id)
         log.info("forgot a user's data: %s", counts)
@@ -255,6 +350,23 @@ class AdminService:
                    f"{counts['pairs_deleted']} unreviewed pairs. Answers already approved for "
                    "training stay, with your name removed.")
         return CommandResult("forget", message, [], counts)
+
+
+def _metrics(v: VersionView) -> str:
+    m = v.metrics
+    if not m:
+        return "not evaluated"
+    return (f"persona {m['persona_score']:.2f}, retention {m['retention']:.2f}, "
+            f"leakage {m['leakage']:.2f}")
+
+
+def _max_steps(args: str) -> int | None:
+    if not args:
+        return None
+    if not args.isdigit() or not 1 <= int(args) <= 100_000:
+        raise CommandError(f"bad max steps {args!r}", user_message=(
+            "Usage: /retrain [max steps], e.g. /retrain 40"))
+    return int(args)
 
 
 def _page(args: str) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
@@ -17,9 +19,12 @@ from bot.llm.chat_model import GenerationSettings, TransformersChatModel
 from bot.persona import PersonaProfile, load_persona
 from bot.pipeline import PipelineConfig, VoicePipeline
 from bot.protocols import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer
+from bot.registry import ModelRegistry, Served
 from bot.storage import migrate
 from bot.storage.store import SqlStore, make_engine
 from bot.tts.piper_tts import PiperTTS
+from bot.types import ChatRef
+from training.jobs import JobQueue, Notice, TrainingRunner
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +40,11 @@ def build_asr(s: Settings) -> SpeechRecognizer:
     )
 
 
-def build_llm(s: Settings) -> ChatModel:
+def build_llm(s: Settings, model_ref: str | None = None, version: str | None = None) -> ChatModel:
+    """The configured LLM, or ``model_ref`` (a registry version's folder) named ``version``."""
     return TransformersChatModel(
-        s.llm_model,
+        model_ref or s.llm_model,
+        version=version,
         cache_dir=s.resolved_model_cache_dir,
         device=s.llm_device,
         dtype=s.llm_dtype,
@@ -73,12 +80,26 @@ class ChatmanApp:
     store: SqlStore
     codec: AudioCodec
     asr: SpeechRecognizer
-    llm: ChatModel
     tts: SpeechSynthesizer
     pipeline: VoicePipeline
     curation: Curation
     admin: AdminService
     language: str
+    registry: ModelRegistry
+    jobs: JobQueue
+    served: Served
+    # platform → how to send a training notice to a chat there (registered by adapters)
+    notifiers: dict[str, Callable[[ChatRef, Notice], Awaitable[None]]] = field(default_factory=dict)
+    runner: TrainingRunner | None = None
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+    _swap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _model_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def llm(self) -> ChatModel:
+        """The model answering now (it changes on a hot swap)."""
+        return self.pipeline.llm
 
     @classmethod
     def from_settings(
@@ -89,7 +110,10 @@ class ChatmanApp:
         llm: ChatModel | None = None,
         tts: SpeechSynthesizer | None = None,
     ) -> ChatmanApp:
-        """Models may be passed in to share already-loaded ones (tests, several adapters)."""
+        """Models may be passed in to share already-loaded ones (tests, several adapters).
+
+        Nothing is loaded here; :meth:`start` switches to the registry's active version first.
+        """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         persona = load_persona(settings.persona, settings.persona_dir)
         language = settings.language or persona.language
@@ -109,22 +133,121 @@ class ChatmanApp:
             ),
         )
         curation = Curation(store, persona.name)
+        registry = ModelRegistry(store, persona.name)
+        jobs = JobQueue(store, persona.name)
         admin = AdminService(
             curation, persona, language=language, admin_ids=settings.admin_id_set,
-            model_version=lambda: llm.version,
-            count_tokens=llm.count_conversation_tokens,
+            model_version=lambda: pipeline.llm.version,
+            count_tokens=lambda messages: pipeline.llm.count_conversation_tokens(messages),
+            registry=registry, jobs=jobs, default_max_steps=settings.train_max_steps,
         )
-        return cls(settings, persona, engine, store, codec, asr, llm, tts, pipeline, curation,
-                   admin, language)
+        application = cls(settings, persona, engine, store, codec, asr, tts, pipeline, curation,
+                          admin, language, registry, jobs, Served(None, settings.llm_model))
+        admin.on_job_queued = application.wake_runner
+        admin.on_model_change = application.request_model_sync
+        return application
 
     def migrate(self) -> None:
         migrate.upgrade(self.engine)
 
-    async def start(self, load_models: bool = True) -> None:
-        """Upgrade the schema, then load the models side by side in worker threads."""
+    async def start(self, load_models: bool = True, background: bool = False) -> None:
+        """Upgrade the schema, pick the active model version, load the models side by side.
+
+        ``background`` also runs training jobs and follows version changes made elsewhere:
+        what a long-running bot does, not a one-shot CLI command.
+        """
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.migrate)
+        await self.sync_model(load=False)
         if load_models:
             await asyncio.gather(*(asyncio.to_thread(m.load) for m in (self.asr, self.llm, self.tts)))
+        if background:
+            stuck = await asyncio.to_thread(self.jobs.recover, "interrupted: the bot restarted")
+            for job in stuck:
+                await asyncio.to_thread(self.registry.fail_job_candidates, job.id, job.error or "")
+                log.warning("training job #%d was running when the bot stopped; marked failed",
+                            job.id)
+            self.runner = TrainingRunner(self.jobs, self.registry, self.settings,
+                                         notify=self.notify, on_release=self._release)
+            self._tasks += [asyncio.create_task(self.runner.run_forever(), name="training-jobs"),
+                            asyncio.create_task(self._follow_registry(), name="model-registry")]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.stop()
+        for task in self._tasks:
+            if task.get_name() == "training-jobs":
+                # Let the runner record the interrupted job before it goes.
+                with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(task), 10)
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    # --- training notices ---------------------------------------------------------------
+    async def notify(self, chat: ChatRef, notice: Notice) -> None:
+        send = self.notifiers.get(chat.platform)
+        if send is None:
+            log.info("no adapter for %s to tell about job #%d", chat.platform, notice.job_id)
+            return
+        await send(chat, notice)
+
+    def wake_runner(self) -> None:
+        if self.runner is not None:
+            self.runner.wake()
+
+    # --- hot swap -----------------------------------------------------------------------
+    def request_model_sync(self) -> None:
+        """Thread-safe: the active version may have changed (admin command, CLI)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._model_changed.set)
+
+    async def _follow_registry(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._model_changed.wait(),
+                                       self.settings.registry_poll_seconds)
+            self._model_changed.clear()
+            try:
+                await self.sync_model()
+            except Exception:
+                log.exception("could not follow the model registry")
+
+    async def _release(self, version: str) -> str | None:
+        await self.sync_model()
+        if self.served.version == version:
+            return None
+        got = await asyncio.to_thread(self.registry.get, version)
+        return "; ".join(got.reasons) if got else "unknown version"
+
+    async def sync_model(self, load: bool = True) -> None:
+        """Serve what the registry says is active, swapping between requests.
+
+        The new model is loaded completely before the pipeline sees it; turns already running
+        finish on the model they started with (they hold their own reference). A version that
+        fails to load is marked failed, and the one before it is served instead.
+        """
+        async with self._swap_lock:
+            for _ in range(5):
+                served = await asyncio.to_thread(self.registry.served, self.settings.llm_model)
+                if served == self.served:
+                    return
+                llm = build_llm(self.settings, served.model_ref, served.version)
+                try:
+                    if load:
+                        await asyncio.to_thread(llm.load)
+                except Exception as exc:
+                    log.exception("could not load model %s", served.version or served.model_ref)
+                    if served.version is None:
+                        raise
+                    await asyncio.to_thread(self.registry.fail, served.version,
+                                            f"could not be loaded: {type(exc).__name__}: {exc}")
+                    continue
+                previous, self.pipeline.llm, self.served = self.pipeline.llm, llm, served
+                log.info("now answering with %s (was %s)", llm.version, previous.version)
+                return
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,4 +1,4 @@
-"""`chatman` command line: ask, doctor, db."""
+"""`chatman` command line: ask, doctor, admin, dataset, eval, train, models, db."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
 app.add_typer(db_app, name="db")
 dataset_app = typer.Typer(no_args_is_help=True, help="The persona's SFT dataset.")
 app.add_typer(dataset_app, name="dataset")
+models_app = typer.Typer(no_args_is_help=True, help="Trained model versions of the persona.")
+app.add_typer(models_app, name="models")
 
 log = logging.getLogger("chatman")
 
@@ -181,7 +183,14 @@ def doctor() -> None:
     check("database", database)
     check("persona", persona)
     check("asr", loaded(app_module.build_asr))
-    check("llm", loaded(app_module.build_llm))
+    def served_llm(s: Settings):
+        try:
+            name = load_persona(s.persona, s.persona_dir).name
+        except ValueError:
+            name = s.persona
+        return app_module.build_llm(s, *_resolve_model(s, name, None))
+
+    check("llm", loaded(served_llm))
     check("tts", loaded(lambda s: app_module.build_tts(
         s, load_persona(s.persona, s.persona_dir))))
     if failures:
@@ -214,7 +223,8 @@ def _admin_app(persona: str | None = None):
 def admin_command(
     ctx: typer.Context,
     command: Annotated[str, typer.Argument(help="approve, correct, reject, pending, add, "
-                                                "dataset, persona, forget")],
+                                                "dataset, persona, retrain, trainstatus, models, "
+                                                "activate, rollback, forget")],
     operator: Annotated[str, typer.Option("--as", help="Operator name, for the audit log.")] = "",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -291,8 +301,9 @@ def dataset_snapshot(persona: Annotated[str | None, typer.Option("--persona")] =
 
 @app.command("eval")
 def eval_command(
-    model: Annotated[str | None, typer.Option("--model", help="Model folder, .gguf, hub id or "
-                                              "'starter'. Default: CHATMAN_LLM_MODEL.")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="A model version (see `chatman "
+                                              "models list`), folder, .gguf, hub id or 'starter'. "
+                                              "Default: the model answering now.")] = None,
     base: Annotated[str | None, typer.Option("--base", help="Base to compare with. Default: "
                                              "the persona's training base.")] = None,
     probes: Annotated[Path | None, typer.Option("--probes", help='JSONL: {"question", '
@@ -318,9 +329,9 @@ def eval_command(
     except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
     language = settings.language or persona.language
-    model_ref = model or settings.llm_model
-    base_ref = base or persona.training.base_model
-    candidate = build_llm(settings.model_copy(update={"llm_model": model_ref}))
+    model_ref, version = _resolve_model(settings, persona.name, model)
+    base_ref = base or settings.train_base_model or persona.training.base_model
+    candidate = build_llm(settings, model_ref, version)
     base_llm = candidate if base_ref == model_ref else build_llm(
         settings.model_copy(update={"llm_model": base_ref}))
     markers = [persona.display_name, *persona.training.leak_markers]
@@ -350,57 +361,151 @@ def eval_command(
     console.print("gate: " + ("passed" if not reasons else "failed — " + "; ".join(reasons)))
 
 
+def _resolve_model(settings: Settings, persona: str, ref: str | None) -> tuple[str, str | None]:
+    """A registry version name → its merged folder; no ref → what a bot would serve now."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from bot.registry import ModelRegistry
+    from bot.storage import migrate
+    from bot.storage.store import SqlStore, make_engine
+
+    engine = make_engine(settings.resolved_database_url)
+    try:
+        if migrate.current_revision(engine) != migrate.head_revision(engine):
+            return ref or settings.llm_model, None
+        registry = ModelRegistry(SqlStore(engine), persona)
+        if ref is None:
+            served = registry.served(settings.llm_model)
+            return served.model_ref, served.version
+        found = registry.get(ref)
+    except SQLAlchemyError:
+        return ref or settings.llm_model, None
+    finally:
+        engine.dispose()
+    if found is None:
+        return ref, None
+    if not found.model_dir:
+        raise _fail(f"{ref} has no merged model (status {found.status}; only versions that "
+                    f"passed the gate are exported); its adapter is in {found.directory}")
+    return found.model_dir, found.version
+
+
 @app.command("train")
 def train_command(
     persona: Annotated[str | None, typer.Option("--persona")] = None,
-    base: Annotated[str | None, typer.Option("--base", help="Default: the persona's "
-                                             "training.base_model.")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Default: CHATMAN_TRAIN_BASE_MODEL or "
+                                             "the persona's training.base_model.")] = None,
     max_steps: Annotated[int | None, typer.Option("--max-steps")] = None,
     eval_every: Annotated[int | None, typer.Option("--eval-every")] = None,
     learning_rate: Annotated[float | None, typer.Option("--lr")] = None,
+    activate: Annotated[bool, typer.Option("--activate/--no-activate", help="Make a version "
+                                           "that passes the gate active (default).")] = True,
+    operator: Annotated[str, typer.Option("--as", help="Operator name, for the registry.")] = "",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Train a persona LoRA now (in this process), stopping when the evaluation gate passes."""
+    """Train a persona version now (in this process), stopping when the evaluation gate passes.
+
+    Registered like a /retrain job: rejected if it fails the gate, else active (a running bot
+    switches to it).
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from training.run import run_training
+    from training.release import train_and_release
     from training.sft import TrainConfig
 
     overrides = {k: v for k, v in (("max_steps", max_steps), ("eval_every", eval_every),
                                    ("learning_rate", learning_rate)) if v is not None}
-    try:
-        config = TrainConfig(**overrides)
-    except ValidationError as exc:
-        raise _fail(str(exc).replace("\n", " ")) from exc
-    with _admin_app(persona) as application, Progress(
-        TextColumn("training"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-        console=Console(stderr=True), disable=as_json,
-    ) as bar:
-        task = bar.add_task("train", total=config.max_steps, loss="-")
+    with _admin_app(persona) as application:
+        settings = application.settings
         try:
-            output = run_training(
-                curation=application.curation, persona=application.persona,
-                language=application.language,
-                base_model=base or application.persona.training.base_model,
-                cache_dir=application.settings.resolved_model_cache_dir,
-                data_dir=application.settings.data_dir, config=config,
-                progress=lambda s: bar.update(task, completed=s.step, loss=f"{s.loss:.3f}"),
-            )
-        except (ValueError, OSError) as exc:
-            raise _fail(str(exc)) from exc
+            config = TrainConfig(**{**settings.train_overrides(), **overrides})
+        except ValidationError as exc:
+            raise _fail(str(exc).replace("\n", " ")) from exc
+        console = Console(stderr=True)
+        with Progress(
+            TextColumn("{task.fields[stage]}"), BarColumn(),
+            TextColumn("step {task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
+            console=console, disable=as_json,
+        ) as bar:
+            task = bar.add_task("train", total=config.max_steps, loss="-", stage="starting")
+            try:
+                release = train_and_release(
+                    registry=application.registry, curation=application.curation,
+                    persona=application.persona, language=application.language,
+                    base_model=(base or settings.train_base_model
+                                or application.persona.training.base_model),
+                    cache_dir=settings.resolved_model_cache_dir, data_dir=settings.data_dir,
+                    config=config, created_by=f"cli:{operator or getpass.getuser()}",
+                    activate=activate,
+                    on_stage=lambda name: bar.update(task, stage=name),
+                    progress=lambda s: bar.update(task, completed=s.step, loss=f"{s.loss:.3f}"),
+                )
+            except (ValueError, OSError) as exc:
+                raise _fail(str(exc)) from exc
+    output = release.run
     report = json.loads((output.directory / "train_report.json").read_text(encoding="utf-8"))
     if as_json:
-        print(json.dumps({"directory": str(output.directory), **report}, ensure_ascii=False))
+        print(json.dumps({"directory": str(output.directory), "status": release.status,
+                          "plot": str(release.plot) if release.plot else None, **report},
+                         ensure_ascii=False))
         return
-    final = output.result.final
-    print(f"{output.result.steps} steps; adapter and report in {output.directory}")
-    if final is not None:
-        print(f"persona_score {final.persona_score:.2f}  retention {final.retention:.2f}  "
-              f"general {final.general_score:.2f} (base {final.base_general_score:.2f})  "
-              f"leakage {final.leakage:.2f}")
-    print("gate: " + ("passed" if output.result.passed else
-                      "failed — " + "; ".join(output.result.reasons)))
+    print(release.summary)
+    print(f"status: {release.status}; report, adapter and loss plot in {output.directory}")
+
+
+@models_app.command("list")
+def models_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every version of the persona, newest first, with status and evaluation."""
+    with _admin_app() as application:
+        versions = application.registry.list()
+        served = application.registry.served(application.settings.llm_model)
+    if as_json:
+        print(json.dumps({"serving": served.version or served.model_ref,
+                          "versions": [v.to_dict() for v in versions]}, ensure_ascii=False))
+        return
+    table = Table("version", "status", "persona", "retention", "leakage", "steps", "dataset",
+                  "created", "notes", title=f"serving: {served.version or served.model_ref}")
+    for v in versions:
+        m = v.metrics
+        table.add_row(v.version, v.status,
+                      *(f"{m[k]:.2f}" if k in m else "-" for k in ("persona_score", "retention",
+                                                                   "leakage")),
+                      str(v.steps or "-"), (v.dataset_sha256 or "")[:10] or "-",
+                      f"{v.created_at:%Y-%m-%d %H:%M}",
+                      "; ".join(v.reasons) if v.status in ("rejected", "failed") else
+                      (f"rollback → {v.previous}" if v.status == "active" and v.previous else ""))
+    Console().print(table)
+
+
+@models_app.command("activate")
+def models_activate(
+    version: Annotated[str, typer.Argument(help="e.g. manman-v3")],
+    force: Annotated[bool, typer.Option("--force", help="Even if it failed the gate.")] = False,
+    operator: Annotated[str, typer.Option("--as")] = "",
+) -> None:
+    """Make VERSION answer; a running bot switches to it within CHATMAN_REGISTRY_POLL_SECONDS."""
+    with _admin_app() as application:
+        try:
+            view = application.registry.activate(
+                version, f"cli:{operator or getpass.getuser()}", force=force)
+        except UserFacingError as exc:
+            raise _fail(exc.user_message) from exc
+    print(f"{view.version} is active" + (f" (rollback returns to {view.previous})"
+                                         if view.previous else ""))
+
+
+@models_app.command("rollback")
+def models_rollback(operator: Annotated[str, typer.Option("--as")] = "") -> None:
+    """Retire the active version and reactivate the one it replaced (or the base model)."""
+    with _admin_app() as application:
+        try:
+            before = application.registry.active()
+            back = application.registry.rollback(f"cli:{operator or getpass.getuser()}")
+        except UserFacingError as exc:
+            raise _fail(exc.user_message) from exc
+    print(f"rolled back from {before.version} to "
+          f"{back.version if back else 'the base model (' + application.settings.llm_model + ')'}")
 
 
 @db_app.command("upgrade")

@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=20.0, gt=0)
     admin_ids: str = ""
 
+    train_base_model: str | None = Field(
+        default=None, description="Base to fine-tune; default the persona's training.base_model"
+    )
+    train_max_steps: int | None = Field(default=None, ge=1, description="Default: 60")
+    train_progress_seconds: float = Field(default=60.0, ge=0)
+    registry_poll_seconds: float = Field(default=10.0, gt=0)
+
     log_level: str = "INFO"
 
     @field_validator("asr_language", mode="before")
@@ -104,6 +111,23 @@ class Settings(BaseSettings):
     @property
     def admin_id_set(self) -> frozenset[str]:
         return frozenset(x.strip() for x in self.admin_ids.split(",") if x.strip())
+
+    def train_overrides(self, max_steps: int | None = None) -> dict:
+        """TrainConfig fields these settings (or a /retrain argument) override."""
+        steps = max_steps or self.train_max_steps
+        return {"max_steps": steps} if steps else {}
+
+    def for_worker(self) -> dict:
+        """Every field with secrets revealed, for a child process's stdin (never argv/env)."""
+        data = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, Path):
+                value = str(value.resolve())
+            data[name] = value
+        return data
 
     def secret_values(self) -> list[str]:
         """Raw secret strings, for the log filter that masks them."""

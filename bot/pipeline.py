@@ -118,11 +118,12 @@ class VoicePipeline:
         )
         if msg.chat.kind is not ChatKind.GROUP:
             history = [ChatMessage(m.role, m.content) for m in history]
+        # One model for the whole turn: a hot swap (see ChatmanApp.sync_model) replaces
+        # self.llm between turns, never under one.
+        llm = self.llm
         with timer.stage("llm"):
-            prompt = await self._run(
-                self.llm.fit_history, self.config.system_prompt, history, user_turn
-            )
-            reply = await self._run(self.llm.generate, prompt)
+            prompt = await self._run(llm.fit_history, self.config.system_prompt, history, user_turn)
+            reply = await self._run(llm.generate, prompt)
         text = reply.text or FALLBACK_REPLY
         voice = None
         if msg.want_voice:

@@ -17,7 +17,7 @@ from bot.curation import Curation
 from bot.llm.chat_model import TransformersChatModel
 from bot.persona import PersonaProfile
 from training.dataset import collect_rows, snapshot_dataset
-from training.evaluate import Answered, GreedyAnswerer, answer_general, general_items
+from training.evaluate import Answered, EvalReport, GreedyAnswerer, answer_general, general_items
 from training.export import export_merged
 from training.sft import StepLog, TrainConfig, TrainResult, replay_pairs, train_persona
 
@@ -29,7 +29,9 @@ class RunOutput:
     directory: Path
     result: TrainResult
     dataset_sha256: str
+    dataset_rows: int
     base_version: str
+    model_dir: Path | None
 
 
 def base_general_answers(answerer, system: str, markers: list[str], cache_dir: Path,
@@ -58,12 +60,18 @@ def run_training(
     data_dir: Path,
     config: TrainConfig,
     progress: Callable[[StepLog], None] | None = None,
+    on_eval: Callable[[int, EvalReport], None] | None = None,
+    on_stage: Callable[[str], None] | None = None,
+    run_name: str | None = None,
 ) -> RunOutput:
     import torch
     from transformers import AutoModelForCausalLM
 
+    stage = on_stage or (lambda name: None)
+    stage("freezing the dataset")
     snapshot = snapshot_dataset(curation, persona, language, data_dir / "datasets")
     rows = collect_rows(curation, persona, language)
+    stage("loading the base model")
     base = TransformersChatModel(base_model, cache_dir=cache_dir)
     load_from = base.weights_path()  # resolves (and fingerprints) the base once
     tokenizer = base.tokenizer
@@ -74,16 +82,20 @@ def run_training(
 
     system = persona.prompt_for(language)
     markers = [persona.display_name, *persona.training.leak_markers]
+    stage("base model answers (replay and evaluation baseline)")
     replay = replay_pairs(model, tokenizer, base.version, system, cache_dir)
     base_general = base_general_answers(GreedyAnswerer(model, tokenizer, base.version), system, markers,
                                         cache_dir, config.eval_max_new_tokens)
+    stage("training")
     peft_model, result = train_persona(
         model, tokenizer, persona=persona, language=language, rows=rows, replay=replay,
         base_general=base_general, base_version=base.version, config=config, progress=progress,
+        on_eval=on_eval,
     )
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    out = data_dir / "training" / persona.name / f"{stamp}-{snapshot.sha256[:8]}"
+    out = data_dir / "training" / persona.name / (run_name or f"{stamp}-{snapshot.sha256[:8]}")
     report = {
+        "version": run_name,
         "persona": persona.name,
         "language": language,
         "base_model": base_model,
@@ -98,17 +110,20 @@ def run_training(
         "evals": [{"step": step, **r.to_dict()} for step, r in result.evals],
         "model_dir": None,
     }
-    card = {k: report[k] for k in ("persona", "language", "base_model", "base_version",
+    card = {k: report[k] for k in ("version", "persona", "language", "base_model", "base_version",
                                    "dataset", "config", "steps", "gate_passed")}
     if result.final is not None:
         card["metrics"] = {k: getattr(result.final, k) for k in (
             "persona_score", "general_score", "base_general_score", "retention", "leakage")}
     if result.passed:
         # Only a model that passed the gate is worth a merged copy of the base's weights.
+        stage("merging and exporting")
         exported = export_merged(peft_model, tokenizer, out, system_prompt=system, info=card)
         report["model_dir"] = str(exported.model_dir)
+        model_dir = exported.model_dir
     else:
+        model_dir = None
         peft_model.save_pretrained(out / "adapter")
     (out / "train_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1),
                                            encoding="utf-8")
-    return RunOutput(out, result, snapshot.sha256, base.version)
+    return RunOutput(out, result, snapshot.sha256, snapshot.rows, base.version, model_dir)

@@ -146,6 +146,7 @@ def train_persona(
     base_version: str,
     config: TrainConfig,
     progress: Callable[[StepLog], None] | None = None,
+    on_eval: Callable[[int, EvalReport], None] | None = None,
 ) -> tuple[object, TrainResult]:
     """Train a LoRA on ``model`` (a loaded base); returns the peft model and what happened."""
     import torch
@@ -218,6 +219,8 @@ def train_persona(
                               base_model=base_version, max_new_tokens=config.eval_max_new_tokens)
             result.evals.append((step, report))
             result.reasons = config.gate.check(report)
+            if on_eval:
+                on_eval(step, report)
             log.info("step %d: persona %.2f retention %.2f leakage %.2f", step,
                      report.persona_score, report.retention, report.leakage)
             if not result.reasons:

@@ -45,15 +45,18 @@ class TransformersChatModel:
         dtype: str = "auto",
         generation: GenerationSettings = GenerationSettings(),
         context_tokens: int = 1536,
+        version: str | None = None,
     ) -> None:
+        """``version`` names the model in replies and logs (a registry version's name)."""
         self.model_ref = model
+        self.version_name = version
         self.cache_dir = cache_dir
         self.device_setting = device  # resolved at load: importing torch takes seconds
         self.device = "cpu"
         self.dtype_setting = dtype
         self.generation = generation
         self.context_tokens = context_tokens
-        self.version = model
+        self.version = version or model
         self._model = None
         self._tokenizer = None
         self._load_lock = threading.Lock()
@@ -80,7 +83,7 @@ class TransformersChatModel:
             if tokenizer.chat_template is None:
                 raise ValueError(f"{resolved.load_from} has no chat template")
             self._tokenizer = tokenizer
-        self.version = resolved.version
+        self.version = self.version_name or resolved.version
         return resolved.load_from
 
     def weights_path(self) -> str:

@@ -48,6 +48,9 @@ def resolve_llm(ref: str, cache_dir: Path) -> ResolvedModel:
         if not path.is_file():
             raise FileNotFoundError(f"GGUF file not found: {path}")
         return ResolvedModel(str(dequantized_dir(path, cache_dir)), path.stem)
+    if not path.exists() and (path.is_absolute() or ref.startswith((".", "~"))):
+        # Otherwise transformers takes it for a hub id and complains about its form.
+        raise FileNotFoundError(f"model folder not found: {path}")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"{path} has no config.json; not a transformers model folder")
