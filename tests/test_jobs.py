@@ -160,3 +160,17 @@ async def test_a_worker_that_cannot_train_reports_why(job_app, tmp_path):
     assert job.error == f"FileNotFoundError: model folder not found: {tmp_path / 'nowhere'}"
     assert app.registry.get("manman-v1").status == ModelStatus.FAILED
     assert "The current model keeps answering." in app.notices[-1][1].text
+
+
+async def test_stopping_the_bot_mid_job_fails_the_job_and_stops_the_trainer(job_app):
+    app = job_app
+    await app.start(load_models=False, background=True)
+    job_id = app.admin.execute(ADMIN, "/retrain 5000", origin=ADMIN_CHAT).data["job"]["id"]
+    job = await wait_for(lambda: (j := app.jobs.get(job_id)).pid and j)
+    await app.stop()
+    assert app.jobs.get(job_id).status == JobStatus.FAILED
+    assert app.jobs.get(job_id).error == "the bot shut down during training"
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):  # reaped by the runner; give the kernel a moment
+            os.kill(job.pid, 0)
+            time.sleep(0.1)

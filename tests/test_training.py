@@ -7,28 +7,32 @@ import json
 import pytest
 
 from bot.app import ChatmanApp
+from bot.types import ChatKind, ChatRef, Incoming, UserRef
 from tests.conftest import MODEL_CACHE, make_settings
 from tests.test_cli import chatman
-from training.run import run_training
+from training.release import train_and_release
 from training.sft import TrainConfig
 
 
 @pytest.fixture
 def app(tmp_path):
-    application = ChatmanApp.from_settings(make_settings(tmp_path / "data"))
+    application = ChatmanApp.from_settings(make_settings(tmp_path / "data", language="en"))
     application.migrate()
     yield application
     application.close()
 
 
-def test_training_teaches_the_persona_without_forgetting(app, tmp_path):
+async def test_training_teaches_the_persona_without_forgetting(app, tmp_path):
     # Measured on 2 CPU cores: the gate passes at step 20 with these settings (~9 s a step).
     config = TrainConfig(max_steps=20, eval_every=20)
     steps = []
-    output = run_training(
-        curation=app.curation, persona=app.persona, language="en", base_model="starter",
-        cache_dir=MODEL_CACHE, data_dir=tmp_path / "data", config=config, progress=steps.append,
+    await app.start(load_models=False)
+    release = train_and_release(
+        registry=app.registry, curation=app.curation, persona=app.persona, language="en",
+        base_model="starter", cache_dir=MODEL_CACHE, data_dir=tmp_path / "data", config=config,
+        created_by="test:ada", progress=steps.append,
     )
+    output = release.run
     report = output.result.final
     # Identity questions never seen in training are answered in persona...
     unseen = {p.question: p for p in report.probes}
@@ -50,6 +54,22 @@ def test_training_teaches_the_persona_without_forgetting(app, tmp_path):
     # A merged copy is written only when the gate passed.
     assert (saved["model_dir"] is not None) == output.result.passed
     assert saved["config"]["kl_weight"] > 0 and saved["config"]["replay_ratio"] > 0
+    assert release.plot.read_bytes()[:4] == b"\x89PNG"
+
+    # Registered; when it passed, it is active and the bot switches to it between requests.
+    version = app.registry.get(release.version)
+    assert version.dataset_sha256 == output.dataset_sha256 and version.steps == output.result.steps
+    assert version.metrics["persona_score"] == report.persona_score
+    if not output.result.passed:
+        assert version.status == "rejected" and version.reasons
+        return
+    assert version.status == "active" and release.status == "active"
+    await app.sync_model()
+    assert app.llm.version == release.version
+    turn = await app.pipeline.handle(Incoming(ChatRef("test", "c1", ChatKind.PRIVATE),
+                                              UserRef("test", "2", "Carol"),
+                                              text="Who are you?", want_voice=False))
+    assert turn.model_version == release.version and "Manman" in turn.reply, turn.reply
 
 
 def test_chatman_train_cli_runs_and_reports(tmp_path):
@@ -57,6 +77,10 @@ def test_chatman_train_cli_runs_and_reports(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["steps"] == 1 and len(report["evals"]) == 1
+    assert report["version"] == "manman-v1" and report["status"] == "rejected"
+    assert report["plot"].endswith("manman-v1/loss.png")
+    listed = json.loads(chatman(tmp_path, "models", "list", "--json").stdout)
+    assert [(v["version"], v["status"]) for v in listed["versions"]] == [("manman-v1", "rejected")]
     assert report["gate_passed"] is False and report["gate_reasons"]
     assert report["base_version"] == "SmolLM2-135M-Instruct.Q4_1"
     assert report["log"][0]["loss"] > 0
