@@ -15,7 +15,7 @@ from bot.curation import Change, Curation, PairView
 from bot.errors import UserFacingError
 from bot.persona import PersonaProfile
 from bot.registry import ModelRegistry, VersionView
-from bot.types import ChatMessage, ChatRef
+from bot.types import ChatKind, ChatMessage, ChatRef
 from training.dataset import collect_rows, training_messages
 from training.jobs import JobQueue
 
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 PAGE_SIZE = 10
 ADMIN_COMMANDS = ("approve", "correct", "reject", "pending", "add", "dataset", "persona",
-                  "retrain", "trainstatus", "models", "activate", "rollback")
+                  "retrain", "trainstatus", "models", "activate", "rollback", "answerall")
 USER_COMMANDS = ("forget",)
 
 
@@ -144,6 +144,8 @@ class AdminService:
                 raise CommandError(f"unexpected {args!r}", user_message=f"Usage: /{name}")
             return getattr(self, {"trainstatus": "train_status", "models": "models",
                                   "rollback": "rollback"}[name])(actor)
+        if name == "answerall":
+            return self.answer_all(actor, origin, args)
         if name == "activate":
             if not args or " " in args:
                 raise CommandError("activate without version",
@@ -342,6 +344,22 @@ class AdminService:
         return CommandResult("rollback", f"Rolled back from {before.version} to {target}; "
                              "switching between requests.", [], {
                                  "from": before.version, "to": back.version if back else None})
+
+    def answer_all(self, actor: Actor, origin: ChatRef | None, args: str) -> CommandResult:
+        self._require_admin(actor, "answerall")
+        if args.lower() not in ("on", "off"):
+            raise CommandError(f"bad answerall {args!r}", user_message="Usage: /answerall on|off")
+        if origin is None or origin.kind is not ChatKind.GROUP:
+            raise CommandError("answerall outside a group", user_message=(
+                "Use /answerall in the group or channel it should apply to; in private chats I "
+                "answer every voice note anyway."))
+        on = args.lower() == "on"
+        self.curation.store.set_answer_every_voice(origin, on)
+        log.info("%s set answer-every-voice %s in %s/%s", actor.key, on, origin.platform,
+                 origin.chat_id)
+        message = ("I'll answer every voice note here now." if on else
+                   "I'll answer voice notes here only when mentioned or replied to.")
+        return CommandResult("answerall", message, [], {"answer_all_voice": on})
 
     def forget(self, actor: Actor) -> CommandResult:
         counts = self.curation.forget_user(actor.platform, actor.user_id)

@@ -132,6 +132,19 @@ def ask(
 
 
 @app.command()
+def run() -> None:
+    """Run the bot on every configured chat platform until Ctrl-C (SIGINT/SIGTERM)."""
+    settings = _settings()
+    # The composition root: the only command that loads the platform adapters.
+    from adapters.run import NoAdapterConfigured, serve
+
+    try:
+        asyncio.run(serve(settings))
+    except NoAdapterConfigured as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
 def doctor() -> None:
     """Check that every configured model loads and the database is migrated."""
     settings = _settings()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -27,6 +27,9 @@ class Settings(BaseSettings):
         extra="ignore",
         # `CHATMAN_X=` in .env means "use the default", as in .env.example.
         env_ignore_empty=True,
+        # Platform variables go by their platform's usual names (TELEGRAM_BOT_TOKEN);
+        # code and tests use the field names.
+        populate_by_name=True,
     )
 
     data_dir: Path = Path("./data")
@@ -67,6 +70,32 @@ class Settings(BaseSettings):
     max_voice_seconds: float = Field(default=120.0, gt=0)
     max_upload_mb: float = Field(default=20.0, gt=0)
     admin_ids: str = ""
+
+    # --- chat platforms ---
+    chat_queue_limit: int = Field(default=5, ge=1, description="Messages per chat in flight")
+    telegram_bot_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("TELEGRAM_BOT_TOKEN",
+                                                    "CHATMAN_TELEGRAM_BOT_TOKEN"))
+    telegram_api_base_url: str = Field(
+        default="https://api.telegram.org/bot",
+        validation_alias=AliasChoices("TELEGRAM_API_BASE_URL", "CHATMAN_TELEGRAM_API_BASE_URL"))
+    telegram_file_base_url: str = Field(
+        default="https://api.telegram.org/file/bot",
+        validation_alias=AliasChoices("TELEGRAM_FILE_BASE_URL", "CHATMAN_TELEGRAM_FILE_BASE_URL"))
+    telegram_webhook_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("TELEGRAM_WEBHOOK_URL", "CHATMAN_TELEGRAM_WEBHOOK_URL"))
+    telegram_webhook_secret: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("TELEGRAM_WEBHOOK_SECRET",
+                                                    "CHATMAN_TELEGRAM_WEBHOOK_SECRET"))
+    telegram_webhook_listen: str = Field(
+        default="0.0.0.0", validation_alias=AliasChoices("TELEGRAM_WEBHOOK_LISTEN",
+                                                         "CHATMAN_TELEGRAM_WEBHOOK_LISTEN"))
+    telegram_webhook_port: int = Field(
+        default=8443, ge=1, le=65535,
+        validation_alias=AliasChoices("TELEGRAM_WEBHOOK_PORT", "CHATMAN_TELEGRAM_WEBHOOK_PORT"))
+    telegram_reply_text: Literal["caption", "message", "none"] = "caption"
+    telegram_text_voice: bool = False
 
     train_base_model: str | None = Field(
         default=None, description="Base to fine-tune; default the persona's training.base_model"

@@ -35,8 +35,8 @@ MODEL_CACHE = Path(os.environ.get("CHATMAN_TEST_MODEL_CACHE", REPO / ".cache" / 
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> None:
     """Keep a developer's own CHATMAN_* variables and .env out of the tests."""
     for key in list(os.environ):
-        if key.startswith("CHATMAN_") and key not in ("CHATMAN_TEST_POSTGRES_URL",
-                                                      "CHATMAN_TEST_MODEL_CACHE"):
+        if key.startswith(("CHATMAN_", "TELEGRAM_", "DISCORD_")) and key not in (
+                "CHATMAN_TEST_POSTGRES_URL", "CHATMAN_TEST_MODEL_CACHE"):
             monkeypatch.delenv(key)
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 

@@ -66,7 +66,10 @@ def test_env_example_documents_every_setting_and_loads_as_the_defaults(tmp_path,
         for line in example.splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     }
-    expected = {f"CHATMAN_{name.upper()}" for name in Settings.model_fields}
+    expected = {
+        field.validation_alias.choices[0] if field.validation_alias else f"CHATMAN_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+    }
     assert documented == expected
     for name in expected:  # each one has a comment right above it or above its group
         assert f"\n# " in example.split(f"\n{name}=")[0][-400:], name
@@ -74,6 +77,14 @@ def test_env_example_documents_every_setting_and_loads_as_the_defaults(tmp_path,
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text(example)
     assert Settings().model_dump() == Settings(_env_file=None).model_dump()
+
+
+def test_platform_variables_use_the_platforms_names(monkeypatch):
+    monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123:abc-secret")
+    s = Settings(_env_file=None)
+    assert s.telegram_bot_token.get_secret_value() == "123:abc-secret"
+    assert s.masked()["telegram_bot_token"] == "***"
+    assert "123:abc-secret" in s.secret_values()
 
 
 def test_admin_ids_must_name_their_platform(monkeypatch):

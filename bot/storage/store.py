@@ -127,6 +127,19 @@ class SqlStore:
             ])
             return exchange.id
 
+    def answers_every_voice(self, chat: ChatRef) -> bool:
+        with self.session() as s:
+            row = self._chat(s, chat, create=False)
+            return bool(row and row.answer_all_voice)
+
+    def set_answer_every_voice(self, chat: ChatRef, on: bool) -> bool:
+        """Returns whether it changed."""
+        with self.session() as s, s.begin():
+            row = self._chat(s, chat, create=True)
+            changed = bool(row.answer_all_voice) != on
+            row.answer_all_voice = on
+            return changed
+
     def set_reply_message_id(self, exchange_id: int, reply_message_id: str) -> None:
         """Adapters call this once the answer is posted, so replies to it find the pair."""
         with self.session() as s, s.begin():

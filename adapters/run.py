@@ -1,0 +1,68 @@
+"""`chatman run`: the long-running bot with every configured adapter.
+
+This is the composition root: the only place that knows which platforms exist. The core
+(``bot/``) never imports a chat platform library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import Protocol
+
+from bot.app import ChatmanApp
+from bot.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Adapter(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class NoAdapterConfigured(RuntimeError):
+    pass
+
+
+def configured_adapters(app: ChatmanApp) -> list[Adapter]:
+    adapters: list[Adapter] = []
+    if app.settings.telegram_bot_token is not None:
+        from adapters.telegram import TelegramAdapter
+
+        adapters.append(TelegramAdapter(app))
+    return adapters
+
+
+async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Start the app (models, training jobs, registry follower) and the adapters until ``stop``."""
+    stop = stop or asyncio.Event()
+    app = ChatmanApp.from_settings(settings)
+    adapters = configured_adapters(app)
+    if not adapters:
+        app.close()
+        raise NoAdapterConfigured("no chat platform configured: set TELEGRAM_BOT_TOKEN")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    started: list[Adapter] = []
+    try:
+        await app.start(background=True)
+        for adapter in adapters:
+            await adapter.start()
+            started.append(adapter)
+        log.info("ChatMan is running (%s); Ctrl-C stops it",
+                 ", ".join(type(a).__name__ for a in adapters))
+        await stop.wait()
+    finally:
+        for adapter in reversed(started):
+            try:
+                await adapter.stop()
+            except Exception:
+                log.exception("stopping %s", type(adapter).__name__)
+        await app.stop()
+        app.close()

@@ -1,0 +1,400 @@
+"""Telegram adapter (python-telegram-bot 22): platform events in, core types out, and back.
+
+Everything ChatMan does happens in the core (pipeline, admin service); this module decides
+*whether* a Telegram message is for the bot, downloads its audio, shows chat actions while the
+core works, and sends the answer back with retries that never send twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import TypeVar
+from urllib.parse import urlparse
+
+# Durations and retry_after as timedelta now, as PTB will have them in its next major version.
+os.environ.setdefault("PTB_TIMEDELTA", "1")
+
+from telegram import (  # noqa: E402
+    BotCommand,
+    BotCommandScopeChat,
+    BotCommandScopeDefault,
+    Message,
+    ReplyParameters,
+    Update,
+)
+from telegram.constants import ChatAction, ChatType, MessageEntityType, MessageLimit  # noqa: E402
+from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError  # noqa: E402
+from telegram.ext import Application, ContextTypes, MessageHandler, filters  # noqa: E402
+
+from bot.admin import ADMIN_COMMANDS, USER_COMMANDS, Actor, ReplyTarget  # noqa: E402
+from bot.app import ChatmanApp  # noqa: E402
+from bot.chat_queue import Busy, ChatQueues  # noqa: E402
+from bot.errors import UserFacingError  # noqa: E402
+from bot.types import ChatKind, ChatRef, Incoming, Turn, UserRef  # noqa: E402
+from training.jobs import Notice  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+PLATFORM = "telegram"
+#: Bot API limit on files a bot may download.
+DOWNLOAD_LIMIT = 20 * 1024 * 1024
+#: A chat action shows for about 5 s; renew it before it lapses.
+ACTION_EVERY_S = 4.0
+SEND_ATTEMPTS = 6
+
+COMMAND_HELP = {
+    "start": "What this bot does",
+    "help": "How to talk to me",
+    "forget": "Delete what you said to me",
+    "approve": "Approve a pair (reply to my answer, or ID)",
+    "correct": "Approve with a better answer",
+    "reject": "Keep a pair out of training",
+    "pending": "Pairs waiting for review",
+    "add": "Add a pair: question | answer",
+    "dataset": "Dataset statistics",
+    "persona": "Persona and answering model",
+    "retrain": "Train a new version [max steps]",
+    "trainstatus": "Training progress and queue",
+    "models": "Model versions",
+    "activate": "Switch to a version",
+    "rollback": "Back to the previous version",
+    "answerall": "on/off: answer every voice note here",
+}
+GENERAL = ("start", "help", *USER_COMMANDS)
+
+
+class TelegramAdapter:
+    def __init__(self, app: ChatmanApp) -> None:
+        s = app.settings
+        if s.telegram_bot_token is None:
+            raise ValueError("TELEGRAM_BOT_TOKEN is not set")
+        self.app = app
+        self.settings = s
+        self.queues = ChatQueues(s.chat_queue_limit)
+        self.webhook_secret = (s.telegram_webhook_secret.get_secret_value()
+                               if s.telegram_webhook_secret else secrets.token_urlsafe(32))
+        self.application: Application = (
+            Application.builder()
+            .token(s.telegram_bot_token.get_secret_value())
+            .base_url(s.telegram_api_base_url)
+            .base_file_url(s.telegram_file_base_url)
+            # Different chats concurrently; ChatQueues keeps each chat in order.
+            .concurrent_updates(True)
+            .media_write_timeout(60)
+            .build()
+        )
+        self.application.add_handler(MessageHandler(filters.COMMAND, self.on_command))
+        self.application.add_handler(MessageHandler(
+            filters.VOICE | filters.AUDIO | filters.VIDEO_NOTE | filters.Document.AUDIO,
+            self.on_audio))
+        self.application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND,
+                                                     self.on_text))
+        self.application.add_error_handler(self.on_error)
+
+    @property
+    def bot(self):
+        return self.application.bot
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.application.initialize()
+        me = self.bot
+        log.info("telegram: signed in as @%s", me.username)
+        await self._register_commands()
+        await self.application.start()
+        url = self.settings.telegram_webhook_url
+        if url:
+            await self.application.updater.start_webhook(
+                listen=self.settings.telegram_webhook_listen,
+                port=self.settings.telegram_webhook_port,
+                url_path=urlparse(url).path.lstrip("/"),
+                webhook_url=url,
+                secret_token=self.webhook_secret,
+                allowed_updates=["message"],
+            )
+            log.info("telegram: receiving updates by webhook on %s:%d",
+                     self.settings.telegram_webhook_listen, self.settings.telegram_webhook_port)
+        else:
+            await self.application.updater.start_polling(
+                allowed_updates=["message"], poll_interval=0.0, timeout=30,
+                bootstrap_retries=-1)
+            log.info("telegram: long polling")
+        self.app.notifiers[PLATFORM] = self.notify
+
+    async def stop(self) -> None:
+        self.app.notifiers.pop(PLATFORM, None)
+        with contextlib.suppress(RuntimeError):
+            await self.application.updater.stop()
+        with contextlib.suppress(RuntimeError):
+            await self.application.stop()
+        await self.application.shutdown()
+
+    async def _register_commands(self) -> None:
+        everyone = [BotCommand(c, COMMAND_HELP[c]) for c in GENERAL]
+        admins = everyone + [BotCommand(c, COMMAND_HELP[c]) for c in ADMIN_COMMANDS]
+        await self._send(lambda: self.bot.set_my_commands(everyone, scope=BotCommandScopeDefault()))
+        # Admin commands appear only in the admins' own chats with the bot.
+        for entry in sorted(self.app.admin.admin_ids):
+            platform, _, user_id = entry.partition(":")
+            if platform != PLATFORM or not user_id.lstrip("-").isdigit():
+                continue
+            try:
+                await self._send(lambda uid=user_id: self.bot.set_my_commands(
+                    admins, scope=BotCommandScopeChat(int(uid))))
+            except BadRequest as exc:  # the admin has not started a chat with the bot yet
+                log.info("telegram: admin commands for %s not registered: %s", entry, exc)
+
+    # --- deciding what is for us -------------------------------------------------------
+    @staticmethod
+    def _kind(message: Message) -> ChatKind:
+        return ChatKind.PRIVATE if message.chat.type == ChatType.PRIVATE else ChatKind.GROUP
+
+    def _chat_ref(self, message: Message) -> ChatRef:
+        return ChatRef(PLATFORM, str(message.chat.id), self._kind(message),
+                       message.chat.title or None)
+
+    def _replies_to_bot(self, message: Message) -> bool:
+        replied = message.reply_to_message
+        return bool(replied and replied.from_user and replied.from_user.id == self.bot.id)
+
+    def _mentions_bot(self, message: Message) -> bool:
+        username = f"@{self.bot.username}".lower()
+        for entity, text in message.parse_entities().items() | message.parse_caption_entities(
+                ).items():
+            if entity.type == MessageEntityType.MENTION and text.lower() == username:
+                return True
+            if (entity.type == MessageEntityType.TEXT_MENTION and entity.user
+                    and entity.user.id == self.bot.id):
+                return True
+        return False
+
+    async def _is_for_us(self, message: Message, voice: bool) -> bool:
+        if message.chat.type == ChatType.PRIVATE:
+            return True
+        if message.chat.type not in (ChatType.GROUP, ChatType.SUPERGROUP):
+            return False  # channels
+        if self._replies_to_bot(message) or self._mentions_bot(message):
+            return True
+        if voice:
+            return await asyncio.to_thread(self.app.store.answers_every_voice,
+                                           self._chat_ref(message))
+        return False
+
+    def _strip_mention(self, text: str) -> str:
+        return " ".join(w for w in text.split() if w.lower() != f"@{self.bot.username}".lower())
+
+    # --- handlers -------------------------------------------------------------------
+    async def on_audio(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message is None or not await self._is_for_us(message, voice=True):
+            return
+        media = message.voice or message.audio or message.video_note or message.document
+        refusal = self._refuse_before_download(media)
+        if refusal:
+            log.info("telegram: refused audio in %s before download: %s", message.chat.id,
+                     refusal)
+            await self._reply_text(message, refusal)
+            return
+        await self._serve(message, audio=media)
+
+    async def on_text(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message is None or not message.text or not await self._is_for_us(message, voice=False):
+            return
+        text = self._strip_mention(message.text)
+        if not text:
+            return
+        await self._serve(message, text=text)
+
+    def _refuse_before_download(self, media) -> str | None:
+        s = self.settings
+        size = getattr(media, "file_size", None) or 0
+        duration = getattr(media, "duration", None)
+        if isinstance(duration, timedelta):
+            duration = duration.total_seconds()
+        if size > min(DOWNLOAD_LIMIT, s.max_upload_bytes):
+            limit = min(DOWNLOAD_LIMIT, s.max_upload_bytes) / 2**20
+            return f"That file is too big for me ({size / 2**20:.1f} MB; the limit is {limit:.0f} MB)."
+        if duration and duration > s.max_voice_seconds:
+            return (f"That recording is too long for me ({duration:.0f} s; the limit is "
+                    f"{s.max_voice_seconds:.0f} s). Could you send a shorter one?")
+        return None
+
+    async def _serve(self, message: Message, *, audio=None, text: str | None = None) -> None:
+        chat = self._chat_ref(message)
+        try:
+            slot = self.queues.enter(chat)
+        except Busy as busy:
+            log.info("telegram: chat %s is busy; refused message %d", chat.chat_id,
+                     message.message_id)
+            await self._reply_text(message, busy.user_message)
+            return
+        async with slot:
+            voice_in = audio is not None
+            want_voice = voice_in or self.settings.telegram_text_voice
+            try:
+                async with self._chat_action(message.chat.id, ChatAction.RECORD_VOICE
+                                             if want_voice else ChatAction.TYPING):
+                    data = None
+                    if voice_in:
+                        file = await self._send(audio.get_file)
+                        data = bytes(await file.download_as_bytearray())
+                    user = message.from_user
+                    turn = await self.app.pipeline.handle(Incoming(
+                        chat=chat,
+                        user=UserRef(PLATFORM, str(user.id), user.full_name),
+                        audio=data, text=text, message_id=str(message.message_id),
+                        want_voice=want_voice,
+                    ))
+            except UserFacingError as err:
+                await self._reply_text(message, err.user_message)
+                return
+            except Exception:
+                log.exception("telegram: could not answer message %d in %s", message.message_id,
+                              chat.chat_id)
+                await self._reply_text(message, "Sorry, something went wrong on my side. "
+                                                "Please try again.")
+                return
+            sent = await self._send_turn(message, turn)
+            if sent is not None and turn.exchange_id is not None:
+                await asyncio.to_thread(self.app.store.set_reply_message_id, turn.exchange_id,
+                                        str(sent.message_id))
+
+    async def _send_turn(self, message: Message, turn: Turn) -> Message | None:
+        reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
+        if turn.voice is None:
+            return await self._reply_text(message, turn.reply)
+        mode = self.settings.telegram_reply_text
+        caption = turn.reply if mode == "caption" and len(turn.reply) <= \
+            MessageLimit.CAPTION_LENGTH else None
+        await self._action_once(message.chat.id, ChatAction.UPLOAD_VOICE)
+        sent = await self._send(lambda: self.bot.send_voice(
+            message.chat.id, voice=turn.voice.data, duration=max(1, round(turn.voice.duration_s)),
+            caption=caption, reply_parameters=reply, filename="reply.ogg"))
+        if mode != "none" and caption is None:
+            await self._reply_text(message, turn.reply)
+        return sent
+
+    async def on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.effective_message
+        if message is None or not message.text or message.from_user is None:
+            return
+        head = message.text.split(maxsplit=1)[0][1:]
+        name, _, addressee = head.partition("@")
+        name = name.lower()
+        if addressee and addressee.lower() != (self.bot.username or "").lower():
+            return  # for another bot in this group
+        known = name in GENERAL or name in ADMIN_COMMANDS
+        if not known and self._kind(message) is ChatKind.GROUP and not addressee:
+            return  # maybe another bot's command
+        user = message.from_user
+        actor = Actor(PLATFORM, str(user.id), user.full_name)
+        if name in ("start", "help"):
+            await self._reply_text(message, self._help(actor))
+            return
+        reply_to = None
+        if self._replies_to_bot(message):
+            reply_to = ReplyTarget(PLATFORM, str(message.chat.id),
+                                   str(message.reply_to_message.message_id))
+        try:
+            result = await asyncio.to_thread(self.app.admin.execute, actor, message.text,
+                                             reply_to, self._chat_ref(message))
+            text = result.message
+        except UserFacingError as err:
+            text = err.user_message
+        await self._reply_text(message, text)
+
+    def _help(self, actor: Actor) -> str:
+        persona = self.app.persona
+        lines = [f"Hi, I'm {persona.display_name}. Send me a voice note and I answer with one; "
+                 "text gets a text answer. In groups, mention me or reply to me.",
+                 "/forget deletes what you said to me."]
+        if self.app.admin.is_admin(actor):
+            lines.append("Admin: " + " ".join(f"/{c}" for c in ADMIN_COMMANDS)
+                         + ". Reply to one of my answers with /approve or /correct <better "
+                           "answer> to curate it.")
+        return "\n".join(lines)
+
+    async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        log.error("telegram: unhandled error", exc_info=context.error)
+
+    # --- training notices -------------------------------------------------------------
+    async def notify(self, chat: ChatRef, notice: Notice) -> None:
+        chat_id = int(chat.chat_id)
+        for chunk in _chunks(notice.text, MessageLimit.MAX_TEXT_LENGTH):
+            await self._send(lambda c=chunk: self.bot.send_message(chat_id, c))
+        if notice.image is not None:
+            data = await asyncio.to_thread(notice.image.read_bytes)
+            await self._send(lambda: self.bot.send_photo(chat_id, photo=data,
+                                                         caption="Loss curve",
+                                                         filename=notice.image.name))
+
+    # --- sending ----------------------------------------------------------------------
+    async def _reply_text(self, message: Message, text: str) -> Message | None:
+        reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
+        first = None
+        for chunk in _chunks(text, MessageLimit.MAX_TEXT_LENGTH):
+            sent = await self._send(lambda c=chunk: self.bot.send_message(
+                message.chat.id, c, reply_parameters=reply))
+            first = first or sent
+        return first
+
+    async def _send(self, call: Callable[[], Awaitable[T]]) -> T | None:
+        """One Bot API call, retried on 429 (after ``retry_after``), 5xx and network errors.
+
+        A user who blocked the bot (403) is logged once, not retried: returns None.
+        """
+        delay = 1.0
+        for attempt in range(1, SEND_ATTEMPTS + 1):
+            try:
+                return await call()
+            except RetryAfter as exc:
+                wait = exc.retry_after
+                wait = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+                log.warning("telegram: rate limited, retrying in %.1f s", wait)
+                await asyncio.sleep(wait)
+            except Forbidden as exc:
+                log.warning("telegram: not allowed to send (%s); giving up", exc.message)
+                return None
+            except BadRequest:
+                raise
+            except NetworkError as exc:  # includes timeouts and 5xx
+                if attempt == SEND_ATTEMPTS:
+                    raise
+                log.warning("telegram: %s; retry %d in %.0f s", exc.message, attempt, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        raise NetworkError("still rate limited after several attempts")
+
+    async def _action_once(self, chat_id: int, action: str) -> None:
+        try:
+            await self.bot.send_chat_action(chat_id, action)
+        except TelegramError as exc:  # cosmetic: never fail a reply over it
+            log.debug("telegram: chat action failed: %s", exc)
+
+    @contextlib.asynccontextmanager
+    async def _chat_action(self, chat_id: int, action: str):
+        async def renew() -> None:
+            while True:
+                await self._action_once(chat_id, action)
+                await asyncio.sleep(ACTION_EVERY_S)
+
+        task = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _chunks(text: str, size: int) -> list[str]:
+    text = text or "…"
+    return [text[i:i + size] for i in range(0, len(text), size)]

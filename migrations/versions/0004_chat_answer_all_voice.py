@@ -1,0 +1,27 @@
+"""chat option: answer every voice note
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-30 01:10:00
+"""
+from typing import Sequence, Union
+
+from alembic import op
+import sqlalchemy as sa
+
+
+revision: str = '0004'
+down_revision: Union[str, None] = '0003'
+branch_labels: Union[str, Sequence[str], None] = None
+depends_on: Union[str, Sequence[str], None] = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('chats', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('answer_all_voice', sa.Boolean(), server_default=sa.false(),
+                                      nullable=False))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('chats', schema=None) as batch_op:
+        batch_op.drop_column('answer_all_voice')

@@ -1,0 +1,294 @@
+"""A local Telegram Bot API server over real HTTP, as https://core.telegram.org/bots/api documents it.
+
+Requests are ``POST /bot<token>/<method>`` with form or multipart fields (JSON-encoded when
+not strings); responses are ``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code",
+"description", "parameters"}``. Files download from ``GET /file/bot<token>/<file_path>``.
+Tests inject updates and read what the bot sent; ``fail_next`` queues error replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+TOKEN = "123456:TEST-token-abcdefghijklmnopqrstuvwxyz"
+BOT = {"id": 5550001, "is_bot": True, "first_name": "Manman", "username": "manman_test_bot",
+       "can_join_groups": True, "can_read_all_group_messages": False,
+       "supports_inline_queries": False}
+
+# Parameters that arrive JSON-encoded (objects and arrays).
+JSON_PARAMS = {"reply_parameters", "commands", "scope", "allowed_updates", "reply_markup",
+               "caption_entities", "entities", "link_preview_options"}
+
+
+@dataclass
+class Sent:
+    method: str
+    chat_id: int
+    params: dict[str, Any]
+    message: dict | None = None
+    file: bytes | None = None
+    at: float = field(default_factory=time.monotonic)
+
+    @property
+    def text(self) -> str | None:
+        return self.params.get("text") or self.params.get("caption")
+
+    @property
+    def reply_to(self) -> int | None:
+        rp = self.params.get("reply_parameters")
+        return rp.get("message_id") if rp else None
+
+
+class FakeTelegram:
+    def __init__(self) -> None:
+        self.updates: list[dict] = []
+        self.sent: list[Sent] = []
+        self.calls: list[str] = []
+        self.files: dict[str, tuple[str, bytes]] = {}
+        self.commands: dict[str, list[dict]] = {}
+        self.webhook: dict[str, Any] = {}
+        self.fail_next: dict[str, list[tuple[int, dict]]] = {}
+        self._update_ids = itertools.count(1)
+        self._message_ids = itertools.count(1000)
+        self._file_ids = itertools.count(1)
+        self._new_update = asyncio.Condition()
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    # --- lifecycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_post("/bot{token}/{method}", self._api)
+        app.router.add_get("/file/bot{token}/{path:.+}", self._download)
+        # Pending long polls must not hold up the end of a test.
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/bot"
+
+    @property
+    def base_file_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/file/bot"
+
+    # --- what tests inject -----------------------------------------------------------
+    def _message(self, chat: dict, user: dict, **content) -> dict:
+        return {"message_id": next(self._message_ids), "date": int(time.time()), "chat": chat,
+                "from": user, **content}
+
+    async def push(self, message: dict) -> dict:
+        async with self._new_update:
+            self.updates.append({"update_id": next(self._update_ids), "message": message})
+            self._new_update.notify_all()
+        return message
+
+    def add_file(self, data: bytes, path_hint: str = "voice/file.oga") -> str:
+        file_id = f"FILE{next(self._file_ids)}"
+        self.files[file_id] = (path_hint.replace("file", file_id.lower()), data)
+        return file_id
+
+    async def send_text(self, chat: dict, user: dict, text: str, **extra) -> dict:
+        entities = extra.pop("entities", None)
+        if entities is None and text.startswith("/"):
+            entities = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
+        if entities is None and "@" + BOT["username"] in text:
+            start = text.index("@" + BOT["username"])
+            entities = [{"type": "mention", "offset": start, "length": len(BOT["username"]) + 1}]
+        return await self.push(self._message(chat, user, text=text,
+                                             **({"entities": entities} if entities else {}),
+                                             **extra))
+
+    async def send_voice(self, chat: dict, user: dict, ogg: bytes, duration: int,
+                         declared_size: int | None = None, **extra) -> dict:
+        file_id = self.add_file(ogg)
+        voice = {"file_id": file_id, "file_unique_id": f"u{file_id}", "duration": duration,
+                 "mime_type": "audio/ogg", "file_size": declared_size or len(ogg)}
+        return await self.push(self._message(chat, user, voice=voice, **extra))
+
+    def sent_to(self, chat_id: int, method: str | None = None) -> list[Sent]:
+        return [s for s in self.sent if s.chat_id == chat_id
+                and (method is None or s.method == method)]
+
+    async def wait_for(self, predicate, timeout: float = 120.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = predicate()
+            if found:
+                return found
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out; sent so far: {[(s.method, s.chat_id, s.text) for s in self.sent]}")
+
+    # --- the Bot API ------------------------------------------------------------------
+    @staticmethod
+    def _ok(result: Any) -> web.Response:
+        return web.Response(text=json.dumps({"ok": True, "result": result}),
+                            content_type="application/json")
+
+    @staticmethod
+    def _error(code: int, description: str, parameters: dict | None = None) -> web.Response:
+        body = {"ok": False, "error_code": code, "description": description}
+        if parameters:
+            body["parameters"] = parameters
+        return web.Response(status=code, text=json.dumps(body), content_type="application/json")
+
+    async def _params(self, request: web.Request) -> tuple[dict, dict[str, bytes]]:
+        params: dict[str, Any] = {}
+        files: dict[str, bytes] = {}
+        if request.content_type == "application/json":
+            return await request.json(), files
+        form = await request.post()
+        for key, value in form.items():
+            if isinstance(value, web.FileField):
+                files[key] = value.file.read()
+            elif key in JSON_PARAMS:
+                params[key] = json.loads(value)
+            else:
+                params[key] = value
+        # A file may also be attached as "attach://name".
+        for key, value in list(params.items()):
+            if isinstance(value, str) and value.startswith("attach://"):
+                files[key] = files.pop(value.removeprefix("attach://"))
+        return params, files
+
+    async def _api(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != TOKEN:
+            return self._error(401, "Unauthorized")
+        method = request.match_info["method"]
+        self.calls.append(method)
+        params, files = await self._params(request)
+        queued = self.fail_next.get(method)
+        if queued:
+            code, parameters = queued.pop(0)
+            return self._error(code, {429: "Too Many Requests: retry later",
+                                      403: "Forbidden: bot was blocked by the user"}.get(
+                                          code, "Internal Server Error"), parameters)
+        handler = getattr(self, f"_m_{method}", None)
+        if handler is None:
+            return self._error(404, f"Not Found: method {method} not found")
+        return await handler(params, files)
+
+    async def _m_getMe(self, params, files):
+        return self._ok(BOT)
+
+    async def _m_deleteWebhook(self, params, files):
+        self.webhook = {}
+        return self._ok(True)
+
+    async def _m_setWebhook(self, params, files):
+        self.webhook = dict(params)
+        return self._ok(True)
+
+    async def _m_getWebhookInfo(self, params, files):
+        return self._ok({"url": self.webhook.get("url", ""), "has_custom_certificate": False,
+                         "pending_update_count": 0})
+
+    async def _m_setMyCommands(self, params, files):
+        scope = params.get("scope") or {"type": "default"}
+        self.commands[json.dumps(scope, sort_keys=True)] = params["commands"]
+        return self._ok(True)
+
+    async def _m_deleteMyCommands(self, params, files):
+        self.commands.pop(json.dumps(params.get("scope") or {"type": "default"}, sort_keys=True),
+                          None)
+        return self._ok(True)
+
+    async def _m_getUpdates(self, params, files):
+        offset = int(params.get("offset") or 0)
+        timeout = float(params.get("timeout") or 0)
+        # Confirmed updates (id < offset) are forgotten, as the real server does.
+        self.updates = [u for u in self.updates if u["update_id"] >= offset]
+        async with self._new_update:
+            if not self.updates and timeout:
+                try:
+                    await asyncio.wait_for(self._new_update.wait(), timeout)
+                except TimeoutError:
+                    pass
+        limit = int(params.get("limit") or 100)
+        return self._ok(self.updates[:limit])
+
+    async def _m_getFile(self, params, files):
+        file_id = params["file_id"]
+        if file_id not in self.files:
+            return self._error(400, "Bad Request: invalid file_id")
+        path, data = self.files[file_id]
+        return self._ok({"file_id": file_id, "file_unique_id": f"u{file_id}",
+                         "file_size": len(data), "file_path": path})
+
+    async def _download(self, request: web.Request) -> web.Response:
+        if request.match_info["token"] != TOKEN:
+            return web.Response(status=401)
+        path = request.match_info["path"]
+        for stored, data in self.files.values():
+            if stored == path:
+                return web.Response(body=data, content_type="application/octet-stream")
+        return web.Response(status=404)
+
+    def _record(self, method: str, params: dict, content: dict, file: bytes | None = None):
+        chat_id = int(params["chat_id"])
+        message = self._message({"id": chat_id, "type": "private" if chat_id > 0 else "group"},
+                                BOT, **content)
+        rp = params.get("reply_parameters")
+        if rp:
+            message["reply_to_message"] = {"message_id": rp["message_id"], "date": 0,
+                                           "chat": message["chat"]}
+        self.sent.append(Sent(method, chat_id, params, message, file))
+        return self._ok(message)
+
+    async def _m_sendMessage(self, params, files):
+        if not params.get("text"):
+            return self._error(400, "Bad Request: message text is empty")
+        return self._record("sendMessage", params, {"text": params["text"]})
+
+    async def _m_sendVoice(self, params, files):
+        data = files.get("voice")
+        if data is None:
+            return self._error(400, "Bad Request: there is no voice in the request")
+        file_id = self.add_file(data)
+        voice = {"file_id": file_id, "file_unique_id": f"u{file_id}",
+                 "duration": int(params.get("duration") or 0), "mime_type": "audio/ogg",
+                 "file_size": len(data)}
+        content = {"voice": voice}
+        if params.get("caption"):
+            content["caption"] = params["caption"]
+        return self._record("sendVoice", params, content, data)
+
+    async def _m_sendPhoto(self, params, files):
+        data = files.get("photo")
+        if data is None:
+            return self._error(400, "Bad Request: there is no photo in the request")
+        content = {"photo": [{"file_id": self.add_file(data, "photos/file.png"),
+                              "file_unique_id": "p", "width": 700, "height": 400}]}
+        if params.get("caption"):
+            content["caption"] = params["caption"]
+        return self._record("sendPhoto", params, content, data)
+
+    async def _m_sendChatAction(self, params, files):
+        self.sent.append(Sent("sendChatAction", int(params["chat_id"]), params))
+        return self._ok(True)
+
+
+def private_chat(user: dict) -> dict:
+    return {"id": user["id"], "type": "private", "first_name": user["first_name"]}
+
+
+def group_chat(chat_id: int, title: str = "Friends") -> dict:
+    return {"id": chat_id, "type": "supergroup", "title": title}
+
+
+def user(user_id: int, first_name: str) -> dict:
+    return {"id": user_id, "is_bot": False, "first_name": first_name}

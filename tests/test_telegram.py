@@ -1,0 +1,287 @@
+"""The real Telegram adapter, end to end against the local fake Bot API server (real HTTP)."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import signal
+import socket
+import sys
+
+import aiohttp
+import pytest
+
+from adapters.telegram import TelegramAdapter
+from bot.app import ChatmanApp
+from bot.llm.chat_model import GenerationSettings
+from bot.storage.models import Exchange, Pair
+from bot.types import ChatKind, ChatRef
+from tests.conftest import MODEL_CACHE, make_settings
+from tests.fakes.telegram_api import BOT, TOKEN, FakeTelegram, group_chat, private_chat, user
+from tests.speech_checks import recall
+from tests.test_cli import chatman
+from training.jobs import Notice
+
+ADMIN = user(900, "Ada")
+ALICE = user(901, "Alice")
+BOB = user(902, "Bob")
+GROUP = group_chat(-1001234567890)
+MENTION = f"@{BOT['username']}"
+
+
+@pytest.fixture
+async def fake():
+    server = FakeTelegram()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def tg_settings(tmp_path, fake: FakeTelegram, **overrides):
+    return make_settings(
+        tmp_path / "data", telegram_bot_token=TOKEN, telegram_api_base_url=fake.base_url,
+        telegram_file_base_url=fake.base_file_url, admin_ids="telegram:900", **overrides)
+
+
+async def started(settings, asr, llm, tts) -> tuple[ChatmanApp, TelegramAdapter]:
+    # The session's starter, with short answers: these tests are about Telegram, not prose.
+    quick = copy.copy(llm)
+    quick.generation = GenerationSettings(max_new_tokens=12, temperature=0.0)
+    app = ChatmanApp.from_settings(settings, asr=asr, llm=quick, tts=tts)
+    await app.start(load_models=False)
+    adapter = TelegramAdapter(app)
+    await adapter.start()
+    return app, adapter
+
+
+@pytest.fixture
+async def bot(tmp_path, fake, asr, llm, tts):
+    app, adapter = await started(tg_settings(tmp_path, fake), asr, llm, tts)
+    yield app
+    await adapter.stop()
+    await app.stop()
+    app.close()
+
+
+def replies(fake: FakeTelegram, chat_id: int, method: str = "sendMessage"):
+    return fake.sent_to(chat_id, method)
+
+
+async def test_a_private_voice_note_gets_a_voice_note_back(fake, bot, speak, asr, codec):
+    ogg = speak("What is the capital of Japan?")
+    asked = await fake.send_voice(private_chat(ALICE), ALICE, ogg, duration=2)
+    sent = (await fake.wait_for(lambda: replies(fake, ALICE["id"], "sendVoice")))[0]
+
+    assert sent.reply_to == asked["message_id"]
+    assert sent.file[:4] == b"OggS" and b"OpusHead" in sent.file[:200]
+    assert int(sent.params["duration"]) >= 1
+    caption = sent.params["caption"]
+    heard = asr.transcribe(codec.decode(sent.file))
+    assert recall(caption, heard.text) >= 0.6, (caption, heard.text)
+    actions = [s.params["action"] for s in replies(fake, ALICE["id"], "sendChatAction")]
+    assert actions[0] == "record_voice" and "upload_voice" in actions
+    # The stored exchange knows which Telegram message carried the answer.
+    with bot.store.session() as s:
+        exchange = s.query(Exchange).one()
+    assert exchange.transcript.lower().startswith("what is the capital of japan")
+    assert exchange.reply_message_id == str(sent.message["message_id"])
+
+
+async def test_groups_answer_mentions_and_replies_only(fake, bot):
+    await fake.send_text(GROUP, BOB, "hello everyone, lunch at noon?")
+    mention = await fake.send_text(GROUP, BOB, f"{MENTION} what is the capital of Japan?")
+    first = (await fake.wait_for(lambda: replies(fake, GROUP["id"])))[0]
+    assert first.reply_to == mention["message_id"] and "Tokyo" in first.text
+    follow = await fake.send_text(GROUP, ALICE, "And what is it famous for?",
+                                  reply_to_message=first.message)
+    await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 2)
+    await fake.send_text(GROUP, BOB, "thanks!")
+    await asyncio.sleep(1.0)
+    answered = replies(fake, GROUP["id"])
+    assert [s.reply_to for s in answered] == [mention["message_id"], follow["message_id"]]
+    # One shared memory, with each speaker's name in it, and the mention removed.
+    history = bot.store.recent_history(ChatRef("telegram", str(GROUP["id"]), ChatKind.GROUP), 10)
+    assert [(m.speaker, m.content) for m in history if m.role.value == "user"] == [
+        ("Bob", "what is the capital of Japan?"), ("Alice", "And what is it famous for?")]
+
+
+async def test_an_admin_can_make_the_bot_answer_every_voice_note_in_a_group(fake, bot, speak):
+    refused = await fake.send_text(GROUP, BOB, "/answerall on")
+    await fake.wait_for(lambda: replies(fake, GROUP["id"]))
+    assert replies(fake, GROUP["id"])[0].text == "Only admins can do that."
+    assert replies(fake, GROUP["id"])[0].reply_to == refused["message_id"]
+    await fake.send_text(GROUP, ADMIN, "/answerall on")
+    await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 2)
+    assert "every voice note" in replies(fake, GROUP["id"])[1].text
+    voice = await fake.send_voice(GROUP, BOB, speak("Hello, who are you?"), duration=2)
+    sent = (await fake.wait_for(lambda: replies(fake, GROUP["id"], "sendVoice")))[0]
+    assert sent.reply_to == voice["message_id"]
+
+
+async def test_commands_for_admins_and_everyone(fake, bot):
+    await fake.send_text(private_chat(BOB), BOB, "/retrain")
+    refusal = (await fake.wait_for(lambda: replies(fake, BOB["id"])))[0]
+    assert refusal.text == "Only admins can do that."
+    assert bot.jobs.open_jobs() == []
+    await fake.send_text(private_chat(BOB), BOB, "/help")
+    help_text = (await fake.wait_for(lambda: len(replies(fake, BOB["id"])) == 2
+                                     and replies(fake, BOB["id"])))[1].text
+    assert "/forget" in help_text and "/retrain" not in help_text
+    await fake.send_text(private_chat(ADMIN), ADMIN, "/retrain 5")
+    queued = (await fake.wait_for(lambda: replies(fake, ADMIN["id"])))[0].text
+    assert queued.startswith("Queued training job #1") and "come here" in queued
+    job = bot.jobs.open_jobs()[0]
+    assert job.notify.chat_id == str(ADMIN["id"]) and job.max_steps == 5
+    # Menus: everyone sees the user commands, the admin's own chat also the admin ones.
+    default = fake.commands['{"type": "default"}']
+    assert [c["command"] for c in default] == ["start", "help", "forget"]
+    admin_scope = fake.commands['{"chat_id": 900, "type": "chat"}']
+    assert {"retrain", "trainstatus", "rollback", "approve"} <= {c["command"] for c in admin_scope}
+
+
+async def test_approve_as_a_reply_to_the_bots_answer_stores_the_pair(fake, bot):
+    await fake.send_text(GROUP, ALICE, f"{MENTION} Who are you?")
+    answer = (await fake.wait_for(lambda: replies(fake, GROUP["id"])))[0]
+    # The adapter records which message carried the answer right after sending it.
+    await fake.wait_for(lambda: bot.store.exchanges()[0].reply_message_id)
+    await fake.send_text(GROUP, ADMIN, "/approve", reply_to_message=answer.message)
+    done = (await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 2
+                                and replies(fake, GROUP["id"])))[1]
+    assert done.text.startswith("Approved #1: Who are you?")
+    with bot.store.session() as s:
+        pair = s.query(Pair).one()
+    assert pair.status == "approved" and pair.decided_by == "telegram:900"
+    assert pair.answer == answer.text
+
+
+async def test_rate_limits_and_server_errors_deliver_exactly_one_reply(fake, bot):
+    fake.fail_next["sendMessage"] = [(429, {"retry_after": 1}), (502, None)]
+    asked = await fake.send_text(private_chat(ALICE), ALICE, "What is the capital of Japan?")
+    await fake.wait_for(lambda: replies(fake, ALICE["id"]))
+    await asyncio.sleep(1.5)
+    sent = replies(fake, ALICE["id"])
+    assert len(sent) == 1 and sent[0].reply_to == asked["message_id"]
+    assert fake.calls.count("sendMessage") == 3
+
+
+async def test_a_user_who_blocked_the_bot_is_logged_not_retried(fake, bot, caplog):
+    fake.fail_next["sendMessage"] = [(403, None)]
+    with caplog.at_level(logging.WARNING, logger="adapters.telegram"):
+        await fake.send_text(private_chat(BOB), BOB, "What is the capital of Japan?")
+        await fake.wait_for(lambda: "sendMessage" in fake.calls)
+        await asyncio.sleep(1.0)
+    assert fake.calls.count("sendMessage") == 1 and replies(fake, BOB["id"]) == []
+    assert "not allowed to send" in caplog.text
+
+
+async def test_voice_over_the_limits_is_refused_before_download(fake, bot, speak):
+    ogg = speak("Hello.")
+    await fake.send_voice(private_chat(ALICE), ALICE, ogg, duration=2,
+                          declared_size=30 * 2**20)
+    await fake.send_voice(private_chat(ALICE), ALICE, ogg, duration=600)
+    await fake.wait_for(lambda: len(replies(fake, ALICE["id"])) == 2)
+    big, long = (s.text for s in replies(fake, ALICE["id"]))
+    assert big.startswith("That file is too big for me (30.0 MB")
+    assert long.startswith("That recording is too long for me (600 s")
+    assert "getFile" not in fake.calls
+
+
+async def test_five_chats_at_once_are_answered_in_order_within_each(fake, bot):
+    people = [user(910 + i, f"User{i}") for i in range(5)]
+    asked = {}
+    for n in (1, 2):
+        for p in people:
+            m = await fake.send_text(private_chat(p), p, f"Say the number {n}.")
+            asked.setdefault(p["id"], []).append(m["message_id"])
+    await fake.wait_for(lambda: sum(len(replies(fake, p["id"])) for p in people) == 10,
+                        timeout=240)
+    for p in people:
+        assert [s.reply_to for s in replies(fake, p["id"])] == asked[p["id"]]
+
+
+async def test_a_flood_in_one_chat_gets_busy_replies(tmp_path, fake, asr, llm, tts):
+    app, adapter = await started(tg_settings(tmp_path, fake, chat_queue_limit=2), asr, llm, tts)
+    try:
+        sent = [await fake.send_text(private_chat(ALICE), ALICE, f"Question {i}?")
+                for i in range(4)]
+        await fake.wait_for(lambda: len(replies(fake, ALICE["id"])) == 4)
+    finally:
+        await adapter.stop()
+        await app.stop()
+        app.close()
+    out = {s.reply_to: s.text for s in replies(fake, ALICE["id"])}
+    busy = [m["message_id"] for m in sent if out[m["message_id"]].startswith("I'm still working")]
+    assert busy == [sent[2]["message_id"], sent[3]["message_id"]]
+
+
+async def test_training_notices_reach_the_admins_chat(fake, bot, tmp_path):
+    png = tmp_path / "loss.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    await bot.notify(ChatRef("telegram", "900"), Notice(1, "Training manman-v1: step 1/2",
+                                                          image=png, final=True))
+    assert [s.method for s in fake.sent_to(900)] == ["sendMessage", "sendPhoto"]
+    assert fake.sent_to(900)[1].file == png.read_bytes()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_webhook_mode_checks_the_secret_token(tmp_path, fake, asr, llm, tts):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/tg-hook"
+    app, adapter = await started(tg_settings(
+        tmp_path, fake, telegram_webhook_url=url, telegram_webhook_listen="127.0.0.1",
+        telegram_webhook_port=port), asr, llm, tts)
+    try:
+        assert fake.webhook["url"] == url
+        secret = fake.webhook["secret_token"]
+        update = {"update_id": 1, "message": {
+            "message_id": 7, "date": 0, "chat": private_chat(ALICE), "from": ALICE,
+            "text": "What is the capital of Japan?"}}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json=update,
+                                 headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}) as r:
+                assert r.status == 403
+            async with http.post(url, json=update,
+                                 headers={"X-Telegram-Bot-Api-Secret-Token": secret}) as r:
+                assert r.status == 200
+        sent = (await fake.wait_for(lambda: replies(fake, ALICE["id"])))
+    finally:
+        await adapter.stop()
+        await app.stop()
+        app.close()
+    assert len(sent) == 1 and sent[0].reply_to == 7
+
+
+def test_chatman_run_without_a_platform_says_what_to_set(tmp_path):
+    result = chatman(tmp_path, "run")
+    assert result.returncode == 2
+    assert result.stderr.strip() == ("error: no chat platform configured: set "
+                                     "TELEGRAM_BOT_TOKEN")
+
+
+async def test_chatman_run_serves_telegram_until_sigterm(tmp_path, fake):
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith(("CHATMAN_", "TELEGRAM_"))}
+    environ.update(CHATMAN_DATA_DIR=str(tmp_path / "data"), CHATMAN_MODEL_CACHE_DIR=str(MODEL_CACHE),
+                   CHATMAN_LLM_TEMPERATURE="0", CHATMAN_LLM_MAX_NEW_TOKENS="12",
+                   TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_API_BASE_URL=fake.base_url,
+                   TELEGRAM_FILE_BASE_URL=fake.base_file_url, HF_HUB_OFFLINE="1")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "run", cwd=tmp_path, env=environ,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    try:
+        await fake.wait_for(lambda: "getUpdates" in fake.calls, timeout=180)
+        asked = await fake.send_text(private_chat(ALICE), ALICE, "What is the capital of Japan?")
+        sent = (await fake.wait_for(lambda: replies(fake, ALICE["id"])))[0]
+        assert sent.reply_to == asked["message_id"] and "Tokyo" in sent.text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output = (await asyncio.wait_for(process.communicate(), 60))[0].decode()
+    assert process.returncode == 0, output
+    assert TOKEN not in output and "TEST-token" not in output
