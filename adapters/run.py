@@ -34,6 +34,10 @@ def configured_adapters(app: ChatmanApp) -> list[Adapter]:
         from adapters.telegram import TelegramAdapter
 
         adapters.append(TelegramAdapter(app))
+    if app.settings.discord_bot_token is not None:
+        from adapters.discord_bot import DiscordAdapter
+
+        adapters.append(DiscordAdapter(app))
     return adapters
 
 
@@ -44,7 +48,8 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     adapters = configured_adapters(app)
     if not adapters:
         app.close()
-        raise NoAdapterConfigured("no chat platform configured: set TELEGRAM_BOT_TOKEN")
+        raise NoAdapterConfigured("no chat platform configured: set TELEGRAM_BOT_TOKEN "
+                                  "and/or DISCORD_BOT_TOKEN")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

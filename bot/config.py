@@ -96,6 +96,19 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("TELEGRAM_WEBHOOK_PORT", "CHATMAN_TELEGRAM_WEBHOOK_PORT"))
     telegram_reply_text: Literal["caption", "message", "none"] = "caption"
     telegram_text_voice: bool = False
+    discord_bot_token: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DISCORD_BOT_TOKEN",
+                                                    "CHATMAN_DISCORD_BOT_TOKEN"))
+    discord_api_base_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DISCORD_API_BASE_URL", "CHATMAN_DISCORD_API_BASE_URL"))
+    discord_gateway_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DISCORD_GATEWAY_URL", "CHATMAN_DISCORD_GATEWAY_URL"))
+    discord_guild_ids: str = Field(
+        default="", validation_alias=AliasChoices("DISCORD_GUILD_IDS", "CHATMAN_DISCORD_GUILD_IDS"))
+    discord_reply_text: Literal["message", "none"] = "message"
+    discord_text_voice: bool = False
 
     train_base_model: str | None = Field(
         default=None, description="Base to fine-tune; default the persona's training.base_model"

@@ -262,7 +262,7 @@ def test_chatman_run_without_a_platform_says_what_to_set(tmp_path):
     result = chatman(tmp_path, "run")
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: no chat platform configured: set "
-                                     "TELEGRAM_BOT_TOKEN")
+                                     "TELEGRAM_BOT_TOKEN and/or DISCORD_BOT_TOKEN")
 
 
 async def test_chatman_run_serves_telegram_until_sigterm(tmp_path, fake):

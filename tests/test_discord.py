@@ -1,0 +1,201 @@
+"""The real Discord adapter, end to end against the local fake (real HTTP and websocket)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+
+import pytest
+from discord.gateway import DiscordWebSocket
+from discord.http import Route
+
+from adapters.discord_bot import DiscordAdapter
+from bot.app import ChatmanApp
+from bot.llm.chat_model import GenerationSettings
+from bot.storage.models import Pair
+from tests.conftest import make_settings
+from tests.fakes.discord_api import (
+    BOT_USER,
+    EPHEMERAL,
+    GUILD_ID,
+    OTHER_CHANNEL,
+    TEXT_CHANNEL,
+    TOKEN,
+    VOICE_FLAG,
+    FakeDiscord,
+    user,
+)
+from tests.speech_checks import recall
+
+ALICE = user("1015000000000000301", "Alice")
+BOB = user("1015000000000000302", "Bob")
+ADMIN = user("1015000000000000303", "Ada")
+DM_CHANNEL = "1015000000000000400"
+MENTION = f"<@{BOT_USER['id']}>"
+
+
+@pytest.fixture
+async def fake():
+    server = FakeDiscord()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _restore_discord_endpoints():
+    # The adapter points discord.py's class-level endpoints at the fake; put them back.
+    base, gateway = Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY
+    yield
+    Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = base, gateway
+
+
+async def started(tmp_path, fake, asr, llm, tts, **overrides):
+    settings = make_settings(tmp_path / "data", discord_bot_token=TOKEN,
+                             discord_api_base_url=fake.api_base,
+                             discord_gateway_url=fake.gateway_url, discord_guild_ids=GUILD_ID,
+                             **overrides)
+    quick = copy.copy(llm)
+    quick.generation = GenerationSettings(max_new_tokens=12, temperature=0.0)
+    app = ChatmanApp.from_settings(settings, asr=asr, llm=quick, tts=tts)
+    await app.start(load_models=False)
+    adapter = DiscordAdapter(app)
+    await asyncio.wait_for(adapter.start(), 30)
+    return app, adapter
+
+
+@pytest.fixture
+async def bot(tmp_path, fake, asr, llm, tts):
+    app, adapter = await started(tmp_path, fake, asr, llm, tts)
+    yield app
+    await adapter.stop()
+    await app.stop()
+    app.close()
+
+
+async def test_a_dm_voice_message_gets_a_native_voice_message_back(fake, bot, speak, asr, codec):
+    ogg = speak("What is the capital of Japan?")
+    asked = await fake.send_message(DM_CHANNEL, ALICE, guild=False, flags=VOICE_FLAG,
+                                    attachments=[fake.voice_attachment(ogg, 2.0)])
+    voice = (await fake.wait_for(lambda: [p for p in fake.replies_in(DM_CHANNEL)
+                                          if p.flags & VOICE_FLAG]))[0]
+    assert voice.reply_to == asked["id"] and voice.content == ""
+    (name, ctype, data), = voice.files
+    meta = voice.payload["attachments"][0]
+    assert ctype == "audio/ogg" and data[:4] == b"OggS"
+    assert meta["duration_secs"] > 0.5 and 0 < len(base64.b64decode(meta["waveform"])) <= 256
+    text = (await fake.wait_for(lambda: [p for p in fake.replies_in(DM_CHANNEL)
+                                         if not p.flags & VOICE_FLAG]))[0]
+    heard = asr.transcribe(codec.decode(data))
+    assert recall(text.content, heard.text) >= 0.6, (text.content, heard.text)
+    assert DM_CHANNEL in fake.typing
+
+
+async def test_guild_messages_need_a_mention_or_a_reply(fake, bot):
+    await fake.send_message(TEXT_CHANNEL, BOB, "lunch at noon, anyone?")
+    asked = await fake.send_message(TEXT_CHANNEL, BOB, f"{MENTION} what is the capital of Japan?",
+                                    mentions=[BOT_USER])
+    first = (await fake.wait_for(lambda: fake.replies_in(TEXT_CHANNEL)))[0]
+    assert first.reply_to == asked["id"] and "Tokyo" in first.content
+    follow = await fake.send_message(TEXT_CHANNEL, ALICE, "And what is it famous for?",
+                                     reply_to=first.message)
+    await fake.wait_for(lambda: len(fake.replies_in(TEXT_CHANNEL)) == 2)
+    await fake.send_message(TEXT_CHANNEL, BOB, "thanks")
+    await asyncio.sleep(1.0)
+    assert [p.reply_to for p in fake.replies_in(TEXT_CHANNEL)] == [asked["id"], follow["id"]]
+
+
+async def test_a_refused_voice_message_falls_back_to_an_attachment(fake, bot, speak):
+    fake.refuse_voice_messages = True
+    asked = await fake.send_message(DM_CHANNEL, ALICE, guild=False, flags=VOICE_FLAG,
+                                    attachments=[fake.voice_attachment(speak("Hello."), 1.0)])
+    await fake.wait_for(lambda: len(fake.replies_in(DM_CHANNEL)) == 2)
+    audio, text = fake.replies_in(DM_CHANNEL)
+    assert not audio.flags & VOICE_FLAG and audio.reply_to == asked["id"]
+    assert audio.files[0][0] == "reply.ogg" and audio.files[0][2][:4] == b"OggS"
+    assert text.content
+
+
+async def test_slash_commands_check_admins_and_approve_stores_the_pair(fake, bot):
+    scoped = fake.commands[GUILD_ID]
+    names = {c["name"] for c in scoped}
+    assert {"retrain", "approve", "forget", "Approve answer"} <= names
+    retrain = next(c for c in scoped if c["name"] == "retrain")
+    assert retrain["default_member_permissions"] == "8"
+
+    refused = await fake.slash("retrain", BOB)
+    reply = (await fake.wait_for(lambda: fake.interaction_replies(refused)))[0]
+    assert reply.content == "Only admins can do that." and reply.flags & EPHEMERAL
+    assert bot.jobs.open_jobs() == []
+
+    asked = await fake.send_message(TEXT_CHANNEL, ALICE, f"{MENTION} Who are you?",
+                                    mentions=[BOT_USER])
+    answer = (await fake.wait_for(lambda: fake.replies_in(TEXT_CHANNEL)))[0]
+    assert answer.reply_to == asked["id"]
+    await fake.wait_for(lambda: bot.store.exchanges()[0].reply_message_id)
+    approved = await fake.slash("Approve answer", ADMIN, admin=True, command_type=3,
+                                target=answer.message)
+    done = await fake.wait_for(lambda: [p for p in fake.interaction_replies(approved)
+                                        if p.kind == "followup"])
+    assert done[0].content.startswith("Approved #1: Who are you?")
+    with bot.store.session() as s:
+        pair = s.query(Pair).one()
+    assert pair.status == "approved" and pair.decided_by == f"discord:{ADMIN['id']}"
+
+
+async def test_a_429_then_success_delivers_exactly_one_reply(fake, bot):
+    fake.fail_next[f"POST channels/{OTHER_CHANNEL}/messages"] = [(429, {"retry_after": 0.5}),
+                                                                 (500, None)]
+    asked = await fake.send_message(OTHER_CHANNEL, ALICE, f"{MENTION} capital of Japan?",
+                                    mentions=[BOT_USER])
+    await fake.wait_for(lambda: fake.replies_in(OTHER_CHANNEL))
+    await asyncio.sleep(1.0)
+    sent = fake.replies_in(OTHER_CHANNEL)
+    assert len(sent) == 1 and sent[0].reply_to == asked["id"]
+    assert fake.calls.count(f"POST channels/{OTHER_CHANNEL}/messages") == 3
+
+
+async def test_a_gateway_drop_mid_conversation_resumes(fake, bot):
+    await fake.send_message(DM_CHANNEL, ALICE, "What is the capital of Japan?", guild=False)
+    await fake.wait_for(lambda: fake.replies_in(DM_CHANNEL))
+    await fake.drop_connection()
+    # Sent while the bot is reconnecting: RESUME replays it.
+    later = await fake.send_message(DM_CHANNEL, ALICE, "And of France?", guild=False)
+    await fake.wait_for(lambda: len(fake.replies_in(DM_CHANNEL)) == 2, timeout=60)
+    assert fake.resumes == 1 and fake.identifies == 1
+    assert fake.replies_in(DM_CHANNEL)[1].reply_to == later["id"]
+
+
+async def test_listed_admins_may_use_admin_commands_without_the_guild_permission(
+        tmp_path, fake, asr, llm, tts):
+    app, adapter = await started(tmp_path, fake, asr, llm, tts,
+                                 admin_ids=f"discord:{BOB['id']}")
+    try:
+        queued = await fake.slash("retrain", BOB, options=[{"name": "max_steps", "type": 4,
+                                                            "value": 5}])
+        done = await fake.wait_for(lambda: [p for p in fake.interaction_replies(queued)
+                                            if p.kind == "followup"])
+        refused = await fake.slash("trainstatus", ALICE)
+        no = (await fake.wait_for(lambda: fake.interaction_replies(refused)))[0]
+    finally:
+        await adapter.stop()
+        await app.stop()
+        app.close()
+    assert done[0].content.startswith("Queued training job #1") and done[0].flags & EPHEMERAL
+    assert app.jobs.open_jobs()[0].max_steps == 5
+    assert app.jobs.open_jobs()[0].notify.chat_id == TEXT_CHANNEL
+    assert no.content == "Only admins can do that."
+
+
+async def test_training_notices_reach_the_channel(fake, bot, tmp_path):
+    from bot.types import ChatRef
+    from training.jobs import Notice
+
+    png = tmp_path / "loss.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    await bot.notify(ChatRef("discord", TEXT_CHANNEL), Notice(1, "Training manman-v1: step 1/2",
+                                                             image=png, final=True))
+    text, image = fake.replies_in(TEXT_CHANNEL)
+    assert text.content == "Training manman-v1: step 1/2"
+    assert image.files[0][0] == "loss.png" and image.files[0][2] == png.read_bytes()
