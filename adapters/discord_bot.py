@@ -158,27 +158,18 @@ class DiscordAdapter:
         if not await self._is_for_us(message, voice=audio is not None):
             return
         if audio is not None:
-            refusal = self._refuse_before_download(audio)
-            if refusal:
+            try:
+                self.app.codec.check_declared(audio.size, audio.duration)
+            except UserFacingError as err:
                 log.info("discord: refused audio in %s before download: %s", message.channel.id,
-                         refusal)
-                await self._send_text(message.channel, refusal, message)
+                         err)
+                await self._send_text(message.channel, err.user_message, message)
                 return
             await self._serve(message, audio=audio)
             return
         text = self._clean(message.content)
         if text:
             await self._serve(message, text=text)
-
-    def _refuse_before_download(self, att: discord.Attachment) -> str | None:
-        s = self.settings
-        if att.size > s.max_upload_bytes:
-            return (f"That file is too big for me ({att.size / 2**20:.1f} MB; the limit is "
-                    f"{s.max_upload_mb:.0f} MB).")
-        if att.duration and att.duration > s.max_voice_seconds:
-            return (f"That recording is too long for me ({att.duration:.0f} s; the limit is "
-                    f"{s.max_voice_seconds:.0f} s). Could you send a shorter one?")
-        return None
 
     async def _serve(self, message: discord.Message, *, audio=None, text: str | None = None):
         chat = self._chat_ref(message.channel)

@@ -196,11 +196,14 @@ class TelegramAdapter:
         if message is None or not await self._is_for_us(message, voice=True):
             return
         media = message.voice or message.audio or message.video_note or message.document
-        refusal = self._refuse_before_download(media)
-        if refusal:
-            log.info("telegram: refused audio in %s before download: %s", message.chat.id,
-                     refusal)
-            await self._reply_text(message, refusal)
+        duration = getattr(media, "duration", None)
+        if isinstance(duration, timedelta):
+            duration = duration.total_seconds()
+        try:
+            self.app.codec.check_declared(media.file_size, duration, DOWNLOAD_LIMIT)
+        except UserFacingError as err:
+            log.info("telegram: refused audio in %s before download: %s", message.chat.id, err)
+            await self._reply_text(message, err.user_message)
             return
         await self._serve(message, audio=media)
 
@@ -212,20 +215,6 @@ class TelegramAdapter:
         if not text:
             return
         await self._serve(message, text=text)
-
-    def _refuse_before_download(self, media) -> str | None:
-        s = self.settings
-        size = getattr(media, "file_size", None) or 0
-        duration = getattr(media, "duration", None)
-        if isinstance(duration, timedelta):
-            duration = duration.total_seconds()
-        if size > min(DOWNLOAD_LIMIT, s.max_upload_bytes):
-            limit = min(DOWNLOAD_LIMIT, s.max_upload_bytes) / 2**20
-            return f"That file is too big for me ({size / 2**20:.1f} MB; the limit is {limit:.0f} MB)."
-        if duration and duration > s.max_voice_seconds:
-            return (f"That recording is too long for me ({duration:.0f} s; the limit is "
-                    f"{s.max_voice_seconds:.0f} s). Could you send a shorter one?")
-        return None
 
     async def _serve(self, message: Message, *, audio=None, text: str | None = None) -> None:
         chat = self._chat_ref(message)

@@ -21,6 +21,10 @@ class AudioCodec(Protocol):
     def encode_voice_note(self, audio: Pcm) -> VoiceNote:
         """PCM → OGG/Opus voice note with duration and waveform."""
 
+    def check_declared(self, size_bytes: int | None, duration_s: float | None,
+                       platform_max_bytes: int | None = None) -> None:
+        """Raise UserFacingError if a file's declared size or duration is over the limits."""
+
 
 @runtime_checkable
 class SpeechRecognizer(Protocol):

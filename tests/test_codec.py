@@ -170,3 +170,19 @@ def test_duration_limit_holds_when_no_duration_is_declared(monkeypatch):
     monkeypatch.setattr(codec_module, "_declared_duration", lambda *a: None)
     with pytest.raises(AudioTooLong):
         PyAvCodec(max_seconds=2, max_bytes=10**7).decode(data)
+
+
+def test_declared_size_and_duration_are_checked_before_any_download():
+    small = PyAvCodec(max_seconds=60, max_bytes=10 * 2**20)
+    small.check_declared(2 * 2**20, 30.0)
+    small.check_declared(None, None)  # platforms don't always say
+    with pytest.raises(AudioTooLarge) as big:
+        small.check_declared(11 * 2**20, 5.0)
+    assert big.value.user_message == "That file is too big (11.0 MB); I accept up to 10 MB."
+    with pytest.raises(AudioTooLarge) as platform:  # the platform's own cap may be lower
+        small.check_declared(6 * 2**20, 5.0, platform_max_bytes=5 * 2**20)
+    assert platform.value.user_message.endswith("I accept up to 5 MB.")
+    with pytest.raises(AudioTooLong) as long:
+        small.check_declared(2**20, 61.0)
+    assert long.value.user_message == ("That recording is too long (61 s); please keep it under "
+                                       "60 seconds.")

@@ -183,8 +183,8 @@ async def test_voice_over_the_limits_is_refused_before_download(fake, bot, speak
     await fake.send_voice(private_chat(ALICE), ALICE, ogg, duration=600)
     await fake.wait_for(lambda: len(replies(fake, ALICE["id"])) == 2)
     big, long = (s.text for s in replies(fake, ALICE["id"]))
-    assert big.startswith("That file is too big for me (30.0 MB")
-    assert long.startswith("That recording is too long for me (600 s")
+    assert big == "That file is too big (30.0 MB); I accept up to 20 MB."
+    assert long == "That recording is too long (600 s); please keep it under 120 seconds."
     assert "getFile" not in fake.calls
 
 

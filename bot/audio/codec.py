@@ -40,13 +40,7 @@ class PyAvCodec:
         if not data:
             raise EmptyInput("0-byte audio", user_message="That audio file was empty.")
         if len(data) > self.max_bytes:
-            raise AudioTooLarge(
-                f"{len(data)} bytes > {self.max_bytes}",
-                user_message=(
-                    f"That file is too big ({len(data) / 2**20:.1f} MB); "
-                    f"I accept up to {self.max_bytes / 2**20:.0f} MB."
-                ),
-            )
+            raise self._too_large(len(data), self.max_bytes)
         try:
             container = av.open(io.BytesIO(data), mode="r")
         except (av.error.FFmpegError, ValueError, OSError) as err:
@@ -95,6 +89,23 @@ class PyAvCodec:
         if not chunks:
             return np.zeros(0, dtype=np.float32)
         return np.clip(np.concatenate(chunks), -1.0, 1.0).astype(np.float32, copy=False)
+
+    def check_declared(self, size_bytes: int | None, duration_s: float | None,
+                       platform_max_bytes: int | None = None) -> None:
+        """Refuse a file by what its platform says of it, before downloading it."""
+        limit = min(self.max_bytes, platform_max_bytes or self.max_bytes)
+        if size_bytes and size_bytes > limit:
+            raise self._too_large(size_bytes, limit)
+        if duration_s and duration_s > self.max_seconds:
+            raise self._too_long(duration_s)
+
+    @staticmethod
+    def _too_large(size_bytes: int, limit: int) -> AudioTooLarge:
+        return AudioTooLarge(
+            f"{size_bytes} bytes > {limit}",
+            user_message=(f"That file is too big ({size_bytes / 2**20:.1f} MB); "
+                          f"I accept up to {limit / 2**20:.0f} MB."),
+        )
 
     def _too_long(self, seconds: float, at_least: bool = False) -> AudioTooLong:
         shown = f"over {seconds:.0f}" if at_least else f"{seconds:.0f}"

@@ -9,16 +9,16 @@ sequence numbers, and RESUME that replays what a dropped connection missed.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import itertools
 import json
-import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from tests.fakes import eventually
 
 TOKEN = "MTAxNTAwMDAwMDAwMDAwMDAwMQ.fake.discord-token-for-tests"
 APP_ID = "1015000000000000001"
@@ -282,13 +282,7 @@ class FakeDiscord:
         return [p for p in self.posted if p.payload.get("_token") == token]
 
     async def wait_for(self, predicate, timeout: float = 120.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = predicate()
-            if found:
-                return found
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out; posted: {[(p.kind, p.channel_id, p.content, p.flags) for p in self.posted]}")
+        return await eventually(predicate, timeout, lambda: f"posted: {[(p.kind, p.channel_id, p.content, p.flags) for p in self.posted]}")
 
     # --- REST -------------------------------------------------------------------------
     @staticmethod

@@ -17,6 +17,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.fakes import eventually
+
 TOKEN = "123456:TEST-token-abcdefghijklmnopqrstuvwxyz"
 BOT = {"id": 5550001, "is_bot": True, "first_name": "Manman", "username": "manman_test_bot",
        "can_join_groups": True, "can_read_all_group_messages": False,
@@ -125,13 +127,7 @@ class FakeTelegram:
                 and (method is None or s.method == method)]
 
     async def wait_for(self, predicate, timeout: float = 120.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = predicate()
-            if found:
-                return found
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out; sent so far: {[(s.method, s.chat_id, s.text) for s in self.sent]}")
+        return await eventually(predicate, timeout, lambda: f"sent so far: {[(s.method, s.chat_id, s.text) for s in self.sent]}")
 
     # --- the Bot API ------------------------------------------------------------------
     @staticmethod
