@@ -22,6 +22,8 @@ from bot.protocols import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthes
 from bot.registry import ModelRegistry, Served
 from bot.storage import migrate
 from bot.storage.store import SqlStore, make_engine
+from bot.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
+from bot.tts.fallback import FallbackSpeech
 from bot.tts.piper_tts import PiperTTS
 from bot.types import ChatRef
 from training.jobs import JobQueue, Notice, TrainingRunner
@@ -60,6 +62,18 @@ def build_llm(s: Settings, model_ref: str | None = None, version: str | None = N
 
 
 def build_tts(s: Settings, persona: PersonaProfile | None = None) -> SpeechSynthesizer:
+    """The configured backend; ChatTTS falls back to Piper unless CHATMAN_TTS_FALLBACK=false."""
+    piper = build_piper(s, persona)
+    if s.tts_backend == "piper":
+        return piper
+    voice = ChatTTSVoice.from_persona((persona.voice.get("chattts") if persona else None) or {})
+    speaker_dirs = [persona.directory] if persona and persona.directory else []
+    speaker_dirs.append(s.data_dir / "voices" / (persona.name if persona else "default"))
+    chattts = ChatTTSSpeech(s.chattts_path, voice, speaker_dirs=speaker_dirs, device=s.tts_device)
+    return FallbackSpeech(chattts, piper) if s.tts_fallback else chattts
+
+
+def build_piper(s: Settings, persona: PersonaProfile | None = None) -> PiperTTS:
     """The persona's voice settings apply unless the environment sets them explicitly."""
     voice, speed = s.tts_voice, s.tts_speed
     own = (persona.voice.get("piper") if persona else None) or {}

@@ -62,7 +62,10 @@ class Settings(BaseSettings):
     llm_context_tokens: int = Field(default=1536, ge=64)
     history_max_messages: int = Field(default=40, ge=0)
 
-    tts_backend: Literal["piper"] = "piper"
+    tts_backend: Literal["piper", "chattts"] = "piper"
+    chattts_path: str | None = Field(
+        default=None, description="ChatTTS asset folder; default the hub's 2Noise/ChatTTS")
+    tts_fallback: bool = True
     tts_voice: str = STARTER
     tts_device: Device = "auto"
     tts_speed: float = Field(default=1.0, gt=0.2, le=3.0)

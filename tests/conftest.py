@@ -173,3 +173,11 @@ def tiny_qwen2_dir(tmp_path_factory, llm) -> Path:
     Qwen2ForCausalLM(config).save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def chattts_dir() -> Path:
+    """ChatTTS assets with random weights of the real architecture (cached like the models)."""
+    from tests.chattts_assets import build_random_chattts
+
+    return build_random_chattts(MODEL_CACHE / "chattts-random")

@@ -107,9 +107,14 @@ def test_doctor_reports_failures_without_leaking_the_password(tmp_path):
         tmp_path, "doctor",
         CHATMAN_DATABASE_URL="postgresql+psycopg://bot:pa55-w0rd-x@127.0.0.1:9/none",
         CHATMAN_LLM_MODEL=str(tmp_path / "missing.gguf"),
+        CHATMAN_TTS_BACKEND="chattts", CHATMAN_CHATTTS_PATH=str(tmp_path / "no-chattts"),
+        COLUMNS="400",
     )
     assert result.returncode == 1
     assert "FAIL database" in result.stdout and "FAIL llm" in result.stdout
     assert "ok   asr" in result.stdout
+    # ChatTTS can't load: the doctor says Piper is live instead, and why.
+    assert ("ok   tts: piper:en_US-joe-medium (fallback: chattts failed to load: "
+            "FileNotFoundError") in result.stdout
     assert "pa55-w0rd-x" not in result.stdout + result.stderr
     assert "bot:***@127.0.0.1" in result.stdout

@@ -72,8 +72,10 @@ async def test_training_teaches_the_persona_without_forgetting(app, tmp_path):
     assert turn.model_version == release.version and "Manman" in turn.reply, turn.reply
 
 
-def test_chatman_train_cli_runs_and_reports(tmp_path):
-    result = chatman(tmp_path, "train", "--max-steps", "1", "--eval-every", "1", "--json")
+def test_chatman_train_cli_runs_and_reports(tmp_path, tiny_qwen2_dir):
+    # The command's plumbing, on the tiny Qwen2 (the starter's real run is the test above).
+    result = chatman(tmp_path, "train", "--max-steps", "1", "--eval-every", "1", "--json",
+                     CHATMAN_TRAIN_BASE_MODEL=str(tiny_qwen2_dir))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["steps"] == 1 and len(report["evals"]) == 1
@@ -82,7 +84,7 @@ def test_chatman_train_cli_runs_and_reports(tmp_path):
     listed = json.loads(chatman(tmp_path, "models", "list", "--json").stdout)
     assert [(v["version"], v["status"]) for v in listed["versions"]] == [("manman-v1", "rejected")]
     assert report["gate_passed"] is False and report["gate_reasons"]
-    assert report["base_version"] == "SmolLM2-135M-Instruct.Q4_1"
+    assert report["base_version"] == "tiny-qwen2" and report["base_model"] == str(tiny_qwen2_dir)
     assert report["log"][0]["loss"] > 0
 
     refused = chatman(tmp_path, "train", "--max-steps", "0")
