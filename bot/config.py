@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(default=20.0, gt=0)
     admin_ids: str = ""
 
+    # --- local web console ---
+    web_enabled: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8765, ge=0, le=65535)
+    web_admin_token: SecretStr | None = None
+
     # --- chat platforms ---
     chat_queue_limit: int = Field(default=5, ge=1, description="Messages per chat in flight")
     telegram_bot_token: SecretStr | None = Field(

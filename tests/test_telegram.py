@@ -259,10 +259,11 @@ async def test_webhook_mode_checks_the_secret_token(tmp_path, fake, asr, llm, tt
 
 
 def test_chatman_run_without_a_platform_says_what_to_set(tmp_path):
-    result = chatman(tmp_path, "run")
+    result = chatman(tmp_path, "run", CHATMAN_WEB_ENABLED="false")
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: no chat platform configured: set "
-                                     "TELEGRAM_BOT_TOKEN and/or DISCORD_BOT_TOKEN")
+    assert result.stderr.strip() == (
+        "error: nothing to run: the web console is off (CHATMAN_WEB_ENABLED=false) and no "
+        "TELEGRAM_BOT_TOKEN or DISCORD_BOT_TOKEN is set")
 
 
 async def test_chatman_run_serves_telegram_until_sigterm(tmp_path, fake):
@@ -271,7 +272,8 @@ async def test_chatman_run_serves_telegram_until_sigterm(tmp_path, fake):
     environ.update(CHATMAN_DATA_DIR=str(tmp_path / "data"), CHATMAN_MODEL_CACHE_DIR=str(MODEL_CACHE),
                    CHATMAN_LLM_TEMPERATURE="0", CHATMAN_LLM_MAX_NEW_TOKENS="12",
                    TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_API_BASE_URL=fake.base_url,
-                   TELEGRAM_FILE_BASE_URL=fake.base_file_url, HF_HUB_OFFLINE="1")
+                   TELEGRAM_FILE_BASE_URL=fake.base_file_url, HF_HUB_OFFLINE="1",
+                   CHATMAN_WEB_PORT="0")
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bot", "run", cwd=tmp_path, env=environ,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -285,3 +287,4 @@ async def test_chatman_run_serves_telegram_until_sigterm(tmp_path, fake):
         output = (await asyncio.wait_for(process.communicate(), 60))[0].decode()
     assert process.returncode == 0, output
     assert TOKEN not in output and "TEST-token" not in output
+    assert "ChatMan web console: http://127.0.0.1:" in output  # beside Telegram by default
