@@ -37,6 +37,7 @@ CSRF_HEADER = "x-chatman"
 AUDIO_NAME = re.compile(r"^[0-9a-f]{32}\.ogg$")
 CONVERSATION = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
 ADMIN = Actor(PLATFORM, "admin", "Web admin", granted_admin=True)
+FORM_OVERHEAD = 16 * 1024  # multipart boundaries and the small text fields around a file
 
 
 def _page(name: str) -> str:
@@ -59,6 +60,15 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
 
     @api.middleware("http")
     async def guard(request: Request, call_next):
+        if request.url.path == "/api/chat":
+            # Refused before the body is read: form parsing would otherwise spool it all.
+            try:
+                app.codec.check_declared(
+                    max(0, int(request.headers.get("content-length") or 0) - FORM_OVERHEAD)
+                    or None, None)
+            except UserFacingError as err:
+                log.info("web: refused an upload: %s", err)
+                return JSONResponse({"error": err.user_message}, status_code=413)
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             origin = request.headers.get("origin")
             if request.headers.get(CSRF_HEADER) != "1" or (
@@ -95,11 +105,8 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
         return Response(_page(name), media_type=media)
 
     @api.post("/api/chat")
-    async def chat(request: Request, text: str | None = Form(None),
-                   conversation_id: str | None = Form(None),
+    async def chat(text: str | None = Form(None), conversation_id: str | None = Form(None),
                    audio: UploadFile | None = None) -> dict:
-        declared = int(request.headers.get("content-length") or 0)
-        app.codec.check_declared(declared or None, None)
         conversation = conversation_id or uuid.uuid4().hex[:16]
         if not CONVERSATION.match(conversation):
             raise HTTPException(400, "bad conversation_id")
