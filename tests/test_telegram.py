@@ -16,7 +16,7 @@ import pytest
 from adapters.telegram import TelegramAdapter
 from bot.app import ChatmanApp
 from bot.llm.chat_model import GenerationSettings
-from bot.storage.models import Exchange, Pair
+from bot.storage.models import Pair
 from bot.types import ChatKind, ChatRef
 from tests.conftest import MODEL_CACHE, make_settings
 from tests.fakes.telegram_api import BOT, TOKEN, FakeTelegram, group_chat, private_chat, user
@@ -82,11 +82,11 @@ async def test_a_private_voice_note_gets_a_voice_note_back(fake, bot, speak, asr
     assert recall(caption, heard.text) >= 0.6, (caption, heard.text)
     actions = [s.params["action"] for s in replies(fake, ALICE["id"], "sendChatAction")]
     assert actions[0] == "record_voice" and "upload_voice" in actions
-    # The stored exchange knows which Telegram message carried the answer.
-    with bot.store.session() as s:
-        exchange = s.query(Exchange).one()
-    assert exchange.transcript.lower().startswith("what is the capital of japan")
-    assert exchange.reply_message_id == str(sent.message["message_id"])
+    # The stored exchange learns which Telegram message carried the answer (just after sending).
+    exchange = await fake.wait_for(lambda: [e for e in bot.store.exchanges()
+                                            if e.reply_message_id])
+    assert exchange[0].transcript.lower().startswith("what is the capital of japan")
+    assert exchange[0].reply_message_id == str(sent.message["message_id"])
 
 
 async def test_groups_answer_mentions_and_replies_only(fake, bot):
