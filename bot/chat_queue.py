@@ -50,9 +50,6 @@ class ChatQueues:
         lock = self._locks.setdefault(key, asyncio.Lock())
         return _Slot(self, key, lock)
 
-    def pending(self, key: Hashable) -> int:
-        return self._pending.get(key, 0)
-
     def _leave(self, key: Hashable) -> None:
         left = self._pending[key] - 1
         if left:

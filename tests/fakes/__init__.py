@@ -7,7 +7,31 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from aiohttp import web
+
 T = TypeVar("T")
+
+
+class LocalServer:
+    """An aiohttp app on a free loopback port; subclasses add routes in :meth:`routes`."""
+
+    port = 0
+
+    def routes(self, app: web.Application) -> None:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 2**20)
+        self.routes(app)
+        # Pending long polls must not hold up the end of a test.
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
 
 
 async def eventually(predicate: Callable[[], T], timeout: float, describe: Callable[[], str]) -> T:

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from tests.fakes import eventually
+from tests.fakes import LocalServer, eventually
 
 TOKEN = "MTAxNTAwMDAwMDAwMDAwMDAwMQ.fake.discord-token-for-tests"
 APP_ID = "1015000000000000001"
@@ -68,7 +68,7 @@ class Posted:
         return str(ref["message_id"]) if ref else None
 
 
-class FakeDiscord:
+class FakeDiscord(LocalServer):
     def __init__(self) -> None:
         self.posted: list[Posted] = []
         self.calls: list[str] = []
@@ -83,30 +83,21 @@ class FakeDiscord:
         self._sockets: list[web.WebSocketResponse] = []
         self.identifies = 0
         self.resumes = 0
-        self._runner: web.AppRunner | None = None
-        self.port = 0
         self.guild_members: dict[str, dict] = {}
 
     def snowflake(self) -> str:
         return str(next(self._ids))
 
     # --- lifecycle ------------------------------------------------------------------
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 2**20)
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/gateway", self._gateway)
         app.router.add_get("/cdn/{path:.+}", self._cdn)
         app.router.add_route("*", "/api/v10/{path:.+}", self._rest)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
         for ws in list(self._sockets):
             await ws.close()
-        if self._runner:
-            await self._runner.cleanup()
+        await super().stop()
 
     @property
     def api_base(self) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.fakes import eventually
+from tests.fakes import LocalServer, eventually
 
 TOKEN = "123456:TEST-token-abcdefghijklmnopqrstuvwxyz"
 BOT = {"id": 5550001, "is_bot": True, "first_name": "Manman", "username": "manman_test_bot",
@@ -48,7 +48,7 @@ class Sent:
         return rp.get("message_id") if rp else None
 
 
-class FakeTelegram:
+class FakeTelegram(LocalServer):
     def __init__(self) -> None:
         self.updates: list[dict] = []
         self.sent: list[Sent] = []
@@ -61,24 +61,11 @@ class FakeTelegram:
         self._message_ids = itertools.count(1000)
         self._file_ids = itertools.count(1)
         self._new_update = asyncio.Condition()
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     # --- lifecycle ------------------------------------------------------------------
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 2**20)
+    def routes(self, app: web.Application) -> None:
         app.router.add_post("/bot{token}/{method}", self._api)
         app.router.add_get("/file/bot{token}/{path:.+}", self._download)
-        # Pending long polls must not hold up the end of a test.
-        self._runner = web.AppRunner(app, shutdown_timeout=0.5)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
 
     @property
     def base_url(self) -> str:
