@@ -1,18 +1,25 @@
 """Audio in and out with PyAV (it bundles FFmpeg, so no system ffmpeg is needed).
 
-In: whatever users send (OGG/Opus, MP3, M4A/AAC, WAV, WebM/Opus, FLAC, the audio track of a
+In: what users send (OGG/Opus, MP3, M4A/AAC, WAV, WebM/Opus, FLAC, the audio track of a
 video note) → 16 kHz mono float32 for ASR. Out: an OGG/Opus voice note at 48 kHz mono.
+
+Anyone can send the bot any bytes, so decoding is fenced in: the container is recognised from
+the bytes (:mod:`bot.audio.sniff`) and opened with that one demuxer, only listed codecs run,
+FFmpeg may open nothing but the bytes it was given (no files, no network), and each decode has
+a budget of CPU time and decoded duration.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import time
 
 import av
 import av.error
 import numpy as np
 
+from bot.audio.sniff import SUPPORTED, Container, codec_family, decoder_names, sniff
 from bot.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio
 from bot.types import Pcm, VoiceNote
 
@@ -21,6 +28,35 @@ log = logging.getLogger(__name__)
 ASR_SAMPLE_RATE = 16_000
 OPUS_SAMPLE_RATE = 48_000
 WAVEFORM_POINTS = 256
+#: Sample rates and channel counts real recordings have; anything else is a crafted header.
+MIN_RATE, MAX_RATE = 4_000, 384_000
+MAX_CHANNELS = 8
+# Probing reads no more than this before the first packet (the file is in memory anyway).
+PROBE_OPTIONS = {"probesize": str(2 * 2**20), "analyzeduration": str(5_000_000)}
+
+
+class DecodeBudgetExceeded(UnsupportedAudio):
+    user_message = ("That file took too long to decode. Send a voice note or a plain audio "
+                    f"file ({SUPPORTED}).")
+
+
+def _no_files(url: str, flags: int, options: dict) -> None:
+    """FFmpeg's hook for opening further files or URLs (playlists, references): never."""
+    raise PermissionError(f"the audio file asked to open {url[:80]!r}")
+
+
+class _Budget:
+    """CPU time of the decoding thread: a hostile file costs at most this, load or not."""
+
+    def __init__(self, cpu_seconds: float) -> None:
+        self.cpu_seconds = cpu_seconds
+        self._start = time.thread_time()
+
+    def check(self) -> None:
+        spent = time.thread_time() - self._start
+        if spent > self.cpu_seconds:
+            raise DecodeBudgetExceeded(f"decoding used {spent:.2f}s of CPU "
+                                       f"(budget {self.cpu_seconds:.2f}s)")
 
 
 class PyAvCodec:
@@ -30,10 +66,17 @@ class PyAvCodec:
         max_seconds: float,
         max_bytes: int,
         bitrate: int = 32_000,
+        max_cpu_seconds: float = 1.0,
     ) -> None:
+        """``max_cpu_seconds``: CPU budget of one decode (a legitimate 2-minute note needs
+        about a third of a second on a laptop core)."""
         self.max_seconds = max_seconds
         self.max_bytes = max_bytes
         self.bitrate = bitrate
+        self.max_cpu_seconds = max_cpu_seconds
+        # Wall-clock guard inside FFmpeg's own loops (open, each read); the CPU budget is the
+        # real bound, this only catches a call that would never return to us.
+        self.ffmpeg_timeout = max(2.0, 4 * max_cpu_seconds)
 
     # --- decode ---------------------------------------------------------------------
     def decode(self, data: bytes) -> Pcm:
@@ -41,31 +84,66 @@ class PyAvCodec:
             raise EmptyInput("0-byte audio", user_message="That audio file was empty.")
         if len(data) > self.max_bytes:
             raise self._too_large(len(data), self.max_bytes)
+        kind = sniff(data)
+        if kind is None:
+            raise UnsupportedAudio(f"unrecognised container, starts with {data[:12]!r}")
+        budget = _Budget(self.max_cpu_seconds)
         try:
-            container = av.open(io.BytesIO(data), mode="r")
-        except (av.error.FFmpegError, ValueError, OSError) as err:
-            raise UnsupportedAudio(f"not a readable container: {err}") from err
+            container = av.open(
+                io.BytesIO(data), mode="r", format=kind.demuxer,
+                options={**PROBE_OPTIONS, "protocol_whitelist": "none",
+                         "codec_whitelist": decoder_names(kind.codecs)},
+                timeout=(self.ffmpeg_timeout, self.ffmpeg_timeout), io_open=_no_files,
+            )
+        except (av.error.FFmpegError, ValueError, OSError, EOFError, MemoryError) as err:
+            raise UnsupportedAudio(f"not a readable {kind.name} file: {err}") from err
         with container:
-            if not container.streams.audio:
-                raise UnsupportedAudio("container has no audio stream")
-            stream = container.streams.audio[0]
+            stream = self._audio_stream(container, kind)
             declared = _declared_duration(container, stream)
             if declared is not None and declared > self.max_seconds:
                 raise self._too_long(declared)
-            samples = self._decode_stream(container, stream)
+            budget.check()
+            samples = self._decode_stream(container, stream, budget)
         if samples.size == 0:
             raise UnsupportedAudio("no audio samples decoded")
         return Pcm(samples=samples, sample_rate=ASR_SAMPLE_RATE)
 
-    def _decode_stream(self, container: av.container.InputContainer, stream) -> np.ndarray:
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=ASR_SAMPLE_RATE)
+    @staticmethod
+    def _audio_stream(container: av.container.InputContainer, kind: Container):
+        if not container.streams.audio:
+            raise UnsupportedAudio(f"{kind.name} file has no audio stream")
+        for stream in container.streams.audio:
+            ctx = stream.codec_context
+            if codec_family(ctx.name) not in kind.codecs:
+                continue
+            if not MIN_RATE <= (ctx.sample_rate or 0) <= MAX_RATE:
+                raise UnsupportedAudio(f"sample rate {ctx.sample_rate} Hz")
+            if not 1 <= (ctx.channels or 0) <= MAX_CHANNELS:
+                raise UnsupportedAudio(f"{ctx.channels} channels")
+            ctx.thread_count = 1  # the budget counts this thread's CPU time
+            return stream
+        names = ", ".join(codec_family(s.codec_context.name) for s in container.streams.audio)
+        raise UnsupportedAudio(f"codec {names} in {kind.name} is not supported")
+
+    def _decode_stream(self, container: av.container.InputContainer, stream,
+                       budget: _Budget) -> np.ndarray:
         limit = int(self.max_seconds * ASR_SAMPLE_RATE)
+        resampler, shape = None, None
         chunks: list[np.ndarray] = []
         total = 0
         packets = bad = 0
+
+        def resample(frame) -> None:
+            nonlocal total
+            for out in resampler.resample(frame):
+                chunk = out.to_ndarray().reshape(-1)
+                chunks.append(chunk)
+                total += chunk.size
+
         try:
             for packet in container.demux(stream):
                 packets += 1
+                budget.check()
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError:
@@ -73,17 +151,28 @@ class PyAvCodec:
                     bad += 1
                     continue
                 for frame in frames:
-                    for out in resampler.resample(frame):
-                        chunk = out.to_ndarray().reshape(-1)
-                        chunks.append(chunk)
-                        total += chunk.size
+                    if not MIN_RATE <= frame.sample_rate <= MAX_RATE or not (
+                            1 <= len(frame.layout.channels) <= MAX_CHANNELS):
+                        raise UnsupportedAudio(f"frame of {frame.sample_rate} Hz, "
+                                               f"{len(frame.layout.channels)} channels")
+                    # MP3 and AAC streams may switch rate or layout mid-stream (joined files);
+                    # a resampler serves one input format, so start a new one.
+                    now = (frame.format.name, frame.layout.name, frame.sample_rate)
+                    if now != shape:
+                        if resampler is not None:
+                            resample(None)
+                        resampler = av.AudioResampler(format="flt", layout="mono",
+                                                      rate=ASR_SAMPLE_RATE)
+                        shape = now
+                    frame.pts = None
+                    resample(frame)
                 if total > limit:
                     # Declared durations can be missing or lie; stop before decoding it all.
                     raise self._too_long(total / ASR_SAMPLE_RATE, at_least=True)
-            for out in resampler.resample(None):
-                chunks.append(out.to_ndarray().reshape(-1))
-        except av.error.FFmpegError as err:
-            raise UnsupportedAudio(f"demuxing failed: {err}") from err
+            if resampler is not None:
+                resample(None)
+        except (av.error.FFmpegError, ValueError, OSError, EOFError, MemoryError) as err:
+            raise UnsupportedAudio(f"decoding failed: {err}") from err
         if packets and bad > packets // 2:
             raise UnsupportedAudio(f"{bad} of {packets} packets undecodable")
         if not chunks:
