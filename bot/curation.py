@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from bot.storage.models import (
     AuditEntry,
+    Chat,
     DatasetSnapshot,
     Exchange,
     HistoryMessage,
@@ -26,6 +27,7 @@ from bot.storage.models import (
 )
 from bot.storage.store import SqlStore
 from bot.textkeys import question_key
+from bot.types import ChatKind, Role
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,119 @@ def _view(s: Session, p: Pair) -> PairView:
     asked_by = s.get(User, p.asked_by_id).display_name if p.asked_by_id else None
     return PairView(p.id, p.status, p.source, p.question, p.answer, list(p.history or []),
                     asked_by, p.model_version, p.created_at, p.decided_by)
+
+
+FORGET_COUNTS = ("exchanges", "pairs_deleted", "pairs_anonymised", "history_redacted",
+                 "audit_redacted")
+# What a forgotten user's question/answer becomes in the audit log: the entry stays (who
+# approved what, when), the words go.
+FORGOTTEN_TEXT = "[forgotten]"
+
+
+@dataclass(frozen=True)
+class ForgottenExchange:
+    """A deleted exchange, for the adapter that stored its reply audio (named after it)."""
+
+    id: int
+    platform: str
+    chat_id: str
+    reply_message_id: str | None
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What /forget removed: counts per kind (see FORGET_COUNTS) and the deleted exchanges."""
+
+    counts: dict[str, int]
+    exchanges: list[ForgottenExchange]
+
+
+def _user_exchanges(s: Session, user: User) -> list[ForgottenExchange]:
+    rows = s.execute(
+        select(Exchange.id, Chat.platform, Chat.platform_chat_id, Exchange.reply_message_id)
+        .join(Chat, Exchange.chat_id == Chat.id)
+        .where(Exchange.user_id == user.id).order_by(Exchange.id)
+    ).all()
+    return [ForgottenExchange(*row) for row in rows]
+
+
+def _words_by_chat(s: Session, user: User) -> dict[tuple[str, str], set[str]]:
+    """The user's messages per (platform, chat), as stored in HistoryMessage.content.
+
+    Pair.history holds exactly these texts: the pipeline's context is built from stored
+    history messages, and the "Name: " speaker prefix is only added when rendering the
+    chat template (bot.llm.chat_model.to_template_messages), never stored.
+    """
+    rows = s.execute(
+        select(Chat.platform, Chat.platform_chat_id, HistoryMessage.content)
+        .join(Chat, HistoryMessage.chat_id == Chat.id)
+        .join(Exchange, HistoryMessage.exchange_id == Exchange.id)
+        .where(Exchange.user_id == user.id, HistoryMessage.role == Role.USER.value)
+    ).all()
+    words: dict[tuple[str, str], set[str]] = {}
+    for chat_platform, chat_id, content in rows:
+        words.setdefault((chat_platform, chat_id), set()).add(content)
+    return words
+
+
+def _private_chats(s: Session, user: User) -> list[int]:
+    return list(s.scalars(
+        select(Chat.id).join(Exchange, Exchange.chat_id == Chat.id)
+        .where(Exchange.user_id == user.id, Chat.kind == ChatKind.PRIVATE.value).distinct()
+    ))
+
+
+def _drop_emptied_chats(s: Session, chat_ids: list[int]) -> None:
+    """Private chats left empty go too: a private chat's id is often the user's own id."""
+    if chat_ids:
+        s.execute(delete(Chat).where(
+            Chat.id.in_(chat_ids),
+            ~select(Exchange.id).where(Exchange.chat_id == Chat.id).exists(),
+            ~select(HistoryMessage.id).where(HistoryMessage.chat_id == Chat.id).exists(),
+        ))
+
+
+def _redacted(values: dict | None) -> dict | None:
+    if not values or not any(k in values for k in ("question", "answer")):
+        return values
+    # A new dict, not an in-place edit: SQLAlchemy's JSON type does not track mutation.
+    return {k: FORGOTTEN_TEXT if k in ("question", "answer") else v for k, v in values.items()}
+
+
+def _redact_audit(s: Session, pair_ids: list[int]) -> int:
+    """Blank the question/answer values in the audit entries of the user's pairs."""
+    if not pair_ids:
+        return 0
+    redacted = 0
+    for entry in s.scalars(select(AuditEntry).where(AuditEntry.pair_id.in_(pair_ids))):
+        before, after = _redacted(entry.before), _redacted(entry.after)
+        if before is not entry.before or after is not entry.after:
+            entry.before, entry.after = before, after
+            redacted += 1
+    return redacted
+
+
+def _redact_histories(s: Session, words: dict[tuple[str, str], set[str]], user_pk: int,
+                      kept: tuple[str, ...]) -> int:
+    """Drop [question, answer] history entries whose question the user said, in that chat.
+
+    The answer goes too: it answered the forgotten words. Pairs about to be deleted are
+    skipped so the count says what changed in pairs that remain. Returns entries removed.
+    """
+    removed = 0
+    for (chat_platform, chat_id), said in words.items():
+        pairs = s.scalars(select(Pair).where(Pair.platform == chat_platform,
+                                             Pair.platform_chat_id == chat_id))
+        for p in pairs:
+            if p.asked_by_id == user_pk and p.status not in kept:
+                continue
+            history = p.history or []
+            remaining = [e for e in history if not (e and e[0] in said)]
+            if len(remaining) < len(history):
+                p.history = remaining  # a new list: JSON columns do not track mutation
+                removed += len(history) - len(remaining)
+    s.flush()
+    return removed
 
 
 class Curation:
@@ -205,15 +320,25 @@ class Curation:
         superseded = self._approve(s, p, actor, "add" if source == "admin" else source, None)
         return Change(_view(s, p), changed=True, superseded=superseded)
 
-    def forget_user(self, platform: str, user_id: str) -> dict[str, int]:
-        """Remove a user's messages and unapproved pairs; approved pairs lose their identity."""
+    def forget_user(self, platform: str, user_id: str) -> Forgotten:
+        """Remove a user's words: messages, unapproved pairs, audit values, others' history.
+
+        Approved pairs they asked stay in the dataset (an admin approved them; /forget says
+        so) but lose their identity. Reply audio files are the adapters' to delete: the
+        returned exchanges name them.
+        """
         with self.store.session() as s, s.begin():
             user = s.scalar(select(User).where(User.platform == platform,
                                                User.platform_user_id == user_id))
             if user is None:
-                return {"exchanges": 0, "pairs_deleted": 0, "pairs_anonymised": 0}
-            exchange_ids = list(s.scalars(select(Exchange.id).where(Exchange.user_id == user.id)))
+                return Forgotten(dict.fromkeys(FORGET_COUNTS, 0), [])
+            exchanges = _user_exchanges(s, user)
             kept = (PairStatus.APPROVED, PairStatus.SUPERSEDED)
+            pair_ids = list(s.scalars(select(Pair.id).where(Pair.asked_by_id == user.id)))
+            # Redact before anonymising: anonymising clears platform_chat_id, which says
+            # which chat's history a pair holds.
+            audit_redacted = _redact_audit(s, pair_ids)
+            history_redacted = _redact_histories(s, _words_by_chat(s, user), user.id, kept)
             deleted = s.execute(
                 delete(Pair).where(Pair.asked_by_id == user.id, Pair.status.not_in(kept))
             ).rowcount
@@ -222,15 +347,19 @@ class Curation:
                     asked_by_id=None, exchange_id=None, incoming_message_id=None,
                     reply_message_id=None, platform_chat_id=None)
             ).rowcount
+            private_chats = _private_chats(s, user)
+            exchange_ids = [e.id for e in exchanges]
             if exchange_ids:
                 s.execute(delete(HistoryMessage).where(HistoryMessage.exchange_id.in_(exchange_ids)))
                 s.execute(delete(Exchange).where(Exchange.id.in_(exchange_ids)))
+            _drop_emptied_chats(s, private_chats)
             s.delete(user)
             counts = {"exchanges": len(exchange_ids), "pairs_deleted": deleted,
-                      "pairs_anonymised": anonymised}
+                      "pairs_anonymised": anonymised, "history_redacted": history_redacted,
+                      "audit_redacted": audit_redacted}
             # The log records that a deletion happened, not whose.
             self._audit(s, "forgotten-user", "forget", None, None, counts)
-            return counts
+            return Forgotten(counts, exchanges)
 
     # --- figures --------------------------------------------------------------------
     def counts_by_status(self) -> dict[str, int]:
