@@ -15,6 +15,7 @@ from bot.curation import Change, Curation, PairView
 from bot.errors import UserFacingError
 from bot.persona import PersonaProfile
 from bot.registry import ModelRegistry, VersionView
+from bot.reply_audio import ReplyAudioStore
 from bot.types import ChatKind, ChatMessage, ChatRef
 from training.dataset import collect_rows, training_messages
 from training.jobs import JobQueue
@@ -24,7 +25,12 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 10
 ADMIN_COMMANDS = ("approve", "correct", "reject", "pending", "add", "dataset", "persona",
                   "retrain", "trainstatus", "models", "activate", "rollback", "answerall")
+#: Commands that change one chat's own settings: that chat's admins may run them too.
+CHAT_COMMANDS = ("answerall",)
 USER_COMMANDS = ("forget",)
+#: Ids are database integers: anything longer cannot name a pair (and would overflow).
+MAX_ID = 2**63 - 1
+MAX_PAGE = 1_000_000
 
 
 class PermissionDenied(UserFacingError):
@@ -40,9 +46,14 @@ class Actor:
     platform: str
     user_id: str
     display_name: str
-    # Set by an adapter when the platform itself grants admin rights (e.g. a guild admin),
-    # and for shell operators.
+    # Operators of this installation: the shell (CLI) and holders of the web admin token.
+    # Never set from a chat platform's own roles: a platform admin administers a chat, not the
+    # persona everybody talks to.
     granted_admin: bool = False
+    # The platform says this user administers the chat the command came from (a Telegram group
+    # admin, a Discord member who may manage the server or channel): enough for that chat's own
+    # settings (CHAT_COMMANDS), nothing else.
+    chat_admin: bool = False
 
     @property
     def key(self) -> str:
@@ -97,7 +108,9 @@ class AdminService:
         registry: ModelRegistry | None = None,
         jobs: JobQueue | None = None,
         default_max_steps: int | None = None,
+        reply_audio: ReplyAudioStore | None = None,
     ) -> None:
+        self.reply_audio = reply_audio
         self.registry = registry or ModelRegistry(curation.store, persona.name)
         self.jobs = jobs or JobQueue(curation.store, persona.name)
         self.default_max_steps = default_max_steps
@@ -112,7 +125,16 @@ class AdminService:
         self.count_tokens = count_tokens
 
     def is_admin(self, actor: Actor) -> bool:
+        """A bot admin: CHATMAN_ADMIN_IDS or an operator. Persona-wide commands need this."""
         return actor.granted_admin or actor.key in self.admin_ids
+
+    def may(self, actor: Actor, command: str) -> bool:
+        """Whether ``actor`` may run ``/command`` (in the chat the command came from)."""
+        if command in USER_COMMANDS:
+            return True
+        if command in CHAT_COMMANDS and actor.chat_admin:
+            return True
+        return self.is_admin(actor)
 
     # --- the one entry point adapters use ---------------------------------------------
     def execute(self, actor: Actor, text: str, reply_to: ReplyTarget | None = None,
@@ -172,7 +194,7 @@ class AdminService:
 
     # --- commands -----------------------------------------------------------------------
     def _require_admin(self, actor: Actor, command: str) -> None:
-        if not self.is_admin(actor):
+        if not self.may(actor, command):
             log.warning("refused /%s for non-admin %s", command, actor.key)
             raise PermissionDenied(f"{actor.key} is not an admin")
 
@@ -362,7 +384,12 @@ class AdminService:
         return CommandResult("answerall", message, [], {"answer_all_voice": on})
 
     def forget(self, actor: Actor) -> CommandResult:
-        counts = self.curation.forget_user(actor.platform, actor.user_id)
+        forgotten = self.curation.forget_user(actor.platform, actor.user_id)
+        counts = dict(forgotten.counts)
+        # Reply audio kept on disk (web console, CLI) goes too; platforms keep their own copy.
+        counts["audio_files"] = sum(
+            self.reply_audio.delete(e.platform, [e.reply_message_id])
+            for e in forgotten.exchanges) if self.reply_audio is not None else 0
         log.info("forgot a user's data: %s", counts)
         message = (f"Done: I deleted {counts['exchanges']} of your messages and "
                    f"{counts['pairs_deleted']} unreviewed pairs. Answers already approved for "
@@ -378,10 +405,15 @@ def _metrics(v: VersionView) -> str:
             f"leakage {m['leakage']:.2f}")
 
 
+def _is_number(text: str) -> bool:
+    # str.isdigit() also accepts "²" and other digits int() refuses.
+    return text.isascii() and text.isdigit()
+
+
 def _max_steps(args: str) -> int | None:
     if not args:
         return None
-    if not args.isdigit() or not 1 <= int(args) <= 100_000:
+    if not _is_number(args) or len(args) > 6 or not 1 <= int(args) <= 100_000:
         raise CommandError(f"bad max steps {args!r}", user_message=(
             "Usage: /retrain [max steps], e.g. /retrain 40"))
     return int(args)
@@ -390,15 +422,18 @@ def _max_steps(args: str) -> int | None:
 def _page(args: str) -> int:
     if not args:
         return 1
-    if not args.isdigit() or int(args) < 1:
-        raise CommandError(f"bad page {args!r}", user_message="Usage: /pending [page number]")
+    if not _is_number(args) or len(args) > 7 or not 1 <= int(args) <= MAX_PAGE:
+        raise CommandError(f"bad page {args[:40]!r}", user_message="Usage: /pending [page number]")
     return int(args)
 
 
 def _leading_id(args: str) -> tuple[int | None, str]:
     head, _, rest = args.partition(" ")
     token = head.lstrip("#")
-    if token.isdigit():
+    if _is_number(token):
+        if len(token) > 19 or int(token) > MAX_ID:
+            raise CommandError(f"pair id {token[:40]} out of range",
+                               user_message=f"There is no pair #{token[:20]}.")
         return int(token), rest.strip()
     return None, args
 

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from bot.admin import AdminService
 from bot.asr import FasterWhisperASR
 from bot.audio.codec import PyAvCodec
+from bot.chat_queue import ChatQueues
 from bot.config import STARTER, Settings
 from bot.curation import Curation
 from bot.llm.chat_model import GenerationSettings, TransformersChatModel
@@ -20,6 +21,7 @@ from bot.persona import PersonaProfile, load_persona
 from bot.pipeline import PipelineConfig, VoicePipeline
 from bot.protocols import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer
 from bot.registry import ModelRegistry, Served
+from bot.reply_audio import ReplyAudioStore
 from bot.storage import migrate
 from bot.storage.store import SqlStore, make_engine
 from bot.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
@@ -102,6 +104,10 @@ class ChatmanApp:
     registry: ModelRegistry
     jobs: JobQueue
     served: Served
+    # Every adapter's turns: per-chat order and one bound on work in flight for all platforms.
+    queues: ChatQueues
+    # Reply voice notes the web console and the CLI keep on disk.
+    reply_audio: ReplyAudioStore
     # platform → how to send a training notice to a chat there (registered by adapters)
     notifiers: dict[str, Callable[[ChatRef, Notice], Awaitable[None]]] = field(default_factory=dict)
     runner: TrainingRunner | None = None
@@ -133,7 +139,9 @@ class ChatmanApp:
         language = settings.language or persona.language
         engine = make_engine(settings.resolved_database_url)
         store = SqlStore(engine)
-        codec = PyAvCodec(max_seconds=settings.max_voice_seconds, max_bytes=settings.max_upload_bytes)
+        codec = PyAvCodec(max_seconds=settings.max_voice_seconds,
+                          max_bytes=settings.max_upload_bytes,
+                          max_cpu_seconds=settings.decode_cpu_seconds)
         asr = asr or build_asr(settings)
         llm = llm or build_llm(settings)
         tts = tts or build_tts(settings, persona)
@@ -144,8 +152,10 @@ class ChatmanApp:
                 system_prompt=persona.prompt_for(language),
                 language=language,
                 history_max_messages=settings.history_max_messages,
+                max_text_chars=settings.max_text_chars,
             ),
         )
+        reply_audio = ReplyAudioStore(settings.data_dir / "replies")
         curation = Curation(store, persona.name)
         registry = ModelRegistry(store, persona.name)
         jobs = JobQueue(store, persona.name)
@@ -154,9 +164,12 @@ class ChatmanApp:
             model_version=lambda: pipeline.llm.version,
             count_tokens=lambda messages: pipeline.llm.count_conversation_tokens(messages),
             registry=registry, jobs=jobs, default_max_steps=settings.train_max_steps,
+            reply_audio=reply_audio,
         )
         application = cls(settings, persona, engine, store, codec, asr, tts, pipeline, curation,
-                          admin, language, registry, jobs, Served(None, settings.llm_model))
+                          admin, language, registry, jobs, Served(None, settings.llm_model),
+                          ChatQueues(settings.chat_queue_limit, settings.max_turns_in_flight),
+                          reply_audio)
         admin.on_job_queued = application.wake_runner
         admin.on_model_change = application.request_model_sync
         return application

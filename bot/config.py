@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -30,6 +30,8 @@ class Settings(BaseSettings):
         # Platform variables go by their platform's usual names (TELEGRAM_BOT_TOKEN);
         # code and tests use the field names.
         populate_by_name=True,
+        # str(ValidationError) would otherwise quote the rejected value, secrets included.
+        hide_input_in_errors=True,
     )
 
     data_dir: Path = Path("./data")
@@ -72,6 +74,12 @@ class Settings(BaseSettings):
 
     max_voice_seconds: float = Field(default=120.0, gt=0)
     max_upload_mb: float = Field(default=20.0, gt=0)
+    decode_cpu_seconds: float = Field(
+        default=1.0, gt=0, le=60, description="CPU budget of decoding one audio file")
+    max_text_chars: int = Field(default=2000, ge=1, le=100_000,
+                                description="Longest text message the persona answers")
+    max_turns_in_flight: int = Field(
+        default=8, ge=1, description="Turns answered or waiting, all chats together")
     admin_ids: str = ""
 
     # --- local web console ---
@@ -79,6 +87,10 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8765, ge=0, le=65535)
     web_admin_token: SecretStr | None = None
+    web_allowed_hosts: str = Field(
+        default="", description="Extra Host names the console answers (comma-separated)")
+    web_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    web_body_timeout_seconds: float = Field(default=60.0, gt=0)
 
     # --- chat platforms ---
     chat_queue_limit: int = Field(default=5, ge=1, description="Messages per chat in flight")
@@ -133,6 +145,21 @@ class Settings(BaseSettings):
     def _empty_language_is_auto(cls, value: object) -> object:
         if isinstance(value, str) and value.strip().lower() in ("", "auto"):
             return None
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_parses(cls, value: SecretStr | None) -> SecretStr | None:
+        # Checked here so that nothing later (secret_values, make_engine) fails on it with a
+        # traceback. The message never repeats the URL: it may hold a password.
+        if value is not None:
+            try:
+                make_url(value.get_secret_value())
+            except Exception:  # ArgumentError, or ValueError for a port that isn't a number
+                raise ValueError(
+                    "not a database URL: write it like postgresql+psycopg://user:password@host"
+                    ":5432/chatman or sqlite:////absolute/path/chatman.db (percent-encode special "
+                    "characters in the password)") from None
         return value
 
     @field_validator("admin_ids")
@@ -211,3 +238,38 @@ class Settings(BaseSettings):
 
 def mask_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _field_name(loc: str) -> str | None:
+    """The field a validation error is about: pydantic-settings reports aliased fields by alias."""
+    if loc in Settings.model_fields:
+        return loc
+    for name, info in Settings.model_fields.items():
+        if isinstance(info.validation_alias, AliasChoices) and loc in info.validation_alias.choices:
+            return name
+    return None
+
+
+def env_var(field: str) -> str:
+    """The environment variable that sets ``field`` (TELEGRAM_BOT_TOKEN, CHATMAN_DATA_DIR)."""
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return field
+    if isinstance(info.validation_alias, AliasChoices):
+        return str(info.validation_alias.choices[0])
+    return f"CHATMAN_{field.upper()}"
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each rejected variable and why; secret values are never shown."""
+    parts = []
+    for error in exc.errors():
+        loc = str(error["loc"][0]) if error["loc"] else ""
+        field = _field_name(loc)
+        info = Settings.model_fields[field] if field else None
+        # Unknown fields count as secret: better an unhelpful message than a leaked token.
+        secret = info is None or "SecretStr" in str(info.annotation)
+        shown = "" if secret or "input" not in error else f"={error['input']!r}"
+        reason = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{env_var(field) if field else loc or 'settings'}{shown}: {reason}")
+    return "; ".join(parts)

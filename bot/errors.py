@@ -35,5 +35,27 @@ class AudioTooLong(UserFacingError):
     pass
 
 
+class TextTooLong(UserFacingError):
+    pass
+
+
+class Busy(UserFacingError):
+    """Refused because too much is in flight; ``retry_after`` seconds is a fair wait."""
+
+    user_message = ("I'm still working on your earlier messages here. Please try again in a "
+                    "minute.")
+    retry_after = 30
+
+
+class ServerBusy(Busy):
+    user_message = ("I'm answering a lot of people right now. Please try again in a "
+                    "minute.")
+    retry_after = 20
+
+
+class NotDelivered(Exception):
+    """An adapter could not hand the reply to the user; the turn is not stored."""
+
+
 class NoSpeech(UserFacingError):
     user_message = "I couldn't hear anything — could you say it again?"

@@ -1,9 +1,11 @@
-"""decode → ASR → LLM → TTS → encode, one :class:`Incoming` at a time per chat.
+"""decode → ASR → LLM → TTS → encode → deliver → store, one :class:`Incoming` at a time per chat.
 
 Every model call runs in a worker thread, so the event loop (and the text commands it serves)
-stays responsive. Different chats proceed concurrently; within one chat, turns are strictly
-ordered so each sees the history the previous one wrote. Nothing is stored unless the whole
-turn succeeded.
+stays responsive; decoding user files has threads of its own, so hostile uploads queue among
+themselves and never hold the threads database calls use. Different chats proceed
+concurrently; within one chat, turns are strictly ordered so each sees the history the
+previous one wrote. A turn is stored only after the adapter's ``deliver`` has put everything
+the user receives in place (sent it, or written it to disk): a failed delivery stores nothing.
 """
 
 from __future__ import annotations
@@ -12,14 +14,16 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
 from bot.audio.codec import is_silent
-from bot.errors import EmptyInput, NoSpeech, UserFacingError
+from bot.errors import EmptyInput, NoSpeech, TextTooLong, UserFacingError
 from bot.protocols import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer, Store
+from bot.textkeys import clean_user_text
 from bot.types import ChatKind, ChatMessage, Incoming, Role, Transcript, Turn
 
 log = logging.getLogger(__name__)
@@ -27,6 +31,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 FALLBACK_REPLY = "Sorry, I don't have an answer to that right now."
+#: Threads that decode user files: at most this many decodes run at once.
+DECODE_THREADS = 2
+
+#: Puts the reply in front of the user (sends it, writes its audio); returns the id under
+#: which the reply can be found again (a platform message id, a file name) or None.
+Deliver = Callable[[Turn], Awaitable[str | None]]
 
 
 @dataclass(frozen=True)
@@ -35,6 +45,7 @@ class PipelineConfig:
     system_prompt: str
     language: str
     history_max_messages: int = 40
+    max_text_chars: int = 2000
 
 
 class _Timer:
@@ -66,6 +77,7 @@ class VoicePipeline:
         self._chat_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
+        self._decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
 
     def _lock_for(self, msg: Incoming) -> asyncio.Lock:
         key = (msg.chat.platform, msg.chat.chat_id)
@@ -83,7 +95,8 @@ class VoicePipeline:
         """The user's words: transcribed from audio, or the text as sent."""
         if msg.audio is not None:
             with timer.stage("decode"):
-                pcm = await self._run(self.codec.decode, msg.audio)
+                pcm = await asyncio.get_running_loop().run_in_executor(
+                    self._decoders, self.codec.decode, msg.audio)
             if is_silent(pcm):
                 raise NoSpeech(f"silent audio ({pcm.duration_s:.1f}s)")
             with timer.stage("asr"):
@@ -91,22 +104,28 @@ class VoicePipeline:
             if not transcript.text.strip():
                 raise NoSpeech(f"no speech recognised in {pcm.duration_s:.1f}s of audio")
             return transcript
-        text = (msg.text or "").strip()
+        text = clean_user_text(msg.text or "")
         if not text:
             raise EmptyInput("no audio and no text")
+        limit = self.config.max_text_chars
+        if len(text) > limit:
+            raise TextTooLong(f"{len(text)} characters > {limit}", user_message=(
+                f"That message is too long for me ({len(text)} characters); please keep it "
+                f"under {limit}."))
         return Transcript(text=text, language=self.config.language, duration_s=0.0)
 
-    async def handle(self, msg: Incoming) -> Turn:
+    async def handle(self, msg: Incoming, deliver: Deliver | None = None) -> Turn:
+        """Answer ``msg``; ``deliver`` runs before the turn is stored (see the module doc)."""
         # The chat's lock is taken on arrival (asyncio locks are FIFO), so a quick text message
         # cannot overtake a voice note sent before it that is still being transcribed.
         async with self._lock_for(msg):
             try:
-                return await self._handle_in_order(msg)
+                return await self._handle_in_order(msg, deliver)
             except UserFacingError as err:
                 log.info("refused input in %s/%s: %s", msg.chat.platform, msg.chat.chat_id, err)
                 raise
 
-    async def _handle_in_order(self, msg: Incoming) -> Turn:
+    async def _handle_in_order(self, msg: Incoming, deliver: Deliver | None) -> Turn:
         timer = _Timer()
         started = time.perf_counter()
         transcript = await self.understand(msg, timer)
@@ -144,6 +163,7 @@ class VoicePipeline:
             context=list(prompt[1:-1]),
             timings_ms=dict(timer.ms),
         )
+        reply_id = await deliver(turn) if deliver is not None else None
         turn.exchange_id = await self._run(
             self.store.record_turn,
             msg.chat,
@@ -151,6 +171,7 @@ class VoicePipeline:
             msg.message_id,
             turn,
             "voice" if msg.audio is not None else "text",
+            reply_id,
         )
         log.info(
             "turn %s/%s exchange=%s tokens=%d timings=%s",

@@ -66,5 +66,5 @@ class Store(Protocol):
     def recent_history(self, chat: ChatRef, limit: int) -> list[ChatMessage]: ...
 
     def record_turn(self, chat: ChatRef, user: UserRef, message_id: str | None, turn: Turn,
-                    input_kind: str) -> int:
+                    input_kind: str, reply_message_id: str | None = None) -> int:
         """Persist the exchange and its history messages atomically; returns the exchange id."""

@@ -8,6 +8,19 @@ from collections.abc import Sequence
 from bot.types import ChatMessage, Role
 
 
+#: Kept in user text: line breaks and tabs; every other control or format character (NUL,
+#: zero-width spaces, bidi overrides) is dropped before anything else sees the text.
+_KEPT_CONTROLS = {"\n", "\t"}
+
+
+def clean_user_text(text: str) -> str:
+    """What a user typed, without invisible characters, trimmed."""
+    return "".join(
+        ch for ch in text
+        if ch in _KEPT_CONTROLS or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co", "Cn")
+    ).strip()
+
+
 def question_key(question: str) -> str:
     """Questions differing only in case, whitespace or punctuation share one key."""
     text = unicodedata.normalize("NFKC", question).casefold()

@@ -146,7 +146,26 @@ class TransformersChatModel:
             if self.count_prompt_tokens(candidate) <= self.context_tokens:
                 return candidate
             history.pop(0)
+        if self.count_prompt_tokens(head + [user]) > self.context_tokens:
+            user = self._cut_to_fit(head, user)
         return head + [user]
+
+    def _cut_to_fit(self, head: list[ChatMessage], user: ChatMessage) -> ChatMessage:
+        """The end of a user turn too long for the budget: its last words are usually the
+        question. Callers bound user text long before this; it is the last line of defence."""
+        ids = self.tokenizer.encode(user.content, add_special_tokens=False)
+        overhead = self.count_prompt_tokens(head + [ChatMessage(user.role, "", user.speaker)])
+        keep = max(1, self.context_tokens - overhead - 2)  # 2: a token may merge at the cut
+        content = self.tokenizer.decode(ids[-keep:], skip_special_tokens=True)
+        while len(ids) > 1 and self.count_prompt_tokens(
+                head + [ChatMessage(user.role, content, user.speaker)]) > self.context_tokens:
+            keep = max(1, keep - 8)
+            content = self.tokenizer.decode(ids[-keep:], skip_special_tokens=True)
+            if keep == 1:
+                break
+        log.warning("user turn of %d tokens cut to its last %d to fit the %d-token context "
+                    "budget", len(ids), keep, self.context_tokens)
+        return ChatMessage(user.role, content, user.speaker)
 
     def generate(self, messages: Sequence[ChatMessage]) -> LlmReply:
         self.load()

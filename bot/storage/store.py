@@ -85,7 +85,7 @@ class SqlStore:
         return [ChatMessage(Role(r.role), r.content, r.speaker) for r in reversed(rows)]
 
     def record_turn(self, chat: ChatRef, user: UserRef, message_id: str | None, turn: Turn,
-                    input_kind: str) -> int:
+                    input_kind: str, reply_message_id: str | None = None) -> int:
         with self.session() as s, s.begin():
             chat_row = self._chat(s, chat, create=True)
             user_row = self._user(s, user)
@@ -94,6 +94,7 @@ class SqlStore:
                 user_id=user_row.id,
                 input_kind=input_kind,
                 incoming_message_id=message_id,
+                reply_message_id=reply_message_id,
                 transcript=turn.transcript,
                 reply_text=turn.reply,
                 language=turn.language,
@@ -116,6 +117,7 @@ class SqlStore:
                 platform=chat.platform,
                 platform_chat_id=chat.chat_id,
                 incoming_message_id=message_id,
+                reply_message_id=reply_message_id,
                 asked_by_id=user_row.id,
                 model_version=turn.model_version,
             ))
