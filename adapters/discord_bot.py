@@ -20,10 +20,9 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from bot.admin import ADMIN_COMMANDS, Actor, ReplyTarget
+from bot.admin import Actor, ReplyTarget
 from bot.app import ChatmanApp
-from bot.chat_queue import Busy, ChatQueues
-from bot.errors import UserFacingError
+from bot.errors import Busy, NotDelivered, UserFacingError
 from bot.types import ChatKind, ChatRef, Incoming, Turn, UserRef, VoiceNote
 from training.jobs import Notice
 
@@ -69,7 +68,7 @@ class DiscordAdapter:
             raise ValueError("DISCORD_BOT_TOKEN is not set")
         self.app = app
         self.settings = s
-        self.queues = ChatQueues(s.chat_queue_limit)
+        self.queues = app.queues
         # discord.py has no per-client endpoint settings; these class attributes are the
         # documented way to point it elsewhere (a proxy, the tests' fake).
         if s.discord_api_base_url:
@@ -180,28 +179,32 @@ class DiscordAdapter:
             return
         async with slot:
             want_voice = audio is not None or self.settings.discord_text_voice
+
+            async def deliver(turn: Turn) -> str:
+                # Sent before the turn is stored: a reply the user never got is not kept.
+                carrier = await self._send_turn(message, turn)
+                if carrier is None:
+                    raise NotDelivered(f"discord refused the reply in {chat.chat_id}")
+                return str(carrier)
+
             try:
                 async with message.channel.typing():
                     data = await audio.read() if audio is not None else None
                     author = message.author
-                    turn = await self.app.pipeline.handle(Incoming(
+                    await self.app.pipeline.handle(Incoming(
                         chat=chat,
                         user=UserRef(PLATFORM, str(author.id), author.display_name),
                         audio=data, text=text, message_id=str(message.id),
                         want_voice=want_voice,
-                    ))
+                    ), deliver=deliver)
             except UserFacingError as err:
                 await self._send_text(message.channel, err.user_message, message)
-                return
+            except NotDelivered as exc:
+                log.warning("discord: %s; nothing stored", exc)
             except Exception:
                 log.exception("discord: could not answer message %s", message.id)
                 await self._send_text(message.channel, "Sorry, something went wrong on my side. "
                                                        "Please try again.", message)
-                return
-            carrier = await self._send_turn(message, turn)
-            if carrier is not None and turn.exchange_id is not None:
-                await asyncio.to_thread(self.app.store.set_reply_message_id, turn.exchange_id,
-                                        str(carrier))
 
     async def _send_turn(self, message: discord.Message, turn: Turn) -> int | None:
         """Returns the id of the message /approve should find: the text if sent, else the voice."""
@@ -247,16 +250,21 @@ class DiscordAdapter:
     # --- slash commands -----------------------------------------------------------------
     def _actor(self, interaction: discord.Interaction) -> Actor:
         user = interaction.user
-        # The member's resolved permissions in this guild, as Discord sent them with the
-        # interaction; default_member_permissions alone is only a default a server can change.
-        is_guild_admin = interaction.guild_id is not None and interaction.permissions.administrator
-        return Actor(PLATFORM, str(user.id), user.display_name, granted_admin=is_guild_admin)
+        # A guild's Administrator (or a member who may manage this channel) administers that
+        # guild's channel, not the persona every server and platform shares: they may change
+        # this channel's settings (/answerall) and nothing else. Bot admins are
+        # CHATMAN_ADMIN_IDS alone. The permissions are the member's resolved ones in this
+        # channel, as Discord sent them with the interaction.
+        perms = interaction.permissions
+        chat_admin = interaction.guild_id is not None and (
+            perms.administrator or perms.manage_guild or perms.manage_channels)
+        return Actor(PLATFORM, str(user.id), user.display_name, chat_admin=chat_admin)
 
     async def _run(self, interaction: discord.Interaction, text: str,
                    reply_to: ReplyTarget | None = None) -> None:
         actor = self._actor(interaction)
         name = text.split()[0].lstrip("/")
-        if name in ADMIN_COMMANDS and not self.app.admin.is_admin(actor):
+        if not self.app.admin.may(actor, name):
             log.warning("discord: refused /%s for non-admin %s", name, actor.key)
             await interaction.response.send_message("Only admins can do that.", ephemeral=True)
             return

@@ -28,14 +28,19 @@ from telegram import (  # noqa: E402
     ReplyParameters,
     Update,
 )
-from telegram.constants import ChatAction, ChatType, MessageEntityType, MessageLimit  # noqa: E402
+from telegram.constants import (  # noqa: E402
+    ChatAction,
+    ChatMemberStatus,
+    ChatType,
+    MessageEntityType,
+    MessageLimit,
+)
 from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError  # noqa: E402
 from telegram.ext import Application, ContextTypes, MessageHandler, filters  # noqa: E402
 
-from bot.admin import ADMIN_COMMANDS, USER_COMMANDS, Actor, ReplyTarget  # noqa: E402
+from bot.admin import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget  # noqa: E402
 from bot.app import ChatmanApp  # noqa: E402
-from bot.chat_queue import Busy, ChatQueues  # noqa: E402
-from bot.errors import UserFacingError  # noqa: E402
+from bot.errors import Busy, NotDelivered, UserFacingError  # noqa: E402
 from bot.types import ChatKind, ChatRef, Incoming, Turn, UserRef  # noqa: E402
 from training.jobs import Notice  # noqa: E402
 
@@ -77,7 +82,7 @@ class TelegramAdapter:
             raise ValueError("TELEGRAM_BOT_TOKEN is not set")
         self.app = app
         self.settings = s
-        self.queues = ChatQueues(s.chat_queue_limit)
+        self.queues = app.queues
         self.webhook_secret = (s.telegram_webhook_secret.get_secret_value()
                                if s.telegram_webhook_secret else secrets.token_urlsafe(32))
         self.application: Application = (
@@ -187,6 +192,29 @@ class TelegramAdapter:
                                            self._chat_ref(message))
         return False
 
+    @staticmethod
+    def _sender(message: Message) -> UserRef:
+        """Who sent ``message``. Anonymous group admins and channels posting into a group
+        all appear as one placeholder user in ``from``; their own chat is their identity,
+        so one's /forget never touches another's data."""
+        if message.sender_chat is not None:
+            sc = message.sender_chat
+            return UserRef(PLATFORM, f"chat{sc.id}", sc.title or sc.username or "Anonymous")
+        user = message.from_user
+        return UserRef(PLATFORM, str(user.id), user.full_name)
+
+    async def _is_chat_admin(self, message: Message) -> bool:
+        """Whether the sender administers this group (for the group's own settings)."""
+        if message.sender_chat is not None:
+            # Only the group's admins can post as the group itself; a channel can't.
+            return message.sender_chat.id == message.chat.id
+        try:
+            member = await self.bot.get_chat_member(message.chat.id, message.from_user.id)
+        except TelegramError as exc:
+            log.info("telegram: could not check admin rights in %s: %s", message.chat.id, exc)
+            return False
+        return member.status in (ChatMemberStatus.ADMINISTRATOR, ChatMemberStatus.OWNER)
+
     def _strip_mention(self, text: str) -> str:
         return " ".join(w for w in text.split() if w.lower() != f"@{self.bot.username}".lower())
 
@@ -228,6 +256,14 @@ class TelegramAdapter:
         async with slot:
             voice_in = audio is not None
             want_voice = voice_in or self.settings.telegram_text_voice
+
+            async def deliver(turn: Turn) -> str:
+                # Sent before the turn is stored: a reply the user never got is not kept.
+                sent = await self._send_turn(message, turn)
+                if sent is None:
+                    raise NotDelivered(f"telegram refused the reply in {chat.chat_id}")
+                return str(sent.message_id)
+
             try:
                 async with self._chat_action(message.chat.id, ChatAction.RECORD_VOICE
                                              if want_voice else ChatAction.TYPING):
@@ -235,26 +271,20 @@ class TelegramAdapter:
                     if voice_in:
                         file = await self._send(audio.get_file)
                         data = bytes(await file.download_as_bytearray())
-                    user = message.from_user
-                    turn = await self.app.pipeline.handle(Incoming(
-                        chat=chat,
-                        user=UserRef(PLATFORM, str(user.id), user.full_name),
+                    await self.app.pipeline.handle(Incoming(
+                        chat=chat, user=self._sender(message),
                         audio=data, text=text, message_id=str(message.message_id),
                         want_voice=want_voice,
-                    ))
+                    ), deliver=deliver)
             except UserFacingError as err:
                 await self._reply_text(message, err.user_message)
-                return
+            except NotDelivered as exc:
+                log.warning("telegram: %s; nothing stored", exc)
             except Exception:
                 log.exception("telegram: could not answer message %d in %s", message.message_id,
                               chat.chat_id)
                 await self._reply_text(message, "Sorry, something went wrong on my side. "
                                                 "Please try again.")
-                return
-            sent = await self._send_turn(message, turn)
-            if sent is not None and turn.exchange_id is not None:
-                await asyncio.to_thread(self.app.store.set_reply_message_id, turn.exchange_id,
-                                        str(sent.message_id))
 
     async def _send_turn(self, message: Message, turn: Turn) -> Message | None:
         reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
@@ -283,8 +313,11 @@ class TelegramAdapter:
         known = name in GENERAL or name in ADMIN_COMMANDS
         if not known and self._kind(message) is ChatKind.GROUP and not addressee:
             return  # maybe another bot's command
-        user = message.from_user
-        actor = Actor(PLATFORM, str(user.id), user.full_name)
+        sender = self._sender(message)
+        actor = Actor(PLATFORM, sender.user_id, sender.display_name)
+        if (name in CHAT_COMMANDS and self._kind(message) is ChatKind.GROUP
+                and not self.app.admin.is_admin(actor) and await self._is_chat_admin(message)):
+            actor = Actor(PLATFORM, sender.user_id, sender.display_name, chat_admin=True)
         if name in ("start", "help"):
             await self._reply_text(message, self._help(actor))
             return

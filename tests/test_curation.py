@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from bot.admin import Actor, CommandError, PermissionDenied, ReplyTarget
+from bot.errors import UserFacingError
 from bot.storage.models import AuditEntry, Exchange, HistoryMessage, Pair, User
 from bot.types import ChatKind, ChatMessage, ChatRef, Incoming, Role, Turn, UserRef
 
@@ -169,7 +170,8 @@ def test_forget_removes_a_users_data_but_keeps_approved_pairs_anonymised(app):
     app.admin.execute(OPS, f"/approve {kept}")
 
     result = app.admin.execute(Actor("telegram", "555", "Carol"), "/forget")
-    assert result.data == {"exchanges": 2, "pairs_deleted": 1, "pairs_anonymised": 1}
+    assert result.data.items() >= {"exchanges": 2, "pairs_deleted": 1, "pairs_anonymised": 1,
+                                   "history_redacted": 0, "audit_redacted": 1}.items()
     with app.store.session() as s:
         assert s.get(Pair, pending) is None
         survivor = s.get(Pair, kept)
@@ -237,3 +239,46 @@ def test_dataset_tokens_are_counted_with_the_models_chat_template(app, llm):
     figures = app.admin.execute(OPS, "/dataset")
     assert figures.data["tokens"] == expected
     assert f"{expected} tokens" in figures.message
+
+
+PERSONA_WIDE = ("/pending", "/approve 1", "/correct 1 Better.", "/reject 1", "/add Q | A",
+                "/dataset", "/persona", "/retrain", "/trainstatus", "/models",
+                "/activate manman-v1", "/rollback")
+
+
+@pytest.mark.parametrize("command", PERSONA_WIDE)
+def test_persona_wide_commands_belong_to_the_listed_admins_alone(app, command):
+    """A platform's chat admin (Telegram group admin, Discord guild Administrator) is not one."""
+    ask(app, "Who are you?", "I'm a bot.")
+    before = snapshot(app)
+    chat_admin = Actor("discord", "777", "Guild owner", chat_admin=True)
+    for actor in (chat_admin, STRANGER):
+        with pytest.raises(PermissionDenied):
+            app.admin.execute(actor, command, None, CHAT)
+    assert snapshot(app) == before and app.jobs.open_jobs() == []
+    listed = Actor("discord", "456", "Listed")
+    try:
+        app.admin.execute(listed, command, None, CHAT)
+    except PermissionDenied:
+        pytest.fail(f"{command} refused a listed admin")
+    except UserFacingError as other:
+        # Allowed to try, refused for another reason (e.g. nothing to roll back).
+        assert not isinstance(other, PermissionDenied)
+
+
+def test_a_chat_admin_may_change_only_their_own_chat(app):
+    chat_admin = Actor("telegram", "777", "Group owner", chat_admin=True)
+    assert "every voice note" in app.admin.execute(chat_admin, "/answerall on", None,
+                                                   CHAT).message
+    assert app.store.answers_every_voice(CHAT)
+    with pytest.raises(PermissionDenied):
+        app.admin.execute(STRANGER, "/answerall off", None, CHAT)
+
+
+@pytest.mark.parametrize("command", ["/pending 99999999999999999999", "/pending ²",
+                                     "/approve 99999999999999999999999", "/reject #١٢",
+                                     "/retrain 9999999", "/retrain 1e3"])
+def test_out_of_range_numbers_are_refused_with_usage(app, command):
+    with pytest.raises(CommandError) as refused:
+        app.admin.execute(OPS, command, None, CHAT)
+    assert refused.value.user_message

@@ -31,6 +31,7 @@ from tests.speech_checks import recall
 ALICE = user("1015000000000000301", "Alice")
 BOB = user("1015000000000000302", "Bob")
 ADMIN = user("1015000000000000303", "Ada")
+GUS = user("1015000000000000304", "Gus")  # Administrator of the guild, not a bot admin
 DM_CHANNEL = "1015000000000000400"
 MENTION = f"<@{BOT_USER['id']}>"
 
@@ -67,7 +68,9 @@ async def started(tmp_path, fake, asr, llm, tts, **overrides):
 
 @pytest.fixture
 async def bot(tmp_path, fake, asr, llm, tts):
-    app, adapter = await started(tmp_path, fake, asr, llm, tts)
+    # Ada is a bot admin (CHATMAN_ADMIN_IDS) as well as an Administrator of the guild.
+    app, adapter = await started(tmp_path, fake, asr, llm, tts,
+                                 admin_ids=f"discord:{ADMIN['id']}")
     yield app
     await adapter.stop()
     await app.stop()
@@ -133,7 +136,7 @@ async def test_slash_commands_check_admins_and_approve_stores_the_pair(fake, bot
                                     mentions=[BOT_USER])
     answer = (await fake.wait_for(lambda: fake.replies_in(TEXT_CHANNEL)))[0]
     assert answer.reply_to == asked["id"]
-    await fake.wait_for(lambda: bot.store.exchanges()[0].reply_message_id)
+    await fake.wait_for(lambda: [e for e in bot.store.exchanges() if e.reply_message_id])
     approved = await fake.slash("Approve answer", ADMIN, admin=True, command_type=3,
                                 target=answer.message)
     done = await fake.wait_for(lambda: [p for p in fake.interaction_replies(approved)
@@ -142,6 +145,34 @@ async def test_slash_commands_check_admins_and_approve_stores_the_pair(fake, bot
     with bot.store.session() as s:
         pair = s.query(Pair).one()
     assert pair.status == "approved" and pair.decided_by == f"discord:{ADMIN['id']}"
+
+
+async def test_a_guild_administrator_is_no_bot_admin(fake, bot):
+    """Issue 12, item 6: any guild's Administrator could run the persona everybody shares."""
+    bot.curation.add("What is ChatMan?", "A voice bot.", "test")
+    asked = []
+    for name, options in (("pending", None), ("retrain", None), ("rollback", None),
+                          ("approve", [{"name": "pair_id", "type": 4, "value": 1}]),
+                          ("dataset", None), ("activate", [{"name": "version", "type": 3,
+                                                            "value": "manman-v1"}])):
+        asked.append(await fake.slash(name, GUS, admin=True, options=options))
+    for interaction in asked:
+        reply = (await fake.wait_for(lambda i=interaction: fake.interaction_replies(i)))[0]
+        assert reply.content == "Only admins can do that." and reply.flags & EPHEMERAL
+    assert bot.jobs.open_jobs() == []
+    # Their own channel's setting is theirs to change.
+    switched = await fake.slash("answerall", GUS, admin=True,
+                                options=[{"name": "on", "type": 5, "value": True}])
+    done = await fake.wait_for(lambda: [p for p in fake.interaction_replies(switched)
+                                        if p.kind == "followup"])
+    assert "every voice note" in done[0].content
+    refused = await fake.slash("answerall", BOB, options=[{"name": "on", "type": 5,
+                                                           "value": False}])
+    no = (await fake.wait_for(lambda: fake.interaction_replies(refused)))[0]
+    assert no.content == "Only admins can do that."
+    from bot.types import ChatKind, ChatRef
+
+    assert bot.store.answers_every_voice(ChatRef("discord", TEXT_CHANNEL, ChatKind.GROUP))
 
 
 async def test_a_429_then_success_delivers_exactly_one_reply(fake, bot):

@@ -19,7 +19,17 @@ from bot.llm.chat_model import GenerationSettings
 from bot.storage.models import Pair
 from bot.types import ChatKind, ChatRef
 from tests.conftest import MODEL_CACHE, make_settings
-from tests.fakes.telegram_api import BOT, TOKEN, FakeTelegram, group_chat, private_chat, user
+from tests.fakes.telegram_api import (
+    BOT,
+    CHANNEL_BOT,
+    GROUP_ANONYMOUS_BOT,
+    TOKEN,
+    FakeTelegram,
+    channel,
+    group_chat,
+    private_chat,
+    user,
+)
 from tests.speech_checks import recall
 from tests.test_cli import chatman
 from training.jobs import Notice
@@ -145,7 +155,7 @@ async def test_approve_as_a_reply_to_the_bots_answer_stores_the_pair(fake, bot):
     await fake.send_text(GROUP, ALICE, f"{MENTION} Who are you?")
     answer = (await fake.wait_for(lambda: replies(fake, GROUP["id"])))[0]
     # The adapter records which message carried the answer right after sending it.
-    await fake.wait_for(lambda: bot.store.exchanges()[0].reply_message_id)
+    await fake.wait_for(lambda: [e for e in bot.store.exchanges() if e.reply_message_id])
     await fake.send_text(GROUP, ADMIN, "/approve", reply_to_message=answer.message)
     done = (await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 2
                                 and replies(fake, GROUP["id"])))[1]
@@ -174,6 +184,48 @@ async def test_a_user_who_blocked_the_bot_is_logged_not_retried(fake, bot, caplo
         await asyncio.sleep(1.0)
     assert fake.calls.count("sendMessage") == 1 and replies(fake, BOB["id"]) == []
     assert "not allowed to send" in caplog.text
+    # Nothing reached the user, so nothing was stored.
+    assert "nothing stored" in caplog.text and bot.store.exchanges() == []
+
+
+async def test_group_admins_may_set_their_group_but_not_run_the_persona(fake, bot):
+    """Issue 12, item 6: platform admins administer their chat, never the shared persona."""
+    fake.chat_admins[(GROUP["id"], BOB["id"])] = "administrator"
+    await fake.send_text(GROUP, BOB, "/answerall on")
+    await fake.wait_for(lambda: replies(fake, GROUP["id"]))
+    assert "every voice note" in replies(fake, GROUP["id"])[0].text
+    assert bot.store.answers_every_voice(ChatRef("telegram", str(GROUP["id"]), ChatKind.GROUP))
+    for command in ("/pending", "/retrain", "/rollback", "/approve 1", "/dataset"):
+        await fake.send_text(GROUP, BOB, command)
+    await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 6)
+    assert {r.text for r in replies(fake, GROUP["id"])[1:]} == {"Only admins can do that."}
+    assert bot.jobs.open_jobs() == []
+    # A member who is not an admin of the group may not change it either.
+    await fake.send_text(GROUP, ALICE, "/answerall off")
+    await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 7)
+    assert replies(fake, GROUP["id"])[6].text == "Only admins can do that."
+
+
+async def test_anonymous_admins_and_channels_are_different_senders(fake, bot):
+    """Issue 12, item 8: one placeholder user in ``from``; ``sender_chat`` tells them apart."""
+    news = channel(-1009999, "News")
+    await fake.send_text(GROUP, GROUP_ANONYMOUS_BOT, f"{MENTION} I am the admin.",
+                         sender_chat=GROUP)
+    await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 1)
+    await fake.send_text(GROUP, CHANNEL_BOT, f"{MENTION} We are the news.", sender_chat=news,
+                         is_automatic_forward=True)
+    await fake.wait_for(lambda: len([e for e in bot.store.exchanges()]) == 2)
+    # Only the group itself (an anonymous admin) may change the group's settings.
+    await fake.send_text(GROUP, CHANNEL_BOT, "/answerall on", sender_chat=news)
+    await fake.send_text(GROUP, GROUP_ANONYMOUS_BOT, "/answerall on", sender_chat=GROUP)
+    await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 4)
+    assert replies(fake, GROUP["id"])[2].text == "Only admins can do that."
+    assert "every voice note" in replies(fake, GROUP["id"])[3].text
+    # The channel forgets itself; the anonymous admin's words stay.
+    await fake.send_text(GROUP, CHANNEL_BOT, "/forget", sender_chat=news)
+    await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 5)
+    assert replies(fake, GROUP["id"])[4].text.startswith("Done: I deleted 1 of your messages")
+    assert [e.transcript for e in bot.store.exchanges()] == ["I am the admin."]
 
 
 async def test_voice_over_the_limits_is_refused_before_download(fake, bot, speak):

@@ -3,7 +3,9 @@
 Platform ``web``: the same pipeline and admin service as Telegram and Discord. The chat API is
 open on the (loopback by default) address; admin routes need the admin token. Every
 state-changing request must carry the ``X-ChatMan`` header, which a cross-site form or image
-can't send, and, when the browser states an ``Origin``, come from this very host.
+can't send, and, when the browser states an ``Origin``, come from this very host. Below
+FastAPI, :mod:`adapters.web.limits` checks the ``Host`` header and bounds request headers and
+bodies in size and time. Every answer that is not a success is ``{"error": …}`` with a 4xx.
 """
 
 from __future__ import annotations
@@ -18,37 +20,69 @@ import uuid
 from collections import deque
 from importlib import resources
 from pathlib import Path
+from typing import Annotated
 
 import uvicorn
-from fastapi import FastAPI, Form, HTTPException, Request, UploadFile
+from fastapi import Body, FastAPI, Form, HTTPException, Path as PathParam, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bot.admin import Actor, CommandResult
+from adapters.web.limits import HeaderTimeoutH11, RequestLimits, allowed_hosts
+from bot.admin import MAX_ID, MAX_PAGE, Actor, CommandResult
 from bot.app import ChatmanApp
-from bot.chat_queue import Busy, ChatQueues
-from bot.errors import AudioTooLarge, UserFacingError
-from bot.types import ChatKind, ChatRef, Incoming, UserRef
+from bot.errors import AudioTooLarge, Busy, UserFacingError
+from bot.types import ChatKind, ChatRef, Incoming, Turn, UserRef
 from training.jobs import Notice
 
 log = logging.getLogger(__name__)
 
 PLATFORM = "web"
 CSRF_HEADER = "x-chatman"
-AUDIO_NAME = re.compile(r"^[0-9a-f]{32}\.ogg$")
 CONVERSATION = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
 ADMIN = Actor(PLATFORM, "admin", "Web admin", granted_admin=True)
 FORM_OVERHEAD = 16 * 1024  # multipart boundaries and the small text fields around a file
+JSON_BODY_LIMIT = 64 * 1024  # admin requests are a few fields of text
+PairId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
+
+
+class CorrectBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    answer: str = Field(min_length=1, max_length=8000)
+    question: str | None = Field(default=None, max_length=8000)
+
+
+class RetrainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_steps: StrictInt | None = Field(default=None, ge=1, le=100_000)
+
+
+class ForgetBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    conversation_id: str = Field(pattern=CONVERSATION.pattern)
 
 
 def _page(name: str) -> str:
     return resources.files("adapters.web").joinpath("static", name).read_text(encoding="utf-8")
 
 
+def _status(err: UserFacingError) -> int:
+    return 413 if isinstance(err, AudioTooLarge) else 429 if isinstance(err, Busy) else 400
+
+
+def _validation_message(err: RequestValidationError) -> str:
+    parts = []
+    for e in err.errors()[:3]:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x not in ("body", "query", "path"))
+        parts.append(f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg")))
+    return "Invalid request — " + "; ".join(parts) if parts else "Invalid request."
+
+
 def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
     settings = app.settings
-    replies = settings.data_dir / "web-replies"
-    replies.mkdir(parents=True, exist_ok=True)
-    queues = ChatQueues(settings.chat_queue_limit)
+    replies = app.reply_audio
+    queues = app.queues
     notices: deque[dict] = deque(maxlen=200)
 
     async def remember(chat: ChatRef, notice: Notice) -> None:
@@ -60,15 +94,6 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
 
     @api.middleware("http")
     async def guard(request: Request, call_next):
-        if request.url.path == "/api/chat":
-            # Refused before the body is read: form parsing would otherwise spool it all.
-            try:
-                app.codec.check_declared(
-                    max(0, int(request.headers.get("content-length") or 0) - FORM_OVERHEAD)
-                    or None, None)
-            except UserFacingError as err:
-                log.info("web: refused an upload: %s", err)
-                return JSONResponse({"error": err.user_message}, status_code=413)
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             origin = request.headers.get("origin")
             if request.headers.get(CSRF_HEADER) != "1" or (
@@ -85,9 +110,24 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
 
     @api.exception_handler(UserFacingError)
     async def user_error(request: Request, err: UserFacingError):
-        status = 413 if isinstance(err, AudioTooLarge) else 429 if isinstance(err, Busy) else 400
         log.info("web: refused %s: %s", request.url.path, err)
-        return JSONResponse({"error": err.user_message}, status_code=status)
+        headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Busy) else None
+        return JSONResponse({"error": err.user_message}, status_code=_status(err),
+                            headers=headers)
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(request: Request, err: RequestValidationError):
+        message = _validation_message(err)
+        log.info("web: refused %s: %s", request.url.path, message)
+        return JSONResponse({"error": message}, status_code=400)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        detail = err.detail if isinstance(err.detail, str) else "Request refused."
+        if err.status_code == 400 and "parsing the body" in detail:
+            detail = "The request body could not be read (too large a field, or malformed)."
+        return JSONResponse({"error": detail}, status_code=err.status_code,
+                            headers=getattr(err, "headers", None))
 
     @api.get("/", response_class=HTMLResponse)
     async def chat_page() -> str:
@@ -100,40 +140,60 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
     @api.get("/static/{name}")
     async def static(name: str) -> Response:
         if name not in ("app.css", "chat.js", "admin.js"):
-            raise HTTPException(404)
+            raise HTTPException(404, "Not found.")
         media = "text/css" if name.endswith(".css") else "text/javascript"
         return Response(_page(name), media_type=media)
 
     @api.post("/api/chat")
-    async def chat(text: str | None = Form(None), conversation_id: str | None = Form(None),
+    async def chat(text: Annotated[str | None, Form()] = None,
+                   conversation_id: Annotated[str | None, Form()] = None,
                    audio: UploadFile | None = None) -> dict:
         conversation = conversation_id or uuid.uuid4().hex[:16]
         if not CONVERSATION.match(conversation):
-            raise HTTPException(400, "bad conversation_id")
-        data = None
-        if audio is not None:
-            data = await audio.read(settings.max_upload_bytes + 1)
-            app.codec.check_declared(len(data), None)
+            raise HTTPException(400, "Bad conversation_id.")
         chat_ref = ChatRef(PLATFORM, conversation, ChatKind.PRIVATE)
+        # Claimed before any decoding or model work: beyond the bounds, refused at once (429).
         async with queues.enter(chat_ref):
-            turn = await app.pipeline.handle(Incoming(
-                chat=chat_ref, user=UserRef(PLATFORM, conversation, "Web visitor"), audio=data,
-                text=text, message_id=None, want_voice=True))
-        name = f"{uuid.uuid4().hex}.ogg"
-        if turn.voice is not None:
-            await asyncio.to_thread((replies / name).write_bytes, turn.voice.data)
-            await asyncio.to_thread(app.store.set_reply_message_id, turn.exchange_id, name)
+            data = None
+            if audio is not None:
+                data = await audio.read(settings.max_upload_bytes + 1)
+                app.codec.check_declared(len(data), None)
+            saved: list[str] = []
+
+            async def keep(turn: Turn) -> str | None:
+                # Written completely before the turn is stored (disk full → nothing stored).
+                if turn.voice is None:
+                    return None
+                saved.append(await asyncio.to_thread(replies.save, PLATFORM, turn.voice.data))
+                return saved[-1]
+
+            try:
+                turn = await app.pipeline.handle(Incoming(
+                    chat=chat_ref, user=UserRef(PLATFORM, conversation, "Web visitor"),
+                    audio=data, text=text, message_id=None, want_voice=True), deliver=keep)
+            except BaseException:
+                await asyncio.to_thread(replies.delete, PLATFORM, saved)  # not stored: no file
+                raise
+        name = saved[-1] if saved else None
         return {"conversation_id": conversation, "transcript": turn.transcript,
                 "reply": turn.reply, "exchange_id": turn.exchange_id,
-                "audio_url": f"/api/audio/{name}" if turn.voice is not None else None,
+                "audio_url": f"/api/audio/{name}" if name else None,
                 "duration_s": turn.voice.duration_s if turn.voice else None,
                 "timings_ms": turn.timings_ms}
 
+    @api.post("/api/forget")
+    async def forget(body: ForgetBody) -> dict:
+        """Delete this conversation: its messages, pairs and reply audio (the user's /forget)."""
+        actor = Actor(PLATFORM, body.conversation_id, "Web visitor")
+        result: CommandResult = await asyncio.to_thread(
+            app.admin.execute, actor, "/forget", None, ChatRef(PLATFORM, body.conversation_id))
+        return result.to_dict()
+
     @api.get("/api/audio/{name}")
     async def reply_audio(name: str) -> FileResponse:
-        path = replies / name
-        if not AUDIO_NAME.match(name) or not path.is_file():
-            raise HTTPException(404)
+        path = replies.path(PLATFORM, name)
+        if path is None:
+            raise HTTPException(404, "No such reply.")
         return FileResponse(path, media_type="audio/ogg")
 
     # --- admin ------------------------------------------------------------------------
@@ -143,28 +203,35 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
         return result.to_dict()
 
     @api.get("/api/admin/pending")
-    async def pending(page: int = 1) -> dict:
-        return await run(f"/pending {page}")
+    async def pending(page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1) -> dict:
+        return (await asyncio.to_thread(app.admin.pending, ADMIN, page)).to_dict()
 
-    @api.post("/api/admin/pairs/{pair_id}/{action}")
-    async def decide(pair_id: int, action: str, request: Request) -> dict:
-        if action not in ("approve", "reject", "correct"):
-            raise HTTPException(404)
-        if action != "correct":
-            return await run(f"/{action} {pair_id}")
-        body = await request.json()
-        answer, question = (body.get("answer") or "").strip(), (body.get("question") or "").strip()
-        return await run(f"/correct {pair_id} " + (f"{question} | {answer}" if question else answer))
+    @api.post("/api/admin/pairs/{pair_id}/approve")
+    async def approve(pair_id: PairId) -> dict:
+        return (await asyncio.to_thread(app.admin.approve, ADMIN, pair_id)).to_dict()
+
+    @api.post("/api/admin/pairs/{pair_id}/reject")
+    async def reject(pair_id: PairId) -> dict:
+        return (await asyncio.to_thread(app.admin.reject, ADMIN, pair_id)).to_dict()
+
+    @api.post("/api/admin/pairs/{pair_id}/correct")
+    async def correct(pair_id: PairId, body: CorrectBody) -> dict:
+        # Typed fields straight to the service: an answer with "|" in it stays one answer.
+        answer, question = body.answer.strip(), (body.question or "").strip() or None
+        if not answer:
+            raise HTTPException(400, "The answer is empty.")
+        return (await asyncio.to_thread(app.admin.correct, ADMIN, pair_id, answer,
+                                        question)).to_dict()
 
     @api.get("/api/admin/dataset")
     async def dataset() -> dict:
         return await run("/dataset")
 
     @api.post("/api/admin/retrain")
-    async def retrain(request: Request) -> dict:
-        body = await request.json() if await request.body() else {}
-        steps = body.get("max_steps")
-        return await run(f"/retrain {int(steps)}" if steps else "/retrain")
+    async def retrain(body: Annotated[RetrainBody | None, Body()] = None) -> dict:
+        steps = body.max_steps if body else None
+        return (await asyncio.to_thread(app.admin.retrain, ADMIN, ChatRef(PLATFORM, "admin"),
+                                        steps)).to_dict()
 
     @api.get("/api/admin/trainstatus")
     async def trainstatus() -> dict:
@@ -177,22 +244,34 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
         return await run("/models")
 
     @api.post("/api/admin/models/{version}/activate")
-    async def activate(version: str) -> dict:
-        return await run(f"/activate {version}")
+    async def activate(version: Annotated[str, PathParam(max_length=128)]) -> dict:
+        return (await asyncio.to_thread(app.admin.activate, ADMIN, version)).to_dict()
 
     @api.post("/api/admin/rollback")
     async def rollback() -> dict:
         return await run("/rollback")
 
     @api.get("/api/admin/models/{version}/loss.png")
-    async def loss_plot(version: str) -> FileResponse:
+    async def loss_plot(version: Annotated[str, PathParam(max_length=128)]) -> FileResponse:
         found = await asyncio.to_thread(app.registry.get, version)
         plot = Path(found.directory) / "loss.png" if found and found.directory else None
         if plot is None or not plot.is_file():
-            raise HTTPException(404)
+            raise HTTPException(404, "No loss plot for that version.")
         return FileResponse(plot, media_type="image/png")
 
+    @api.exception_handler(Exception)
+    async def crashed(request: Request, err: Exception):
+        log.error("web: %s %s failed", request.method, request.url.path, exc_info=err)
+        return JSONResponse({"error": "Something went wrong on my side."}, status_code=500)
+
     return api
+
+
+def body_limit_for(app: ChatmanApp):
+    def limit(path: str) -> int:
+        return app.settings.max_upload_bytes + FORM_OVERHEAD if path == "/api/chat" \
+            else JSON_BODY_LIMIT
+    return limit
 
 
 class WebAdapter:
@@ -201,10 +280,16 @@ class WebAdapter:
         self.app = app
         self.admin_token = (s.web_admin_token.get_secret_value() if s.web_admin_token
                             else secrets.token_urlsafe(24))
+        self.token_generated = s.web_admin_token is None
         self.api = create_api(app, self.admin_token)
+        guarded = RequestLimits(self.api, hosts=allowed_hosts(s.web_host, s.web_allowed_hosts),
+                                body_limit=body_limit_for(app),
+                                body_timeout=s.web_body_timeout_seconds)
+        # log_config=None: uvicorn's loggers go through ours (secret masking, one format).
         self.server = uvicorn.Server(uvicorn.Config(
-            self.api, host=s.web_host, port=s.web_port, log_level="warning", access_log=False,
-            lifespan="off"))
+            guarded, host=s.web_host, port=s.web_port, log_level="warning", access_log=False,
+            lifespan="off", log_config=None,
+            http=HeaderTimeoutH11.with_timeout(s.web_header_timeout_seconds)))
         self._task: asyncio.Task | None = None
         self.url = ""
 
@@ -216,9 +301,14 @@ class WebAdapter:
             await asyncio.sleep(0.05)
         host, port = self.server.servers[0].sockets[0].getsockname()[:2]
         self.url = f"http://{host}:{port}"
-        # Printed, not logged: the token must not end up in log files.
-        print(f"ChatMan web console: {self.url}/   admin: {self.url}/admin#token="
-              f"{self.admin_token}", flush=True)
+        if self.token_generated:
+            # Printed, not logged: the token must not end up in log files. An operator who
+            # set CHATMAN_WEB_ADMIN_TOKEN knows it; it is never printed then.
+            print(f"ChatMan web console: {self.url}/   admin: {self.url}/admin#token="
+                  f"{self.admin_token}", flush=True)
+        else:
+            print(f"ChatMan web console: {self.url}/   admin: {self.url}/admin "
+                  "(token: CHATMAN_WEB_ADMIN_TOKEN)", flush=True)
 
     async def stop(self) -> None:
         self.app.notifiers.pop(PLATFORM, None)

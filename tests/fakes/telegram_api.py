@@ -56,6 +56,8 @@ class FakeTelegram(LocalServer):
         self.files: dict[str, tuple[str, bytes]] = {}
         self.commands: dict[str, list[dict]] = {}
         self.webhook: dict[str, Any] = {}
+        # (chat id, user id) → "creator" | "administrator"; everyone else is a "member".
+        self.chat_admins: dict[tuple[int, int], str] = {}
         self.fail_next: dict[str, list[tuple[int, dict]]] = {}
         self._update_ids = itertools.count(1)
         self._message_ids = itertools.count(1000)
@@ -264,6 +266,20 @@ class FakeTelegram(LocalServer):
         self.sent.append(Sent("sendChatAction", int(params["chat_id"]), params))
         return self._ok(True)
 
+    async def _m_getChatMember(self, params, files):
+        chat_id, user_id = int(params["chat_id"]), int(params["user_id"])
+        status = self.chat_admins.get((chat_id, user_id), "member")
+        member = {"status": status, "user": user(user_id, f"User {user_id}")}
+        if status == "administrator":
+            member.update({rights: True for rights in (
+                "can_be_edited", "can_manage_chat", "can_delete_messages",
+                "can_manage_video_chats", "can_restrict_members", "can_promote_members",
+                "can_change_info", "can_invite_users", "can_post_stories", "can_edit_stories",
+                "can_delete_stories")} | {"is_anonymous": False})
+        elif status == "creator":
+            member["is_anonymous"] = False
+        return self._ok(member)
+
 
 def private_chat(user: dict) -> dict:
     return {"id": user["id"], "type": "private", "first_name": user["first_name"]}
@@ -275,3 +291,15 @@ def group_chat(chat_id: int, title: str = "Friends") -> dict:
 
 def user(user_id: int, first_name: str) -> dict:
     return {"id": user_id, "is_bot": False, "first_name": first_name}
+
+
+#: The placeholder users Telegram puts in ``from`` when a group admin posts anonymously or a
+#: channel posts into a group; the real sender is ``sender_chat``.
+GROUP_ANONYMOUS_BOT = {"id": 1087968824, "is_bot": True, "first_name": "Group",
+                       "username": "GroupAnonymousBot"}
+CHANNEL_BOT = {"id": 136817688, "is_bot": True, "first_name": "Channel",
+               "username": "Channel_Bot"}
+
+
+def channel(chat_id: int, title: str) -> dict:
+    return {"id": chat_id, "type": "channel", "title": title}

@@ -20,7 +20,7 @@ async function send(form) {
   try {
     const response = await fetch("/api/chat", { method: "POST", body: form, headers: { "X-ChatMan": "1" } });
     const data = await response.json();
-    if (!response.ok) { add("error", data.error || data.detail || "Something went wrong."); return; }
+    if (!response.ok) { add("error", data.error || "Something went wrong."); return; }
     conversation = data.conversation_id;
     sessionStorage.setItem("chatman-conversation", conversation);
     add("you transcript", data.transcript);
@@ -88,3 +88,22 @@ function stopRecording() {
 button.addEventListener("pointerdown", startRecording);
 button.addEventListener("pointerup", stopRecording);
 button.addEventListener("pointerleave", stopRecording);
+
+// The user's /forget: the server deletes this conversation's messages, pairs and reply audio.
+document.getElementById("forget").addEventListener("click", async () => {
+  if (!conversation) { log.replaceChildren(); return; }
+  if (!confirm("Delete this conversation from the bot, including the recordings of its answers?")) return;
+  try {
+    const response = await fetch("/api/forget", {
+      method: "POST", headers: { "X-ChatMan": "1", "Content-Type": "application/json" },
+      body: JSON.stringify({ conversation_id: conversation }) });
+    const data = await response.json();
+    if (!response.ok) { add("error", data.error || "Something went wrong."); return; }
+    log.replaceChildren();
+    conversation = null;
+    sessionStorage.removeItem("chatman-conversation");
+    add("notice", data.message);
+  } catch (err) {
+    add("error", "The bot can't be reached: " + err);
+  }
+});

@@ -1,0 +1,183 @@
+"""Connection-level limits for the web console, below FastAPI.
+
+- :class:`HeaderTimeoutH11` closes a connection whose request headers have not all arrived
+  within a time limit (uvicorn has a keep-alive timeout but none for slow or missing headers,
+  so a thousand half-open connections would stay open for ever).
+- :class:`RequestLimits` wraps the ASGI app: the body may not grow past a size limit whatever
+  ``Content-Length`` or ``Transfer-Encoding`` claim (it is counted as it streams in, so no
+  spooled temp file grows past the limit either), a body must keep arriving (idle timeout) and
+  be complete within a total time, and the ``Host`` header must name this console (a
+  DNS-rebinding page in a browser can't drive a loopback console through another name).
+
+Refusals are JSON ``{"error": …}`` like every other answer of the console.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
+
+
+class HeaderTimeoutH11(H11Protocol):
+    """uvicorn's h11 protocol, closing connections that send no complete request headers."""
+
+    header_timeout: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # The next request on a kept-alive connection gets the same deadline.
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if getattr(self, "_header_timer", None) is not None:
+            self._header_timer.cancel()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_overdue)
+
+    def _headers_overdue(self) -> None:
+        self._header_timer = None
+        # IDLE: the client has not finished a request line and headers since we armed.
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            log.info("web: closed a connection from %s that sent no request headers in %.0f s",
+                     self.client[0] if self.client else "?", self.header_timeout)
+            self.transport.close()
+
+    @classmethod
+    def with_timeout(cls, seconds: float) -> type[HeaderTimeoutH11]:
+        return type("HeaderTimeoutH11", (cls,), {"header_timeout": seconds})
+
+
+class _Refused(Exception):
+    """The body broke a limit; the refusal was already sent."""
+
+
+def allowed_hosts(web_host: str, extra: str) -> frozenset[str]:
+    names = {*LOOPBACK_NAMES, *(h.strip().lower() for h in extra.split(",") if h.strip())}
+    if web_host not in ("0.0.0.0", "::", ""):
+        names.add(web_host.lower())
+    return frozenset(names)
+
+
+def host_name(value: str) -> str:
+    """``Host`` header → name without port (``[::1]:8765`` → ``[::1]``)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value.split("]", 1)[0] + "]"
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class RequestLimits:
+    def __init__(self, app: ASGIApp, *, hosts: Iterable[str],
+                 body_limit: Callable[[str], int], body_timeout: float,
+                 idle_timeout: float = 10.0) -> None:
+        self.app = app
+        self.hosts = frozenset(hosts)
+        self.body_limit = body_limit
+        self.body_timeout = body_timeout
+        self.idle_timeout = min(idle_timeout, body_timeout)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1")
+                   for k, v in scope.get("headers", [])}
+        path = scope.get("path", "")
+        host = host_name(headers.get("host", ""))
+        if host not in self.hosts:
+            log.warning("web: refused %s %s for Host %r (not in the allow-list; see "
+                        "CHATMAN_WEB_ALLOWED_HOSTS)", scope.get("method"), path, host[:80])
+            await _json(send, 421, "This console does not answer to that host name.")
+            return
+        limit = self.body_limit(path)
+        declared = headers.get("content-length")
+        if declared is not None and (not declared.strip().isdigit() or int(declared) > limit):
+            log.info("web: refused %s: declared body of %s bytes > %d", path, declared[:20], limit)
+            await _json(send, 413, _too_big(limit))
+            return
+
+        responded = False
+        received = 0
+        body_done = False
+        deadline = time.monotonic() + self.body_timeout
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal responded
+            if message["type"] == "http.response.start":
+                if responded:  # we refused already: drop the app's own answer
+                    raise _Refused
+                responded = True
+            await send(message)
+
+        async def refuse(status: int, text: str) -> None:
+            nonlocal responded
+            if not responded:
+                responded = True
+                await _json(send, status, text)
+            raise _Refused
+
+        async def limited_receive() -> Message:
+            nonlocal received, body_done
+            if body_done:  # after the body, receive() only waits for a disconnect
+                return await receive()
+            wait = min(self.idle_timeout, deadline - time.monotonic())
+            try:
+                message = await asyncio.wait_for(receive(), max(wait, 0.001))
+            except TimeoutError:
+                log.info("web: %s body did not arrive in time (%d bytes so far)", path, received)
+                await refuse(408, "The upload was too slow; please try again.")
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    log.info("web: refused %s: body passed %d bytes while streaming", path, limit)
+                    await refuse(413, _too_big(limit))
+                body_done = not message.get("more_body", False)
+            return message
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _Refused:
+            pass
+        except Exception:
+            if not responded:
+                raise
+            # The app failed after we refused its request: nothing more to tell anybody.
+            log.debug("web: app error after a refusal", exc_info=True)
+
+
+def _too_big(limit: int) -> str:
+    return f"That upload is too big; I accept up to {limit / 2**20:.0f} MB."
+
+
+async def _json(send: Send, status: int, error: str) -> None:
+    body = json.dumps({"error": error}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
