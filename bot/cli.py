@@ -18,12 +18,16 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from bot.config import Settings
+from bot.config import Settings, describe_validation_error
 from bot.errors import UserFacingError
-from bot.logs import configure_logging
-from bot.types import ChatRef, Incoming, UserRef
+from bot.logs import configure_logging, mask, route_uncaught_exceptions
+from bot.reply_audio import write_atomically
+from bot.types import ChatRef, Incoming, Turn, UserRef
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="ChatMan persona voice bot.")
+# Typer's pretty tracebacks print local variables (settings, tokens) in clear; main() prints
+# one masked line instead and logs the traceback at DEBUG through the masking handler.
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="ChatMan persona voice bot.",
+                  pretty_exceptions_enable=False, pretty_exceptions_show_locals=False)
 db_app = typer.Typer(no_args_is_help=True, help="Database schema (Alembic).")
 app.add_typer(db_app, name="db")
 dataset_app = typer.Typer(no_args_is_help=True, help="The persona's SFT dataset.")
@@ -33,15 +37,30 @@ app.add_typer(models_app, name="models")
 
 log = logging.getLogger("chatman")
 
+# The settings this process loaded, so main() can name the path behind a late failure.
+_loaded: Settings | None = None
+
 
 def _settings() -> Settings:
+    global _loaded
     try:
         settings = Settings()
     except ValidationError as exc:
-        raise _fail(f"invalid settings: {exc}".replace("\n", " ")) from exc
+        raise _fail(f"invalid settings: {describe_validation_error(exc)}") from exc
     configure_logging(settings.log_level, settings.secret_values())
     _quiet_libraries()
+    _loaded = settings
     return settings
+
+
+def _preflight(settings: Settings, *, persona: bool = True) -> None:
+    """Configuration mistakes end here in one line (exit 2), before any model loads."""
+    from bot.startup import ConfigError, preflight
+
+    try:
+        preflight(settings, persona=persona)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
 
 
 def _quiet_libraries() -> None:
@@ -54,7 +73,7 @@ def _quiet_libraries() -> None:
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     # Plain print: rich would wrap a long message over several lines.
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {mask(message)}", file=sys.stderr)
     return typer.Exit(code)
 
 
@@ -76,6 +95,7 @@ def ask(
         except OSError as exc:
             raise _fail(f"cannot read {audio}: {exc.strerror or exc}") from exc
     settings = _settings()
+    _preflight(settings)
     from bot.app import ChatmanApp
 
     chat_id = chat_id or uuid.uuid4().hex[:12]
@@ -95,21 +115,35 @@ def ask(
                 # up front so the reported stage timings are the turn's alone.
                 application.codec.decode(data)
             await application.start()
-            return await application.pipeline.handle(msg)
+
+            async def keep(turn: Turn) -> str | None:
+                # The reply file exists, whole, before the turn is stored.
+                if turn.voice is None:
+                    return None
+                if out is not None:  # the user's own path: not ours to delete on /forget
+                    await asyncio.to_thread(write_atomically, out, turn.voice.data)
+                    written.append(out)
+                    return None
+                name = await asyncio.to_thread(application.reply_audio.save, "cli",
+                                               turn.voice.data)
+                written.append(application.reply_audio.folder("cli") / name)
+                return name
+
+            return await application.pipeline.handle(msg, deliver=keep)
         finally:
             application.close()
 
+    written: list[Path] = []
     try:
         turn = asyncio.run(run())
     except UserFacingError as exc:
         log.info("refused input: %s", exc)
         raise _fail(exc.user_message) from exc
+    except OSError as exc:  # e.g. --out in a missing folder, or a full disk
+        raise _fail(f"cannot write the reply: {exc.strerror or exc}"
+                    + (f" ({exc.filename})" if exc.filename else "")) from exc
 
-    audio_path = None
-    if turn.voice is not None:
-        audio_path = out or settings.data_dir / "replies" / f"reply-{turn.exchange_id}.ogg"
-        audio_path.parent.mkdir(parents=True, exist_ok=True)
-        audio_path.write_bytes(turn.voice.data)
+    audio_path = written[0] if written else None
     if as_json:
         print(json.dumps({
             "chat_id": chat_id,
@@ -135,6 +169,7 @@ def ask(
 def run() -> None:
     """Run the bot on every configured chat platform until Ctrl-C (SIGINT/SIGTERM)."""
     settings = _settings()
+    _preflight(settings)
     # The composition root: the only command that loads the platform adapters.
     from adapters.run import NoAdapterConfigured, serve
 
@@ -155,6 +190,7 @@ def doctor() -> None:
     console.print(table)
 
     from bot import app as app_module
+    from bot import startup
     from bot.persona import load_persona
     from bot.storage import migrate
     from bot.storage.store import make_engine
@@ -168,9 +204,12 @@ def doctor() -> None:
             console.print(f"[green]ok[/]   {name}: {detail}", highlight=False)
         except Exception as exc:  # doctor reports every failure, whatever it is
             failures += 1
-            console.print(f"[red]FAIL[/] {name}: {type(exc).__name__}: {exc}", highlight=False)
+            what = str(exc) if isinstance(exc, startup.ConfigError) else \
+                f"{type(exc).__name__}: {exc}"
+            console.print(f"[red]FAIL[/] {name}: {mask(what)}", highlight=False)
 
     def database() -> str:
+        startup.check_database(settings)  # a one-line reason for the common mistakes
         engine = make_engine(settings.resolved_database_url)
         try:
             current, head = migrate.current_revision(engine), migrate.head_revision(engine)
@@ -181,10 +220,7 @@ def doctor() -> None:
         return f"reachable, schema at {current}"
 
     def persona() -> str:
-        p = load_persona(settings.persona, settings.persona_dir)
-        language = settings.language or p.language
-        p.prompt_for(language)
-        return f"{p.display_name} ({language})"
+        return startup.check_persona(settings)
 
     def loaded(builder):
         def run() -> str:
@@ -193,6 +229,8 @@ def doctor() -> None:
             return getattr(component, "name", None) or getattr(component, "version", "")
         return run
 
+    check("data dir", lambda: startup.check_data_dir(settings))
+    check("model cache", lambda: startup.check_model_cache(settings))
     check("database", database)
     check("persona", persona)
     check("asr", loaded(app_module.build_asr))
@@ -218,6 +256,7 @@ def _admin_app(persona: str | None = None):
     settings = _settings()
     if persona:
         settings = settings.model_copy(update={"persona": persona})
+    _preflight(settings)
     try:
         application = ChatmanApp.from_settings(settings)
     except ValueError as exc:  # PersonaError and friends
@@ -335,6 +374,7 @@ def eval_command(
     )
 
     settings = _settings()
+    _preflight(settings)
     try:
         persona = load_persona(settings.persona, settings.persona_dir)
         probe_items = load_jsonl(probes, ProbeItem) if probes else None
@@ -561,6 +601,7 @@ def _engine():
     from bot.storage.store import make_engine
 
     settings = _settings()
+    _preflight(settings, persona=False)  # schema work needs no persona
     engine = make_engine(settings.resolved_database_url)
     try:
         yield engine
@@ -573,7 +614,33 @@ def _engine():
 
 
 def main() -> None:
+    route_uncaught_exceptions()
     try:
         app()
     except KeyboardInterrupt:  # pragma: no cover
         sys.exit(130)
+    except Exception as exc:  # the last resort: one masked line, never a traceback
+        sys.exit(_report(exc))
+
+
+def _report(exc: Exception) -> int:
+    """Print what went wrong in one line; the traceback only at DEBUG, masked. The exit code."""
+    from bot.startup import explain_failure
+
+    log.debug("the command failed", exc_info=exc)
+    known = explain_failure(exc, _loaded)
+    if known is not None:
+        print(f"error: {mask(known)}", file=sys.stderr)
+        return 2
+    print(f"error: {_summary(exc)}", file=sys.stderr)
+    if not log.isEnabledFor(logging.DEBUG):
+        print("hint: CHATMAN_LOG_LEVEL=DEBUG shows the traceback (secrets masked)",
+              file=sys.stderr)
+    return 1
+
+
+def _summary(exc: BaseException, limit: int = 300) -> str:
+    # Masked before it is cut short, so no half of a secret survives the cut.
+    lines = [line.strip() for line in mask(str(exc)).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"

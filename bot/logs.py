@@ -1,40 +1,182 @@
-"""Logging set-up with a filter that keeps secrets out of every log line."""
+"""Logging set-up that keeps secrets out of every log line, tracebacks included.
+
+:func:`configure_logging` routes every logger to one root handler whose formatter masks the
+whole formatted record (message, exception text and stack). :func:`mask` applies the same
+masking to text the CLI prints itself.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import sys
+import threading
 from collections.abc import Iterable
+from urllib.parse import quote, quote_plus
 
 MASK = "***"
 
+#: Loggers of libraries that may install handlers of their own (uvicorn does, through
+#: dictConfig, every time a server is configured) or that log URLs with tokens in them.
+LIBRARY_LOGGERS = (
+    "telegram", "httpx", "httpcore", "discord", "uvicorn", "uvicorn.error", "uvicorn.access",
+    "uvicorn.asgi", "sqlalchemy", "alembic", "aiohttp", "asyncio", "py.warnings",
+)
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _variants(secret: str) -> set[str]:
+    """The secret as it may be written inside URLs, query strings and JSON."""
+    forms = {secret, quote(secret, safe=""), quote(secret), quote(secret, safe=":@/"),
+             quote_plus(secret), quote_plus(secret, safe=":@"), json.dumps(secret)[1:-1]}
+    # Some encoders write the hex digits in lower case (%3a rather than %3A).
+    forms |= {re.sub(r"%[0-9A-F]{2}", lambda m: m.group(0).lower(), f) for f in forms}
+    return forms
+
+
+class Masker:
+    """Replaces every registered secret (and its encoded forms) with ``***``."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        # Secrets shorter than 4 characters would mask ordinary words and digits.
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        forms = {form for s in self.secrets for form in _variants(s) if len(form) >= 4}
+        # Longest first, so a secret containing another is masked whole.
+        alternatives = sorted(forms, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, alternatives))) if forms else None
+
+    def __call__(self, text: str) -> str:
+        if self._pattern is None or not text:
+            return text
+        return self._pattern.sub(MASK, text)
+
 
 class SecretMaskingFilter(logging.Filter):
-    def __init__(self, secrets: Iterable[str]) -> None:
+    """Masks a record in place: its message, exception text and stack.
+
+    Used on handlers and loggers we don't format ourselves (uvicorn's own handlers, pytest's
+    caplog), so whichever formatter runs next only sees the masked text.
+    """
+
+    def __init__(self, secrets: Iterable[str] | Masker) -> None:
         super().__init__()
-        # Longest first, so a secret containing another is masked whole.
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        self.masker = secrets if isinstance(secrets, Masker) else Masker(secrets)
+        self.secrets = self.masker.secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not self.secrets:
             return True
-        message = record.getMessage()
-        masked = message
-        for secret in self.secrets:
-            masked = masked.replace(secret, MASK)
-        if masked != message:
-            record.msg, record.args = masked, None
+        self._mask_message(record)
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse exc_text when it is set, so format it once here, masked.
+            record.exc_text = _plain.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.masker(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.masker(record.stack_info)
         return True
+
+    def _mask_message(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if self.masker(message) == message:
+            return
+        if record.args:
+            # Mask the arguments one by one: some formatters read record.args themselves
+            # (uvicorn's access log unpacks five of them).
+            msg, args = record.msg, record.args
+            record.msg = self.masker(msg) if isinstance(msg, str) else msg
+            record.args = _masked_args(args, self.masker)
+            try:
+                if self.masker(record.getMessage()) == record.getMessage():
+                    return
+            except (TypeError, ValueError):
+                pass
+            record.msg, record.args = msg, args
+        record.msg, record.args = self.masker(message), None
+
+
+def _masked_args(args: tuple | dict, masker: Masker) -> tuple | dict:
+    def one(value: object) -> object:
+        return masker(value) if isinstance(value, str) else value
+
+    if isinstance(args, dict):
+        return {key: one(value) for key, value in args.items()}
+    return tuple(one(value) for value in args)
+
+
+_plain = logging.Formatter()
+
+
+class MaskingFormatter(logging.Formatter):
+    """Masks the whole formatted output, whatever a record carries (message, traceback, stack)."""
+
+    def __init__(self, masker: Masker, fmt: str = FORMAT) -> None:
+        super().__init__(fmt)
+        self.masker = masker
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.masker(super().format(record))
+
+
+# The secrets of the last configure_logging call, for mask(); empty until then.
+_masker = Masker()
+
+
+def mask(text: str) -> str:
+    """``text`` with every secret registered by :func:`configure_logging` masked."""
+    return _masker(text)
 
 
 def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+    global _masker
+    _masker = Masker(secrets)
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(SecretMaskingFilter(secrets))
+    handler.setFormatter(MaskingFormatter(_masker))
+    handler.addFilter(SecretMaskingFilter(_masker))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    _route_libraries_to_root(_masker)
     # Libraries that are chatty at INFO about things a bot operator doesn't need.
     for name in ("httpx", "faster_whisper", "alembic"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+
+
+def _route_libraries_to_root(masker: Masker) -> None:
+    """Every library record reaches the one masking root handler, and only that one."""
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+        logger.propagate = True
+        # Records logged on these loggers are masked before any handler sees them, even one
+        # a library adds later (uvicorn's dictConfig replaces handlers but keeps filters).
+        for old in [f for f in logger.filters if isinstance(f, SecretMaskingFilter)]:
+            logger.removeFilter(old)
+        if masker.secrets:
+            logger.addFilter(SecretMaskingFilter(masker))
+
+
+def route_uncaught_exceptions() -> None:
+    """Uncaught exceptions (any thread) are logged through the masking handler.
+
+    Python's default hooks print tracebacks to stderr as they are, secrets included.
+    """
+    crash = logging.getLogger("chatman.crash")
+
+    def main_hook(kind, value, tb) -> None:
+        crash.error("uncaught exception", exc_info=(kind, value, tb))
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        crash.error("uncaught exception in thread %s", name,
+                    exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+
+    sys.excepthook = main_hook
+    threading.excepthook = thread_hook

@@ -60,16 +60,20 @@ def main() -> int:
 
     request = WorkerRequest.model_validate_json(sys.stdin.read())
     from bot.config import Settings
-    from bot.logs import configure_logging
+    from bot.logs import configure_logging, mask, route_uncaught_exceptions
 
     settings = Settings(_env_file=None, **request.settings)
+    # The secrets came on stdin: masked from here on in the job's log file (stderr), thread
+    # crashes included.
     configure_logging(settings.log_level, settings.secret_values())
+    route_uncaught_exceptions()
     log = logging.getLogger("chatman.worker")
     try:
         return _train(request, settings, events)
     except Exception as exc:
         log.exception("training job %d failed", request.job_id)
-        events.emit("error", message=f"{type(exc).__name__}: {exc}")
+        # This message is stored with the job and sent to the chat that asked for it.
+        events.emit("error", message=mask(f"{type(exc).__name__}: {exc}"))
         return 1
 
 
