@@ -20,7 +20,7 @@ import av.error
 import numpy as np
 
 from bot.audio.sniff import SUPPORTED, Container, codec_family, decoder_names, sniff
-from bot.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio
+from bot.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio, UserFacingError
 from bot.types import Pcm, VoiceNote
 
 log = logging.getLogger(__name__)
@@ -80,6 +80,18 @@ class PyAvCodec:
 
     # --- decode ---------------------------------------------------------------------
     def decode(self, data: bytes) -> Pcm:
+        try:
+            return self._decode(data)
+        except UserFacingError:
+            raise
+        except Exception as err:
+            # Whatever else crafted bytes make FFmpeg or PyAV raise is still the file's fault:
+            # the user gets the usual refusal, the log keeps what broke.
+            log.warning("decoder error on a %d-byte upload: %s: %s", len(data),
+                        type(err).__name__, err)
+            raise UnsupportedAudio(f"{type(err).__name__}: {err}") from err
+
+    def _decode(self, data: bytes) -> Pcm:
         if not data:
             raise EmptyInput("0-byte audio", user_message="That audio file was empty.")
         if len(data) > self.max_bytes:
@@ -114,7 +126,7 @@ class PyAvCodec:
             raise UnsupportedAudio(f"{kind.name} file has no audio stream")
         for stream in container.streams.audio:
             ctx = stream.codec_context
-            if codec_family(ctx.name) not in kind.codecs:
+            if ctx is None or codec_family(_decoder(ctx)) not in kind.codecs:
                 continue
             if not MIN_RATE <= (ctx.sample_rate or 0) <= MAX_RATE:
                 raise UnsupportedAudio(f"sample rate {ctx.sample_rate} Hz")
@@ -122,7 +134,7 @@ class PyAvCodec:
                 raise UnsupportedAudio(f"{ctx.channels} channels")
             ctx.thread_count = 1  # the budget counts this thread's CPU time
             return stream
-        names = ", ".join(codec_family(s.codec_context.name) for s in container.streams.audio)
+        names = ", ".join(codec_family(_decoder(s.codec_context)) for s in container.streams.audio)
         raise UnsupportedAudio(f"codec {names} in {kind.name} is not supported")
 
     def _decode_stream(self, container: av.container.InputContainer, stream,
@@ -229,6 +241,14 @@ class PyAvCodec:
             duration_s=round(len(samples) / float(audio.sample_rate), 3),
             waveform=waveform(samples),
         )
+
+
+def _decoder(ctx) -> str | None:
+    """The decoder's name; None when FFmpeg has none for the stream (a crafted header)."""
+    try:
+        return ctx.name
+    except (AttributeError, ValueError):
+        return None
 
 
 def _declared_duration(container, stream) -> float | None:

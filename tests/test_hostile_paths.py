@@ -1,0 +1,130 @@
+"""The whole hostile corpus through every way audio comes in: the web API, `chatman ask`, and
+the pipeline that the Telegram and Discord adapters hand their downloads to.
+
+Each refused file gets a 4xx (web) or exit code 2 with one line (CLI) or a user-facing error
+(pipeline); nothing is stored, no temporary file is left, and the server keeps answering.
+Time is bounded by pytest-timeout and the codec's own CPU budget, not by wall-clock asserts.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import tempfile
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from adapters.web.server import WebAdapter
+from bot.app import ChatmanApp
+from bot.errors import UserFacingError
+from bot.llm.chat_model import GenerationSettings
+from bot.storage.models import Pair
+from bot.types import ChatRef, Incoming, UserRef
+from tests.conftest import MODEL_CACHE, make_settings
+from tests.hostile_corpus import corpus
+
+REFUSED = [f for f in corpus() if f.expect == "refused"]
+EITHER = [f for f in corpus() if f.expect == "either"]
+CSRF = {"X-ChatMan": "1"}
+TOKEN = "hostile-admin-token"
+
+
+def stored(app: ChatmanApp) -> int:
+    with app.store.session() as s:
+        return len(app.store.exchanges()) + s.query(Pair).count()
+
+
+def temp_files() -> set[str]:
+    return set(os.listdir(tempfile.gettempdir()))
+
+
+@pytest.fixture
+async def web(tmp_path, asr, llm, tts):
+    quick = copy.copy(llm)
+    quick.generation = GenerationSettings(max_new_tokens=8, temperature=0.0)
+    app = ChatmanApp.from_settings(make_settings(tmp_path / "data", web_port=0,
+                                                 web_admin_token=TOKEN), asr=asr, llm=quick,
+                                   tts=tts)
+    await app.start(load_models=False)
+    adapter = WebAdapter(app)
+    await adapter.start()
+    async with httpx.AsyncClient(base_url=adapter.url, timeout=60) as client:
+        client.app = app
+        yield client
+    await adapter.stop()
+    await app.stop()
+    app.close()
+
+
+@pytest.mark.timeout(300)
+async def test_the_web_api_refuses_every_hostile_file_and_stays_up(web):
+    before = temp_files()
+    for f in REFUSED:
+        response = await web.post("/api/chat", headers=CSRF,
+                                  files={"audio": (f.filename, f.data, "application/octet-stream")})
+        assert 400 <= response.status_code < 500, (f.name, response.status_code, response.text)
+        assert set(response.json()) == {"error"} and response.json()["error"], f.name
+    assert stored(web.app) == 0
+    for f in EITHER:  # damaged but maybe partly decodable: an answer or a refusal, never a 500
+        response = await web.post("/api/chat", headers=CSRF,
+                                  files={"audio": (f.filename, f.data, "application/octet-stream")})
+        assert response.status_code == 200 or 400 <= response.status_code < 500, (
+            f.name, response.status_code, response.text)
+    assert temp_files() <= before
+    models = await web.get("/api/admin/models", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert models.status_code == 200
+
+
+@pytest.mark.timeout(300)
+async def test_the_adapters_decode_path_refuses_every_hostile_file(app):
+    """Telegram and Discord download the bytes and hand them to the pipeline, as here."""
+    chat, user = ChatRef("telegram", "4242"), UserRef("telegram", "4242", "Mallory")
+    for f in REFUSED:
+        with pytest.raises(UserFacingError) as refused:
+            await app.pipeline.handle(Incoming(chat=chat, user=user, audio=f.data,
+                                               message_id=f.name))
+        assert refused.value.user_message, f.name
+    assert stored(app) == 0
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    """`chatman` in this process (one interpreter start, not a hundred), logging restored."""
+    from bot.cli import app as cli_app
+
+    monkeypatch.setenv("CHATMAN_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CHATMAN_MODEL_CACHE_DIR", str(MODEL_CACHE))
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    runner = CliRunner()
+    yield lambda *args: runner.invoke(cli_app, list(args))
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.mark.timeout(300)
+def test_chatman_ask_refuses_every_hostile_file_with_one_line(cli, tmp_path):
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    for f in REFUSED:
+        path = folder / f"{f.name}-{f.filename}"
+        path.write_bytes(f.data)
+        result = cli("ask", "--audio", str(path))
+        assert result.exit_code == 2, (f.name, result.exit_code, result.output)
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        # One error line for the user (and the log line that records the refusal).
+        errors = [line for line in lines if line.startswith("error: ")]
+        assert len(errors) == 1 and lines[-1] == errors[0], (f.name, result.output)
+        assert len(lines) <= 2 and "Traceback" not in result.output, (f.name, result.output)
+    engine_db = tmp_path / "data" / "chatman.db"
+    if engine_db.exists():
+        from sqlalchemy import create_engine, text
+
+        with create_engine(f"sqlite:///{engine_db}").connect() as conn:
+            tables = {r[0] for r in conn.execute(text(
+                "SELECT name FROM sqlite_master WHERE type='table'"))}
+            if "exchanges" in tables:
+                assert conn.execute(text("SELECT count(*) FROM exchanges")).scalar() == 0
