@@ -104,7 +104,7 @@ class ChatmanApp:
     registry: ModelRegistry
     jobs: JobQueue
     served: Served
-    # Every adapter's turns: per-chat order and one bound on work in flight for all platforms.
+    # Every adapter's per-chat order (the bounds for everybody are in the pipeline).
     queues: ChatQueues
     # Reply voice notes the web console and the CLI keep on disk.
     reply_audio: ReplyAudioStore
@@ -153,6 +153,7 @@ class ChatmanApp:
                 language=language,
                 history_max_messages=settings.history_max_messages,
                 max_text_chars=settings.max_text_chars,
+                max_turns_in_flight=settings.max_turns_in_flight,
             ),
         )
         reply_audio = ReplyAudioStore(settings.data_dir / "replies")
@@ -168,7 +169,7 @@ class ChatmanApp:
         )
         application = cls(settings, persona, engine, store, codec, asr, tts, pipeline, curation,
                           admin, language, registry, jobs, Served(None, settings.llm_model),
-                          ChatQueues(settings.chat_queue_limit, settings.max_turns_in_flight),
+                          ChatQueues(settings.chat_queue_limit),
                           reply_audio)
         admin.on_job_queued = application.wake_runner
         admin.on_model_change = application.request_model_sync
@@ -187,7 +188,8 @@ class ChatmanApp:
         await asyncio.to_thread(self.migrate)
         await self.sync_model(load=False)
         if load_models:
-            await asyncio.gather(*(asyncio.to_thread(m.load) for m in (self.asr, self.llm, self.tts)))
+            await asyncio.gather(self.pipeline.warm_up(),
+                                 *(asyncio.to_thread(m.load) for m in (self.asr, self.llm, self.tts)))
         if background:
             stuck = await asyncio.to_thread(self.jobs.recover, "interrupted: the bot restarted")
             for job in stuck:
@@ -277,4 +279,5 @@ class ChatmanApp:
                 return
 
     def close(self) -> None:
+        self.pipeline.close()
         self.engine.dispose()

@@ -1,20 +1,42 @@
-"""Bounded work: per-chat order with a limit, and one limit on turns in flight for everybody.
+"""Bounded work: per-chat order with a limit (:class:`ChatQueues`), and bounds on work in flight
+for everybody (:class:`InFlight`, used by the pipeline for decodes and for turns).
 
-A flood gets "busy", not silence or a backlog. A slot is claimed synchronously when a platform
-event arrives (before any await), so events of one chat are served in arrival order even when
-the adapter downloads files first; different chats never wait for each other's line. The
-application owns one :class:`ChatQueues` that every adapter shares, so the global bound holds
-across platforms: no number of chats can make the bot queue more than ``total_limit`` turns.
+A flood gets "busy", not silence or a backlog. A chat slot is claimed synchronously when a
+platform event arrives (before any await), so events of one chat are served in arrival order
+even when the adapter downloads files first; different chats never wait for each other's line.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
 
-from bot.errors import Busy, ServerBusy
+from bot.errors import Busy, ServerBusy, UserFacingError
 
-__all__ = ["Busy", "ChatQueues", "ServerBusy"]
+__all__ = ["Busy", "ChatQueues", "InFlight", "ServerBusy"]
+
+
+class InFlight:
+    """At most ``limit`` things at once; the next is refused at once, never queued.
+
+    Used from the event loop only, so a plain counter is race-free.
+    """
+
+    def __init__(self, limit: int, refuse: Callable[[int], UserFacingError]) -> None:
+        self.limit = limit
+        self.count = 0
+        self._refuse = refuse
+
+    @contextmanager
+    def claim(self) -> Iterator[None]:
+        if self.count >= self.limit:
+            raise self._refuse(self.count)
+        self.count += 1
+        try:
+            yield
+        finally:
+            self.count -= 1
 
 
 class _Slot:
@@ -34,33 +56,22 @@ class _Slot:
 
 
 class ChatQueues:
-    def __init__(self, limit: int, total_limit: int | None = None) -> None:
-        """``limit``: events per chat in progress or waiting; ``total_limit``: all chats
-        together. The next one beyond either is refused at once."""
+    def __init__(self, limit: int) -> None:
+        """``limit``: events per chat in progress or waiting; the next one is refused."""
         self.limit = limit
-        self.total_limit = total_limit
         self._locks: dict[Hashable, asyncio.Lock] = {}
         self._pending: dict[Hashable, int] = {}
-        self._total = 0
-
-    @property
-    def in_flight(self) -> int:
-        return self._total
 
     def enter(self, key: Hashable) -> _Slot:
         """Claim a place in ``key``'s line now; raises :class:`Busy` when it is full."""
         pending = self._pending.get(key, 0)
         if pending >= self.limit:
             raise Busy(f"{pending} events pending for {key}")
-        if self.total_limit is not None and self._total >= self.total_limit:
-            raise ServerBusy(f"{self._total} turns in flight (limit {self.total_limit})")
         self._pending[key] = pending + 1
-        self._total += 1
         lock = self._locks.setdefault(key, asyncio.Lock())
         return _Slot(self, key, lock)
 
     def _leave(self, key: Hashable) -> None:
-        self._total -= 1
         left = self._pending[key] - 1
         if left:
             self._pending[key] = left

@@ -1,8 +1,11 @@
 """decode → ASR → LLM → TTS → encode → deliver → store, one :class:`Incoming` at a time per chat.
 
 Every model call runs in a worker thread, so the event loop (and the text commands it serves)
-stays responsive; decoding user files has threads of its own, so hostile uploads queue among
-themselves and never hold the threads database calls use. Different chats proceed
+stays responsive; user files are decoded in worker processes of their own
+(:mod:`bot.audio.isolated`), so hostile uploads queue among themselves at a lower CPU priority
+and never compete with the models for the GIL. Two bounds
+hold for everybody: uploads being decoded, and turns in flight (counted from a decoded
+question, so refused files never take a turn's place). Different chats proceed
 concurrently; within one chat, turns are strictly ordered so each sees the history the
 previous one wrote. A turn is stored only after the adapter's ``deliver`` has put everything
 the user receives in place (sent it, or written it to disk): a failed delivery stores nothing.
@@ -15,24 +18,27 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bot.audio.codec import is_silent
-from bot.errors import EmptyInput, NoSpeech, TextTooLong, UserFacingError
+from bot.audio.codec import PyAvCodec, is_silent
+from bot.audio.isolated import IsolatedDecoder
+from bot.chat_queue import InFlight
+from bot.errors import EmptyInput, NoSpeech, ServerBusy, TextTooLong, UserFacingError
 from bot.protocols import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer, Store
 from bot.textkeys import clean_user_text
-from bot.types import ChatKind, ChatMessage, Incoming, Role, Transcript, Turn
+from bot.types import ChatKind, ChatMessage, Incoming, Pcm, Role, Transcript, Turn
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 FALLBACK_REPLY = "Sorry, I don't have an answer to that right now."
-#: Threads that decode user files: at most this many decodes run at once.
-DECODE_THREADS = 2
+#: Processes that decode user files: at most this many decodes run at once, and this many
+#: more may wait; beyond that an upload is refused as busy.
+DECODE_WORKERS = 2
+DECODE_WAITING = 4
 
 #: Puts the reply in front of the user (sends it, writes its audio); returns the id under
 #: which the reply can be found again (a platform message id, a file name) or None.
@@ -46,6 +52,7 @@ class PipelineConfig:
     language: str
     history_max_messages: int = 40
     max_text_chars: int = 2000
+    max_turns_in_flight: int = 8
 
 
 class _Timer:
@@ -77,7 +84,14 @@ class VoicePipeline:
         self._chat_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
-        self._decoders = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="decode")
+        # Our own codec is decoded in worker processes; another AudioCodec (a test's, a
+        # future one) is called in a thread.
+        self._isolated = (IsolatedDecoder(codec, DECODE_WORKERS)
+                          if isinstance(codec, PyAvCodec) else None)
+        self.decodes = InFlight(DECODE_WORKERS + DECODE_WAITING, lambda n: ServerBusy(
+            f"{n} uploads being decoded"))
+        self.turns = InFlight(config.max_turns_in_flight, lambda n: ServerBusy(
+            f"{n} turns in flight (limit {config.max_turns_in_flight})"))
 
     def _lock_for(self, msg: Incoming) -> asyncio.Lock:
         key = (msg.chat.platform, msg.chat.chat_id)
@@ -87,23 +101,32 @@ class VoicePipeline:
             self._chat_locks[key] = lock
         return lock
 
+    async def warm_up(self) -> None:
+        """Start the decoder processes (models are loaded by the application)."""
+        if self._isolated is not None:
+            await self._isolated.warm_up()
+
+    def close(self) -> None:
+        """Stop the decoder processes (the application closes the pipeline)."""
+        if self._isolated is not None:
+            self._isolated.close()
+
     @staticmethod
     async def _run(fn: Callable[..., T], *args) -> T:
         return await asyncio.to_thread(fn, *args)
 
-    async def understand(self, msg: Incoming, timer: _Timer) -> Transcript:
-        """The user's words: transcribed from audio, or the text as sent."""
-        if msg.audio is not None:
-            with timer.stage("decode"):
-                pcm = await asyncio.get_running_loop().run_in_executor(
-                    self._decoders, self.codec.decode, msg.audio)
-            if is_silent(pcm):
-                raise NoSpeech(f"silent audio ({pcm.duration_s:.1f}s)")
-            with timer.stage("asr"):
-                transcript = await self._run(self.asr.transcribe, pcm)
-            if not transcript.text.strip():
-                raise NoSpeech(f"no speech recognised in {pcm.duration_s:.1f}s of audio")
-            return transcript
+    async def _decode(self, msg: Incoming, timer: _Timer) -> Pcm:
+        """The upload as PCM; its own bounded, low-priority threads (hostile files stop here)."""
+        assert msg.audio is not None
+        with self.decodes.claim(), timer.stage("decode"):
+            pcm = await (self._isolated.decode(msg.audio) if self._isolated is not None
+                         else self._run(self.codec.decode, msg.audio))
+        if is_silent(pcm):
+            raise NoSpeech(f"silent audio ({pcm.duration_s:.1f}s)")
+        return pcm
+
+    def _text(self, msg: Incoming) -> Transcript:
+        """The text as sent, cleaned and bounded before any model sees it."""
         text = clean_user_text(msg.text or "")
         if not text:
             raise EmptyInput("no audio and no text")
@@ -113,6 +136,13 @@ class VoicePipeline:
                 f"That message is too long for me ({len(text)} characters); please keep it "
                 f"under {limit}."))
         return Transcript(text=text, language=self.config.language, duration_s=0.0)
+
+    async def _transcribe(self, pcm: Pcm, timer: _Timer) -> Transcript:
+        with timer.stage("asr"):
+            transcript = await self._run(self.asr.transcribe, pcm)
+        if not transcript.text.strip():
+            raise NoSpeech(f"no speech recognised in {pcm.duration_s:.1f}s of audio")
+        return transcript
 
     async def handle(self, msg: Incoming, deliver: Deliver | None = None) -> Turn:
         """Answer ``msg``; ``deliver`` runs before the turn is stored (see the module doc)."""
@@ -128,7 +158,16 @@ class VoicePipeline:
     async def _handle_in_order(self, msg: Incoming, deliver: Deliver | None) -> Turn:
         timer = _Timer()
         started = time.perf_counter()
-        transcript = await self.understand(msg, timer)
+        pcm = await self._decode(msg, timer) if msg.audio is not None else None
+        typed = self._text(msg) if pcm is None else None
+        # A turn's place is taken only by input that is fit to answer.
+        with self.turns.claim():
+            transcript = typed if pcm is None else await self._transcribe(pcm, timer)
+            assert transcript is not None
+            return await self._answer(msg, deliver, transcript, timer, started)
+
+    async def _answer(self, msg: Incoming, deliver: Deliver | None, transcript: Transcript,
+                      timer: _Timer, started: float) -> Turn:
         speaker = msg.user.display_name if msg.chat.kind is ChatKind.GROUP else None
         user_turn = ChatMessage(Role.USER, transcript.text, speaker)
 
@@ -178,3 +217,4 @@ class VoicePipeline:
             msg.chat.platform, msg.chat.chat_id, turn.exchange_id, reply.new_tokens, turn.timings_ms,
         )
         return turn
+

@@ -32,7 +32,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.web.limits import HeaderTimeoutH11, RequestLimits, allowed_hosts
 from bot.admin import MAX_ID, MAX_PAGE, Actor, CommandResult
 from bot.app import ChatmanApp
-from bot.errors import AudioTooLarge, Busy, UserFacingError
+from bot.chat_queue import InFlight
+from bot.errors import AudioTooLarge, Busy, ServerBusy, UserFacingError
 from bot.types import ChatKind, ChatRef, Incoming, Turn, UserRef
 from training.jobs import Notice
 
@@ -44,6 +45,7 @@ CONVERSATION = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
 ADMIN = Actor(PLATFORM, "admin", "Web admin", granted_admin=True)
 FORM_OVERHEAD = 16 * 1024  # multipart boundaries and the small text fields around a file
 JSON_BODY_LIMIT = 64 * 1024  # admin requests are a few fields of text
+UPLOAD_THRESHOLD = 32 * 1024  # a chat request larger than this carries a file
 PairId = Annotated[int, PathParam(ge=1, le=MAX_ID)]
 
 
@@ -92,6 +94,12 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
     app.notifiers[PLATFORM] = remember
     api = FastAPI(title="ChatMan", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
 
+    # Uploads admitted at once, from their headers on: as many as the pipeline decodes or lets
+    # wait. Beyond that an upload is refused before its body is read, so a flood costs no
+    # multipart parsing on the event loop that serves everybody.
+    uploads = InFlight(app.pipeline.decodes.limit,
+                       lambda n: ServerBusy(f"{n} uploads in progress"))
+
     @api.middleware("http")
     async def guard(request: Request, call_next):
         if request.method not in ("GET", "HEAD", "OPTIONS"):
@@ -106,6 +114,17 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
                 log.warning("web: refused admin request %s without a valid token",
                             request.url.path)
                 return JSONResponse({"error": "Admin token required."}, status_code=401)
+        if request.url.path == "/api/chat" and _is_upload(request):
+            try:
+                with uploads.claim():
+                    return await call_next(request)
+            except ServerBusy as busy:
+                log.info("web: refused an upload: %s", busy)
+                # Connection: close stops the rest of the upload at the socket instead of
+                # reading it for nothing.
+                return JSONResponse({"error": busy.user_message}, status_code=429,
+                                    headers={"Retry-After": str(busy.retry_after),
+                                             "Connection": "close"})
         return await call_next(request)
 
     @api.exception_handler(UserFacingError)
@@ -265,6 +284,12 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
         return JSONResponse({"error": "Something went wrong on my side."}, status_code=500)
 
     return api
+
+
+def _is_upload(request: Request) -> bool:
+    """A request big enough to carry audio (or one that doesn't say how big it is)."""
+    length = request.headers.get("content-length")
+    return length is None or not length.isdigit() or int(length) > UPLOAD_THRESHOLD
 
 
 def body_limit_for(app: ChatmanApp):
