@@ -8,6 +8,7 @@ Time is bounded by pytest-timeout and the codec's own CPU budget, not by wall-cl
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import logging
 import os
@@ -128,3 +129,26 @@ def test_chatman_ask_refuses_every_hostile_file_with_one_line(cli, tmp_path):
                 "SELECT name FROM sqlite_master WHERE type='table'"))}
             if "exchanges" in tables:
                 assert conn.execute(text("SELECT count(*) FROM exchanges")).scalar() == 0
+
+
+@pytest.mark.timeout(120)
+async def test_a_decoder_process_that_dies_costs_one_upload_not_the_bot(codec, speak):
+    import signal
+
+    from bot.audio.isolated import IsolatedDecoder
+    from bot.errors import UnsupportedAudio
+
+    decoder = IsolatedDecoder(codec)
+    try:
+        await decoder.warm_up()
+        workers = [p.pid for p in decoder._pool._processes.values()]
+        pending = asyncio.ensure_future(decoder.decode(speak("Hello there.")))
+        for pid in workers:  # as a crash inside FFmpeg would
+            os.kill(pid, signal.SIGKILL)
+        with pytest.raises(UnsupportedAudio):
+            await pending
+        again = await decoder.decode(speak("Hello there."))
+        assert again.sample_rate == 16_000 and again.duration_s > 0.3
+        assert not set(workers) & {p.pid for p in decoder._pool._processes.values()}
+    finally:
+        decoder.close()
