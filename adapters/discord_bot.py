@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+from collections.abc import Callable
 from pathlib import PurePosixPath
 
 import discord
@@ -20,7 +21,7 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from bot.admin import Actor, ReplyTarget
+from bot.admin import Actor, CommandResult, ReplyTarget
 from bot.app import ChatmanApp
 from bot.errors import Busy, NotDelivered, UserFacingError
 from bot.types import ChatKind, ChatRef, Incoming, Turn, UserRef, VoiceNote
@@ -261,7 +262,9 @@ class DiscordAdapter:
         return Actor(PLATFORM, str(user.id), user.display_name, chat_admin=chat_admin)
 
     async def _run(self, interaction: discord.Interaction, text: str,
-                   reply_to: ReplyTarget | None = None) -> None:
+                   reply_to: ReplyTarget | None = None,
+                   call: Callable[[Actor], CommandResult] | None = None) -> None:
+        """``text`` names the command (and is parsed when there is no typed ``call``)."""
         actor = self._actor(interaction)
         name = text.split()[0].lstrip("/")
         if not self.app.admin.may(actor, name):
@@ -272,7 +275,9 @@ class DiscordAdapter:
         await interaction.response.defer(ephemeral=True, thinking=True)
         origin = self._chat_ref(interaction.channel) if interaction.channel else None
         try:
-            result = await asyncio.to_thread(self.app.admin.execute, actor, text, reply_to, origin)
+            result = await (asyncio.to_thread(call, actor) if call is not None else
+                            asyncio.to_thread(self.app.admin.execute, actor, text, reply_to,
+                                              origin))
             reply = result.message
         except UserFacingError as err:
             reply = err.user_message
@@ -291,10 +296,13 @@ class DiscordAdapter:
         async def approve(interaction: discord.Interaction, pair_id: int) -> None:
             await run(interaction, f"/approve {pair_id}")
 
+        admin_service = self.app.admin
+
+        # Typed options go straight to the service: an answer with "|" in it stays one answer.
         async def correct(interaction: discord.Interaction, pair_id: int, answer: str,
                           question: str | None = None) -> None:
-            rest = f"{question} | {answer}" if question else answer
-            await run(interaction, f"/correct {pair_id} {rest}")
+            await run(interaction, "/correct", call=lambda actor: admin_service.correct(
+                actor, pair_id, answer.strip(), (question or "").strip() or None))
 
         async def reject(interaction: discord.Interaction, pair_id: int) -> None:
             await run(interaction, f"/reject {pair_id}")
@@ -303,7 +311,8 @@ class DiscordAdapter:
             await run(interaction, f"/pending {page}")
 
         async def add_(interaction: discord.Interaction, question: str, answer: str) -> None:
-            await run(interaction, f"/add {question} | {answer}")
+            await run(interaction, "/add", call=lambda actor: admin_service.add(
+                actor, question.strip(), answer.strip()))
 
         async def dataset(interaction: discord.Interaction) -> None:
             await run(interaction, "/dataset")

@@ -297,8 +297,9 @@ class TelegramAdapter:
         sent = await self._send(lambda: self.bot.send_voice(
             message.chat.id, voice=turn.voice.data, duration=max(1, round(turn.voice.duration_s)),
             caption=caption, reply_parameters=reply, filename="reply.ogg"))
-        if mode != "none" and caption is None:
-            await self._reply_text(message, turn.reply)
+        if sent is not None and mode != "none" and caption is None:
+            if await self._reply_text(message, turn.reply) is None:
+                return None  # the user did not get all of it: not stored
         return sent
 
     async def on_command(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
@@ -360,11 +361,14 @@ class TelegramAdapter:
 
     # --- sending ----------------------------------------------------------------------
     async def _reply_text(self, message: Message, text: str) -> Message | None:
+        """The first message sent, or None unless every part of ``text`` was sent."""
         reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
         first = None
         for chunk in _chunks(text, MessageLimit.MAX_TEXT_LENGTH):
             sent = await self._send(lambda c=chunk: self.bot.send_message(
                 message.chat.id, c, reply_parameters=reply))
+            if sent is None:
+                return None
             first = first or sent
         return first
 

@@ -244,6 +244,9 @@ class AdminService:
 
     def add(self, actor: Actor, question: str, answer: str) -> CommandResult:
         self._require_admin(actor, "add")
+        if not question.strip() or not answer.strip():
+            raise CommandError("empty question or answer",
+                               user_message="Both the question and the answer need some text.")
         change = self.curation.add(question, answer, actor.key)
         return self._changed("add", change, change.pair.id, "Added")
 
@@ -388,7 +391,7 @@ class AdminService:
         counts = dict(forgotten.counts)
         # Reply audio kept on disk (web console, CLI) goes too; platforms keep their own copy.
         counts["audio_files"] = sum(
-            self.reply_audio.delete(e.platform, [e.reply_message_id])
+            self.reply_audio.forget(e.platform, e.id, e.reply_message_id)
             for e in forgotten.exchanges) if self.reply_audio is not None else 0
         log.info("forgot a user's data: %s", counts)
         message = (f"Done: I deleted {counts['exchanges']} of your messages and "

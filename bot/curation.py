@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from bot.storage.models import (
@@ -171,8 +171,11 @@ def _redact_histories(s: Session, words: dict[tuple[str, str], set[str]], user_p
     """
     removed = 0
     for (chat_platform, chat_id), said in words.items():
-        pairs = s.scalars(select(Pair).where(Pair.platform == chat_platform,
-                                             Pair.platform_chat_id == chat_id))
+        # Pairs an earlier /forget anonymised have lost their chat id but may still carry this
+        # user's words in their history: they are searched too (same platform, same words).
+        pairs = s.scalars(select(Pair).where(
+            Pair.platform == chat_platform,
+            or_(Pair.platform_chat_id == chat_id, Pair.platform_chat_id.is_(None))))
         for p in pairs:
             if p.asked_by_id == user_pk and p.status not in kept:
                 continue

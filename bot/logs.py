@@ -141,6 +141,7 @@ def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     _route_libraries_to_root(_masker)
+    logging.captureWarnings(True)  # warnings.warn(...) output goes through the same handler
     # Libraries that are chatty at INFO about things a bot operator doesn't need.
     for name in ("httpx", "faster_whisper", "alembic"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
@@ -178,5 +179,11 @@ def route_uncaught_exceptions() -> None:
         crash.error("uncaught exception in thread %s", name,
                     exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
+    def unraisable_hook(unraisable) -> None:  # e.g. an exception in __del__
+        crash.error("unraisable exception: %s", unraisable.err_msg or "in finaliser",
+                    exc_info=(unraisable.exc_type, unraisable.exc_value,
+                              unraisable.exc_traceback))
+
     sys.excepthook = main_hook
     threading.excepthook = thread_hook
+    sys.unraisablehook = unraisable_hook

@@ -27,6 +27,10 @@ class ReplyAudioStore:
     def folder(self, platform: str) -> Path:
         return self.root / platform
 
+    def _legacy(self, platform: str) -> Path | None:
+        # Before this layout the web console kept its replies in data_dir/web-replies/.
+        return self.root.parent / "web-replies" if platform == "web" else None
+
     def save(self, platform: str, data: bytes) -> str:
         """Write ``data`` under a new name, atomically; returns the name."""
         name = f"{uuid.uuid4().hex}.ogg"
@@ -37,18 +41,29 @@ class ReplyAudioStore:
         """The file called ``name``, if the name is one of ours and the file exists."""
         if not NAME.match(name):
             return None
-        path = self.folder(platform) / name
-        return path if path.is_file() else None
+        for folder in (self.folder(platform), self._legacy(platform)):
+            if folder is not None and (folder / name).is_file():
+                return folder / name
+        return None
 
     def delete(self, platform: str, names: Iterable[str | None]) -> int:
         deleted = 0
         for name in names:
-            if name and NAME.match(name):
-                try:
-                    (self.folder(platform) / name).unlink()
-                    deleted += 1
-                except FileNotFoundError:
-                    pass
+            path = self.path(platform, name) if name else None
+            if path is not None:
+                path.unlink(missing_ok=True)
+                deleted += 1
+        return deleted
+
+    def forget(self, platform: str, exchange_id: int, reply_message_id: str | None) -> int:
+        """Delete the audio of one forgotten exchange; returns how many files went."""
+        deleted = self.delete(platform, [reply_message_id])
+        if platform == "cli":
+            # Before this layout `chatman ask` wrote data_dir/replies/reply-<exchange id>.ogg.
+            old = self.root / f"reply-{exchange_id}.ogg"
+            if old.is_file():
+                old.unlink(missing_ok=True)
+                deleted += 1
         return deleted
 
 

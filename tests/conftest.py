@@ -108,6 +108,29 @@ def app(settings, asr, llm, tts) -> Iterator[ChatmanApp]:
     application.close()
 
 
+async def start_web(tmp_path: Path, asr, llm, tts, *, max_new_tokens: int = 16, **overrides):
+    """The app with the session's models (short greedy answers) and its web console on a free
+    loopback port; ``stop_web`` undoes it."""
+    import copy
+
+    from adapters.web.server import WebAdapter
+
+    quick = copy.copy(llm)
+    quick.generation = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0)
+    app = ChatmanApp.from_settings(make_settings(tmp_path / "data", web_port=0, **overrides),
+                                   asr=asr, llm=quick, tts=tts)
+    await app.start(load_models=False)
+    adapter = WebAdapter(app)
+    await adapter.start()
+    return app, adapter
+
+
+async def stop_web(app: ChatmanApp, adapter) -> None:
+    await adapter.stop()
+    await app.stop()
+    app.close()
+
+
 @pytest.fixture(scope="session")
 def postgres_admin_url() -> str | None:
     url = os.environ.get("CHATMAN_TEST_POSTGRES_URL")

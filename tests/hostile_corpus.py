@@ -23,6 +23,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from tests.audio_files import encode, tone
+
 REPO = Path(__file__).resolve().parents[1]
 # A real voice note in the checkout: if a script or playlist pointing at it decodes, the
 # decoder read a file it was never given.
@@ -87,35 +89,6 @@ def _corpus() -> tuple[HostileFile, ...]:
 
 # --- encoding helpers -------------------------------------------------------------------
 
-def _tone(seconds: float, rate: int, freq: float = 440.0, amp: float = 0.4) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def _encode(samples: np.ndarray, rate: int, fmt: str, codec: str, layout: str = "mono",
-            bit_rate: int | None = None) -> bytes:
-    """``samples`` (n,) mono, copied to every channel of ``layout``."""
-    channels = 2 if layout == "stereo" else 1
-    planar = np.ascontiguousarray(np.tile(samples.reshape(1, -1), (channels, 1)))
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as out:
-        stream = out.add_stream(codec, rate=rate)
-        stream.layout = layout
-        if bit_rate:
-            stream.bit_rate = bit_rate
-        frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=layout)
-        frame.sample_rate = rate
-        want = stream.codec_context.codec.audio_formats[0].name
-        resampler = av.AudioResampler(format=want, layout=layout, rate=rate)
-        for f in [*resampler.resample(frame), *resampler.resample(None)]:
-            f.pts = None
-            for p in stream.encode(f):
-                out.mux(p)
-        for p in stream.encode(None):
-            out.mux(p)
-    return buf.getvalue()
-
-
 @functools.cache
 def _legit(kind: str) -> bytes:
     """Two seconds of tone, as phones and browsers send it."""
@@ -128,7 +101,7 @@ def _legit(kind: str) -> bytes:
         "flac": ("flac", "flac", 22_050),
         "adts": ("adts", "aac", 44_100),
     }[kind]
-    return _encode(_tone(2.0, rate), rate, fmt, codec)
+    return encode(tone(2.0, rate), rate, fmt, codec)
 
 
 def _video_only_mp4() -> bytes:
@@ -172,24 +145,30 @@ def _png() -> bytes:
 
 # --- Ogg pages --------------------------------------------------------------------------
 
-def _ogg_crc_table() -> list[int]:
-    table = []
-    for i in range(256):
-        r = i << 24
-        for _ in range(8):
-            r = ((r << 1) ^ 0x04C11DB7) if r & 0x80000000 else r << 1
-        table.append(r & 0xFFFFFFFF)
-    return table
+class _Crc:
+    """MSB-first CRC without reflection, as Ogg (CRC-32, poly 0x04C11DB7) and FLAC frames
+    (CRC-8 poly 0x07 for headers, CRC-16 poly 0x8005 for frames) use."""
+
+    def __init__(self, width: int, poly: int) -> None:
+        self.width, self.mask = width, (1 << width) - 1
+        top = 1 << (width - 1)
+        self.table = []
+        for i in range(256):
+            r = i << (width - 8)
+            for _ in range(8):
+                r = ((r << 1) ^ poly) if r & top else r << 1
+            self.table.append(r & self.mask)
+
+    def __call__(self, data: bytes) -> int:
+        crc, shift = 0, self.width - 8
+        for b in data:
+            crc = ((crc << 8) & self.mask) ^ self.table[(crc >> shift) ^ b]
+        return crc
 
 
-_OGG_CRC = _ogg_crc_table()
-
-
-def _ogg_crc(page: bytes) -> int:
-    crc = 0
-    for b in page:
-        crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_CRC[(crc >> 24) ^ b]
-    return crc
+_ogg_crc = _Crc(32, 0x04C11DB7)
+_crc8 = _Crc(8, 0x07)
+_crc16 = _Crc(16, 0x8005)
 
 
 def _ogg_page(packets: list[bytes], granule: int, serial: int, seq: int, flags: int = 0) -> bytes:
@@ -269,46 +248,6 @@ def _ogg_opus_silence(seconds: float, granules: bool = True) -> bytes:
 
 # --- FLAC frames ------------------------------------------------------------------------
 
-def _crc8_table() -> list[int]:
-    table = []
-    for i in range(256):
-        r = i
-        for _ in range(8):
-            r = ((r << 1) ^ 0x07) & 0xFF if r & 0x80 else (r << 1) & 0xFF
-        table.append(r)
-    return table
-
-
-_CRC8 = _crc8_table()
-
-
-def _crc8(data: bytes) -> int:
-    crc = 0
-    for b in data:
-        crc = _CRC8[crc ^ b]
-    return crc
-
-
-def _crc16_table() -> list[int]:
-    table = []
-    for i in range(256):
-        r = i << 8
-        for _ in range(8):
-            r = ((r << 1) ^ 0x8005) if r & 0x8000 else r << 1
-        table.append(r & 0xFFFF)
-    return table
-
-
-_CRC16 = _crc16_table()
-
-
-def _crc16(data: bytes) -> int:
-    crc = 0
-    for b in data:
-        crc = ((crc << 8) & 0xFFFF) ^ _CRC16[(crc >> 8) ^ b]
-    return crc
-
-
 def _flac_utf8(n: int) -> bytes:
     if n < 0x80:
         return bytes([n])
@@ -353,7 +292,7 @@ def _wav(pcm: bytes, *, tag: int = 1, channels: int = 1, rate: int = 16_000, bit
 
 
 def _pcm16(seconds: float = 1.0, rate: int = 16_000) -> bytes:
-    return (_tone(seconds, rate) * 32767).astype("<i2").tobytes()
+    return (tone(seconds, rate) * 32767).astype("<i2").tobytes()
 
 
 # --- MP4 boxes --------------------------------------------------------------------------
@@ -537,7 +476,7 @@ def _not_audio() -> list[HostileFile]:
 def _mid_stream_changes() -> list[HostileFile]:
     """Joined encodes: legit audio whose rate or layout changes half-way."""
     def joined(fmt: str, codec: str, parts: list[tuple[int, str]]) -> bytes:
-        return b"".join(_encode(_tone(1.0, rate, freq), rate, fmt, codec, layout, 64_000)
+        return b"".join(encode(tone(1.0, rate, freq), rate, fmt, codec, layout, 64_000)
                         for (rate, layout), freq in zip(parts, (440.0, 660.0, 550.0)))
     return [
         HostileFile("mp3-rate-change", joined("mp3", "libmp3lame", [(44_100, "mono"),
@@ -712,9 +651,9 @@ def _containers_and_codecs() -> list[HostileFile]:
         HostileFile("m4a-claims-10h", _m4a_claiming(10 * 3600), "either",
                     "2 s M4A whose headers, edit list and sample deltas claim 10 hours",
                     "voice.m4a"),
-        HostileFile("m4a-alac", _encode(_tone(1.0, 44_100), 44_100, "ipod", "alac"), "refused",
+        HostileFile("m4a-alac", encode(tone(1.0, 44_100), 44_100, "ipod", "alac"), "refused",
                     "Apple Lossless in M4A: a codec off the allow-list", "voice.m4a"),
-        HostileFile("webm-pcm-s16le", _encode(_tone(1.0, 16_000), 16_000, "matroska",
+        HostileFile("webm-pcm-s16le", encode(tone(1.0, 16_000), 16_000, "matroska",
                                               "pcm_s16le"),
                     "decodes", "PCM in Matroska (allowed codec in an allowed container)",
                     "voice.mkv"),

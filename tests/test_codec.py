@@ -12,6 +12,9 @@ from bot.audio import codec as codec_module
 from bot.audio.codec import PyAvCodec, is_silent, waveform
 from bot.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio
 from bot.types import Pcm
+from tests.audio_files import encode, tone
+
+__all__ = ["FORMATS", "dominant_hz", "encode", "tone"]
 
 # (container format, codec, sample rate) as phones and browsers produce them.
 FORMATS = {
@@ -22,40 +25,6 @@ FORMATS = {
     "webm-opus": ("webm", "libopus", 48_000),
     "flac": ("flac", "flac", 22_050),
 }
-
-
-def tone(seconds: float, rate: int, freq: float = 440.0, amp: float = 0.4) -> np.ndarray:
-    t = np.arange(int(seconds * rate)) / rate
-    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def encode(samples: np.ndarray, rate: int, fmt: str, codec_name: str, video: bool = False) -> bytes:
-    buf = io.BytesIO()
-    with av.open(buf, "w", format=fmt) as out:
-        # Every stream must exist before the first packet is muxed.
-        v = out.add_stream("mpeg4", rate=10) if video else None
-        stream = out.add_stream(codec_name, rate=rate)
-        stream.layout = "mono"
-        if v is not None:
-            v.width, v.height, v.pix_fmt = 64, 64, "yuv420p"
-            for i in range(int(len(samples) / rate * 10)):
-                frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
-                frame.pts = i
-                for p in v.encode(frame.reformat(format="yuv420p")):
-                    out.mux(p)
-            for p in v.encode(None):
-                out.mux(p)
-        fmt_name = stream.codec_context.codec.audio_formats[0].name
-        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="flt", layout="mono")
-        frame.sample_rate = rate
-        resampler = av.AudioResampler(format=fmt_name, layout="mono", rate=rate)
-        for f in [*resampler.resample(frame), *resampler.resample(None)]:
-            f.pts = None
-            for p in stream.encode(f):
-                out.mux(p)
-        for p in stream.encode(None):
-            out.mux(p)
-    return buf.getvalue()
 
 
 def dominant_hz(pcm: Pcm) -> float:

@@ -72,7 +72,7 @@ def test_env_example_documents_every_setting_and_loads_as_the_defaults(tmp_path,
     }
     assert documented == expected
     for name in expected:  # each one has a comment right above it or above its group
-        assert f"\n# " in example.split(f"\n{name}=")[0][-400:], name
+        assert "\n# " in example.split(f"\n{name}=")[0][-400:], name
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".env").write_text(example)

@@ -175,6 +175,19 @@ async def test_a_guild_administrator_is_no_bot_admin(fake, bot):
     assert bot.store.answers_every_voice(ChatRef("discord", TEXT_CHANNEL, ChatKind.GROUP))
 
 
+async def test_typed_options_reach_the_service_unparsed(fake, bot):
+    bot.curation.add("How do I find foo?", "No idea.", "test")
+    fixed = await fake.slash("correct", ADMIN, admin=True, options=[
+        {"name": "pair_id", "type": 4, "value": 1},
+        {"name": "answer", "type": 3, "value": "Run ls | grep foo."}])
+    done = await fake.wait_for(lambda: [p for p in fake.interaction_replies(fixed)
+                                        if p.kind == "followup"])
+    assert done[0].content.startswith("Corrected and approved #1")
+    with bot.store.session() as s:
+        pair = s.get(Pair, 1)
+    assert (pair.question, pair.answer) == ("How do I find foo?", "Run ls | grep foo.")
+
+
 async def test_a_429_then_success_delivers_exactly_one_reply(fake, bot):
     fake.fail_next[f"POST channels/{OTHER_CHANNEL}/messages"] = [(429, {"retry_after": 0.5}),
                                                                  (500, None)]

@@ -161,3 +161,23 @@ def test_forgetting_an_unknown_user_changes_nothing(store):
     assert result == Forgotten({"exchanges": 0, "pairs_deleted": 0, "pairs_anonymised": 0,
                                 "history_redacted": 0, "audit_redacted": 0}, [])
     assert database_text(store) == before
+
+
+def test_words_in_a_pair_an_earlier_forget_anonymised_are_found(store):
+    """Bob's approved pair keeps Alice's words in its history; Bob forgets himself first (his
+    pair loses its chat id), then Alice: her words must still go."""
+    curation = Curation(store, "manman")
+    say(store, GROUP, ALICE, SECRET, SECRET_REPLY, [])
+    _, bob_pair = say(store, GROUP, BOB, "Hi", "Hello.",
+                      turn_messages(ALICE, SECRET, SECRET_REPLY))
+    curation.approve(bob_pair, ADMIN)
+    curation.forget_user("telegram", BOB.user_id)
+    with store.session() as s:
+        assert s.get(Pair, bob_pair).platform_chat_id is None
+
+    result = curation.forget_user("telegram", ALICE.user_id)
+
+    assert result.counts["history_redacted"] == 1
+    assert "XYZZY" not in "\n".join(database_text(store).values())
+    with store.session() as s:
+        assert s.get(Pair, bob_pair).history == [] and s.get(Pair, bob_pair).status == "approved"

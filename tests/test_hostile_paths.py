@@ -9,22 +9,18 @@ Time is bounded by pytest-timeout and the codec's own CPU budget, not by wall-cl
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
-import os
 import tempfile
 
 import httpx
 import pytest
 from typer.testing import CliRunner
 
-from adapters.web.server import WebAdapter
 from bot.app import ChatmanApp
 from bot.errors import UserFacingError
-from bot.llm.chat_model import GenerationSettings
 from bot.storage.models import Pair
 from bot.types import ChatRef, Incoming, UserRef
-from tests.conftest import MODEL_CACHE, make_settings
+from tests.conftest import MODEL_CACHE, start_web, stop_web
 from tests.hostile_corpus import corpus
 
 REFUSED = [f for f in corpus() if f.expect == "refused"]
@@ -38,31 +34,24 @@ def stored(app: ChatmanApp) -> int:
         return len(app.store.exchanges()) + s.query(Pair).count()
 
 
-def temp_files() -> set[str]:
-    return set(os.listdir(tempfile.gettempdir()))
-
-
 @pytest.fixture
 async def web(tmp_path, asr, llm, tts):
-    quick = copy.copy(llm)
-    quick.generation = GenerationSettings(max_new_tokens=8, temperature=0.0)
-    app = ChatmanApp.from_settings(make_settings(tmp_path / "data", web_port=0,
-                                                 web_admin_token=TOKEN), asr=asr, llm=quick,
-                                   tts=tts)
-    await app.start(load_models=False)
-    adapter = WebAdapter(app)
-    await adapter.start()
+    app, adapter = await start_web(tmp_path, asr, llm, tts, max_new_tokens=8,
+                                   web_admin_token=TOKEN)
     async with httpx.AsyncClient(base_url=adapter.url, timeout=60) as client:
         client.app = app
         yield client
-    await adapter.stop()
-    await app.stop()
-    app.close()
+    await stop_web(app, adapter)
 
 
 @pytest.mark.timeout(300)
-async def test_the_web_api_refuses_every_hostile_file_and_stays_up(web):
-    before = temp_files()
+async def test_the_web_api_refuses_every_hostile_file_and_stays_up(web, tmp_path, monkeypatch):
+    # A temp folder of our own (uploads spool there; decoder workers start with TMPDIR set):
+    # nothing else on the machine writes into it.
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    monkeypatch.setenv("TMPDIR", str(private))
     for f in REFUSED:
         response = await web.post("/api/chat", headers=CSRF,
                                   files={"audio": (f.filename, f.data, "application/octet-stream")})
@@ -74,7 +63,7 @@ async def test_the_web_api_refuses_every_hostile_file_and_stays_up(web):
                                   files={"audio": (f.filename, f.data, "application/octet-stream")})
         assert response.status_code == 200 or 400 <= response.status_code < 500, (
             f.name, response.status_code, response.text)
-    assert temp_files() <= before
+    assert list(private.iterdir()) == []
     models = await web.get("/api/admin/models", headers={"Authorization": f"Bearer {TOKEN}"})
     assert models.status_code == 200
 
@@ -138,15 +127,25 @@ async def test_a_decoder_process_that_dies_costs_one_upload_not_the_bot(codec, s
     from bot.audio.isolated import IsolatedDecoder
     from bot.errors import UnsupportedAudio
 
+    import psutil
+
+    from tests.hostile_corpus import by_name
+
     decoder = IsolatedDecoder(codec)
     try:
         await decoder.warm_up()
-        workers = [p.pid for p in decoder._pool._processes.values()]
-        pending = asyncio.ensure_future(decoder.decode(speak("Hello there.")))
-        for pid in workers:  # as a crash inside FFmpeg would
-            os.kill(pid, signal.SIGKILL)
+        workers = [psutil.Process(p.pid) for p in decoder._pool._processes.values()]
+        busy_before = sum(w.cpu_times().user for w in workers)
+        # The slowest file of the corpus: a worker is decoding it when it dies.
+        pending = asyncio.ensure_future(decoder.decode(by_name()["flac-384khz-8ch-110s"].data))
+        while sum(w.cpu_times().user for w in workers) < busy_before + 0.1:
+            assert not pending.done(), "the decode finished before it could be interrupted"
+            await asyncio.sleep(0.01)
+        for worker in workers:  # as a crash inside FFmpeg would
+            worker.send_signal(signal.SIGKILL)
         with pytest.raises(UnsupportedAudio):
             await pending
+        workers = [w.pid for w in workers]
         again = await decoder.decode(speak("Hello there."))
         assert again.sample_rate == 16_000 and again.duration_s > 0.3
         assert not set(workers) & {p.pid for p in decoder._pool._processes.values()}

@@ -16,11 +16,9 @@ import httpx
 import psutil
 import pytest
 
-from adapters.web.server import WebAdapter
 from bot.app import ChatmanApp
-from bot.llm.chat_model import GenerationSettings
 from bot.storage.models import Pair
-from tests.conftest import REPO, make_settings
+from tests.conftest import REPO, start_web, stop_web
 from tests.test_codec import encode, tone
 
 SAMPLE = REPO / "persona" / "manman" / "samples" / "question.ogg"
@@ -33,16 +31,9 @@ SDP = (b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=voice\nc=IN IP4 127.0.0.1\nt=0 0\n"
 
 
 async def serve(tmp_path, asr, llm, tts, **overrides):
-    quick = copy.copy(llm)
-    quick.generation = GenerationSettings(max_new_tokens=12, temperature=0.0)
-    values = dict(web_port=0, web_admin_token=TOKEN, max_upload_mb=1)
+    values = dict(web_admin_token=TOKEN, max_upload_mb=1)
     values.update(overrides)
-    app = ChatmanApp.from_settings(make_settings(tmp_path / "data", **values), asr=asr,
-                                   llm=quick, tts=tts)
-    await app.start(load_models=False)
-    adapter = WebAdapter(app)
-    await adapter.start()
-    return app, adapter
+    return await start_web(tmp_path, asr, llm, tts, max_new_tokens=12, **values)
 
 
 @pytest.fixture
@@ -51,9 +42,7 @@ async def web(tmp_path, asr, llm, tts):
     async with httpx.AsyncClient(base_url=adapter.url, timeout=120) as client:
         client.app, client.adapter = app, adapter
         yield client
-    await adapter.stop()
-    await app.stop()
-    app.close()
+    await stop_web(app, adapter)
 
 
 def upload(data: bytes, name: str = "voice.ogg") -> dict:
@@ -80,9 +69,20 @@ async def test_1_an_ffconcat_upload_reads_no_local_file(web):
 
 
 # --- 2. SDP: no sockets, and nobody else waits -------------------------------------------
+def udp_ports() -> set:
+    """UDP sockets of this process and its children (the decoder workers)."""
+    ports = set()
+    me = psutil.Process()
+    for process in (me, *me.children(recursive=True)):
+        try:
+            ports |= {c.laddr for c in process.net_connections(kind="udp")}
+        except psutil.NoSuchProcess:
+            pass
+    return ports
+
+
 async def test_2_sdp_uploads_bind_no_ports_and_do_not_hold_up_others(web):
-    own = psutil.Process()
-    before = {c.laddr for c in own.net_connections(kind="udp")}
+    before = udp_ports()
     hostile = [web.post("/api/chat", headers=CSRF, **upload(SDP, "voice.sdp"))
                for _ in range(8)]
     admin = web.get("/api/admin/models", headers=ADMIN)
@@ -90,7 +90,8 @@ async def test_2_sdp_uploads_bind_no_ports_and_do_not_hold_up_others(web):
     assert listed.status_code == 200
     assert all(a.status_code in (400, 429) for a in answers), [a.text for a in answers]
     assert {a.status_code for a in answers} >= {400}
-    assert {c.laddr for c in own.net_connections(kind="udp")} <= before
+    assert psutil.Process().children(recursive=True), "the decoders ran in child processes"
+    assert udp_ports() <= before
     assert stored(web.app) == 0
 
 
@@ -226,9 +227,7 @@ async def test_10_extra_host_names_come_from_the_setting(tmp_path, asr, llm, tts
             assert (await client.get("/", headers={"Host": "other.lan"})).status_code == 200
             assert (await client.get("/", headers={"Host": "else.lan"})).status_code == 421
     finally:
-        await adapter.stop()
-        await app.stop()
-        app.close()
+        await stop_web(app, adapter)
 
 
 async def test_10_half_open_connections_are_closed(tmp_path, asr, llm, tts):
@@ -249,9 +248,7 @@ async def test_10_half_open_connections_are_closed(tmp_path, asr, llm, tts):
         assert short.startswith(b"HTTP/1.1 408") and b'"error"' in short
         assert stored(app) == 0
     finally:
-        await adapter.stop()
-        await app.stop()
-        app.close()
+        await stop_web(app, adapter)
 
 
 async def test_10_turns_in_flight_are_bounded_for_everybody(tmp_path, asr, llm, tts):
@@ -281,9 +278,7 @@ async def test_10_turns_in_flight_are_bounded_for_everybody(tmp_path, asr, llm, 
             assert again.status_code == 200
     finally:
         release.set()
-        await adapter.stop()
-        await app.stop()
-        app.close()
+        await stop_web(app, adapter)
 
 
 # --- 11. bad admin input is a 4xx {"error"}, never a 500 ------------------------------------
@@ -329,15 +324,11 @@ async def test_11_huge_and_invisible_text_fields_get_a_4xx_error(web):
 # --- 7 (web part). an operator's token is never printed -----------------------------------
 async def test_7_an_operator_set_admin_token_is_never_printed(tmp_path, asr, llm, tts, capsys):
     app, adapter = await serve(tmp_path, asr, llm, tts)
-    await adapter.stop()
-    await app.stop()
-    app.close()
+    await stop_web(app, adapter)
     out = capsys.readouterr()
     assert TOKEN not in out.out + out.err and "CHATMAN_WEB_ADMIN_TOKEN" in out.out
     app, adapter = await serve(tmp_path, asr, llm, tts, web_admin_token=None)
-    await adapter.stop()
-    await app.stop()
-    app.close()
+    await stop_web(app, adapter)
     assert f"#token={adapter.admin_token}" in capsys.readouterr().out  # generated: shown once
 
 

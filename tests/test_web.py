@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 
 import httpx
 import pytest
 
-from adapters.web.server import WebAdapter
-from bot.app import ChatmanApp
-from bot.llm.chat_model import GenerationSettings
 from bot.storage.models import Pair
-from tests.conftest import REPO, make_settings
+from tests.conftest import REPO, start_web, stop_web
 from tests.speech_checks import recall
 
 SAMPLE = REPO / "persona" / "manman" / "samples" / "question.ogg"
@@ -24,20 +20,12 @@ ADMIN = {**CSRF, "Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture
 async def web(tmp_path, asr, llm, tts):
-    quick = copy.copy(llm)
-    quick.generation = GenerationSettings(max_new_tokens=16, temperature=0.0)
-    settings = make_settings(tmp_path / "data", web_port=0, web_admin_token=TOKEN,
-                             max_upload_mb=1)
-    app = ChatmanApp.from_settings(settings, asr=asr, llm=quick, tts=tts)
-    await app.start(load_models=False)
-    adapter = WebAdapter(app)
-    await adapter.start()
+    app, adapter = await start_web(tmp_path, asr, llm, tts, web_admin_token=TOKEN,
+                                   max_upload_mb=1)
     async with httpx.AsyncClient(base_url=adapter.url, timeout=120) as client:
         client.app = app
         yield client
-    await adapter.stop()
-    await app.stop()
-    app.close()
+    await stop_web(app, adapter)
 
 
 async def test_chat_api_answers_a_voice_note_with_playable_audio(web, asr, codec):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -84,12 +85,13 @@ def allowed_hosts(web_host: str, extra: str) -> frozenset[str]:
     return frozenset(names)
 
 
+_HOST = re.compile(r"^(?P<name>\[[0-9a-f:.]+\]|[a-z0-9._-]+)(?::\d{1,5})?$")
+
+
 def host_name(value: str) -> str:
-    """``Host`` header → name without port (``[::1]:8765`` → ``[::1]``)."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        return value.split("]", 1)[0] + "]"
-    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    """``Host`` header → name without port (``[::1]:8765`` → ``[::1]``); "" if malformed."""
+    found = _HOST.match(value.strip().lower())
+    return found["name"] if found else ""
 
 
 class RequestLimits:
@@ -127,18 +129,20 @@ class RequestLimits:
         body_done = False
         deadline = time.monotonic() + self.body_timeout
 
+        refused = False
+
         async def guarded_send(message: Message) -> None:
             nonlocal responded
+            if refused:  # we answered already: the app's own answer goes nowhere
+                return
             if message["type"] == "http.response.start":
-                if responded:  # we refused already: drop the app's own answer
-                    raise _Refused
                 responded = True
             await send(message)
 
         async def refuse(status: int, text: str) -> None:
-            nonlocal responded
+            nonlocal responded, refused
             if not responded:
-                responded = True
+                responded = refused = True
                 await _json(send, status, text)
             raise _Refused
 

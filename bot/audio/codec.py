@@ -153,9 +153,13 @@ class PyAvCodec:
                 total += chunk.size
 
         try:
-            for packet in container.demux(stream):
-                packets += 1
+            # Every stream's packets come back here, so the budget is checked for each of them
+            # (demuxing one stream would skip the others inside PyAV, unbudgeted).
+            for packet in container.demux():
                 budget.check()
+                if packet.stream_index != stream.index:
+                    continue
+                packets += 1
                 try:
                     frames = packet.decode()
                 except av.error.FFmpegError:

@@ -5,7 +5,9 @@ the bot's own process, a flood of hostile files competes for the GIL with the ev
 the model (measured: two decoding threads slowed generation 18×; at a lower nice level still
 1.6×); a crash inside FFmpeg on a crafted file would take the bot down with it. In worker
 processes at a lower CPU priority the same flood costs the model about 1.3× (see
-bench/hostile.py), and a crash costs one refused upload: the pool is rebuilt.
+bench/hostile.py). A worker that dies, or a decode that never returns (the CPU budget is only
+checked between packets, so a hang inside FFmpeg would escape it), costs the decodes running at
+that moment: they are refused, the workers are killed and the next upload gets fresh ones.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from bot.audio.codec import PyAvCodec
+from bot.audio.codec import DecodeBudgetExceeded, PyAvCodec
 from bot.errors import UnsupportedAudio
 from bot.types import Pcm
 
@@ -31,6 +33,9 @@ _worker_codec: PyAvCodec | None = None
 
 def _start_worker(max_seconds: float, max_bytes: int, max_cpu_seconds: float) -> None:
     global _worker_codec
+    from bot.logs import configure_logging
+
+    configure_logging("WARNING")  # the codec's warnings, in our format (no secrets here)
     try:
         os.nice(DECODE_NICE)
     except (AttributeError, OSError):  # not on this platform: the CPU budget still holds
@@ -54,6 +59,9 @@ class IsolatedDecoder:
     def __init__(self, codec: PyAvCodec, workers: int = 2) -> None:
         self.codec = codec
         self.workers = workers
+        # Wall-clock limit of one decode: generous (workers are niced, so a busy machine
+        # stretches them), but finite.
+        self.wall_seconds = max(10.0, 10 * codec.max_cpu_seconds)
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:
@@ -67,27 +75,49 @@ class IsolatedDecoder:
                           self.codec.max_cpu_seconds))
         return self._pool
 
-    async def decode(self, data: bytes) -> Pcm:
-        pool = self._executor()
-        try:
-            return await asyncio.get_running_loop().run_in_executor(pool, _decode, data)
-        except BrokenProcessPool as err:
-            # A worker died (a crash in FFmpeg, the OOM killer): this upload is refused and
-            # the next one gets fresh workers.
-            log.error("a decoder process died on a %d-byte upload; restarting the decoders",
-                      len(data))
-            if self._pool is pool:
-                self._pool = None
-                pool.shutdown(wait=False, cancel_futures=True)
-            raise UnsupportedAudio("the decoder process died") from err
-
     async def warm_up(self) -> None:
         """Start the workers now, so the first voice note does not wait for them."""
         loop = asyncio.get_running_loop()
         pool = self._executor()
         await asyncio.gather(*(loop.run_in_executor(pool, _ready) for _ in range(self.workers)))
 
+    async def decode(self, data: bytes) -> Pcm:
+        pool = self._executor()
+        try:
+            return await asyncio.wait_for(
+                asyncio.get_running_loop().run_in_executor(pool, _decode, data),
+                self.wall_seconds)
+        except BrokenProcessPool as err:
+            # A worker died (a crash in FFmpeg, the OOM killer).
+            log.error("a decoder process died on a %d-byte upload; restarting the decoders",
+                      len(data))
+            self._discard(pool)
+            raise UnsupportedAudio("the decoder process died") from err
+        except TimeoutError as err:
+            log.error("decoding a %d-byte upload took over %.0f s; restarting the decoders",
+                      len(data), self.wall_seconds)
+            self._discard(pool)
+            raise DecodeBudgetExceeded(f"no result in {self.wall_seconds:.0f} s") from err
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        if self._pool is pool:
+            self._pool = None
+        _kill(pool)
+
     def close(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            _kill(self._pool)
             self._pool = None
+
+
+def _kill(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool at once, whatever its workers are doing (shutdown alone would wait)."""
+    # ProcessPoolExecutor has no public way to stop a busy worker; its (private) process table
+    # is the only handle on them, the one the stdlib uses itself when a pool breaks.
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.kill()
+    for process in processes:
+        process.join(timeout=5)

@@ -155,6 +155,12 @@ class TransformersChatModel:
         question. Callers bound user text long before this; it is the last line of defence."""
         ids = self.tokenizer.encode(user.content, add_special_tokens=False)
         overhead = self.count_prompt_tokens(head + [ChatMessage(user.role, "", user.speaker)])
+        if overhead >= self.context_tokens:
+            # The system prompt alone is over budget: a settings mistake that cutting the
+            # user's words can't fix, so they go whole.
+            log.warning("the system prompt alone (%d tokens) exceeds CHATMAN_LLM_CONTEXT_TOKENS "
+                        "(%d)", overhead, self.context_tokens)
+            return user
         keep = max(1, self.context_tokens - overhead - 2)  # 2: a token may merge at the cut
         content = self.tokenizer.decode(ids[-keep:], skip_special_tokens=True)
         while len(ids) > 1 and self.count_prompt_tokens(
