@@ -239,7 +239,7 @@ async def loaded_phase(url: str, user, attackers: int, rounds: int, idle: dict) 
     out, _ = await proc.communicate()
     return {
         "concurrent_uploads": attackers,
-        "server_cpu_cores_busy": round(server_cpu, 2),
+        "bot_process_cpu_cores_busy": round(server_cpu, 2),
         "uploads": json.loads(out),
         "probe": loaded,
         "ratio_loaded_over_idle": {
@@ -276,7 +276,7 @@ async def web_section(entries, rounds: int) -> dict:
             await probe(user, 1)  # warm-up: first generation, first connection
             cpu, wall = time.process_time(), time.perf_counter()
             idle = await probe(user, rounds)
-            idle["server_cpu_cores_busy"] = round(
+            idle["bot_process_cpu_cores_busy"] = round(
                 (time.process_time() - cpu) / (time.perf_counter() - wall), 2)
             loaded = await loaded_phase(adapter.url, user, ATTACKERS, rounds, idle)
     finally:
