@@ -220,4 +220,3 @@ class VoicePipeline:
             msg.chat.platform, msg.chat.chat_id, turn.exchange_id, reply.new_tokens, turn.timings_ms,
         )
         return turn
-

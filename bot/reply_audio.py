@@ -8,14 +8,11 @@ file, and /forget deletes them by the names stored with the user's exchanges.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 NAME = re.compile(r"^[0-9a-f]{32}\.ogg$")
 

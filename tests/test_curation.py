@@ -38,8 +38,7 @@ def ask(app, question: str, answer: str, user: UserRef = CAROL, msg: str = "1",
     turn = Turn(transcript=question, language="en", reply=answer, voice=None,
                 audio_duration_s=None, model_version="v1", persona="manman",
                 context=context or [])
-    exchange_id = app.store.record_turn(CHAT, user, msg, turn, "voice")
-    app.store.set_reply_message_id(exchange_id, f"r{msg}")
+    exchange_id = app.store.record_turn(CHAT, user, msg, turn, "voice", f"r{msg}")
     with app.store.session() as s:
         return s.query(Pair).filter_by(exchange_id=exchange_id).one().id
 

@@ -48,9 +48,7 @@ def say(store: SqlStore, chat: ChatRef, user: UserRef, text: str, reply: str,
     """Record a turn as the pipeline does; returns (exchange id, pair id)."""
     turn = Turn(transcript=text, language="en", reply=reply, voice=None,
                 audio_duration_s=None, model_version="v1", persona=persona, context=context)
-    exchange_id = store.record_turn(chat, user, f"in-{text[:8]}", turn, "voice")
-    if reply_id is not None:
-        store.set_reply_message_id(exchange_id, reply_id)
+    exchange_id = store.record_turn(chat, user, f"in-{text[:8]}", turn, "voice", reply_id)
     with store.session() as s:
         return exchange_id, s.scalar(select(Pair.id).where(Pair.exchange_id == exchange_id))
 

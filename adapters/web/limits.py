@@ -128,8 +128,7 @@ class RequestLimits:
         received = 0
         body_done = False
         deadline = time.monotonic() + self.body_timeout
-
-        refused = False
+        refused = False  # we sent the answer ourselves (408/413)
 
         async def guarded_send(message: Message) -> None:
             nonlocal responded

@@ -162,13 +162,12 @@ class TransformersChatModel:
                         "(%d)", overhead, self.context_tokens)
             return user
         keep = max(1, self.context_tokens - overhead - 2)  # 2: a token may merge at the cut
-        content = self.tokenizer.decode(ids[-keep:], skip_special_tokens=True)
-        while len(ids) > 1 and self.count_prompt_tokens(
-                head + [ChatMessage(user.role, content, user.speaker)]) > self.context_tokens:
-            keep = max(1, keep - 8)
+        while True:  # tokens re-merge at the cut, so check and shorten until it fits
             content = self.tokenizer.decode(ids[-keep:], skip_special_tokens=True)
-            if keep == 1:
+            if keep == 1 or self.count_prompt_tokens(
+                    head + [ChatMessage(user.role, content, user.speaker)]) <= self.context_tokens:
                 break
+            keep = max(1, keep - 8)
         log.warning("user turn of %d tokens cut to its last %d to fit the %d-token context "
                     "budget", len(ids), keep, self.context_tokens)
         return ChatMessage(user.role, content, user.speaker)

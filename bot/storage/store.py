@@ -142,17 +142,6 @@ class SqlStore:
             row.answer_all_voice = on
             return changed
 
-    def set_reply_message_id(self, exchange_id: int, reply_message_id: str) -> None:
-        """Adapters call this once the answer is posted, so replies to it find the pair."""
-        with self.session() as s, s.begin():
-            exchange = s.get(Exchange, exchange_id)
-            if exchange is None:
-                return
-            exchange.reply_message_id = reply_message_id
-            pair = s.scalar(select(Pair).where(Pair.exchange_id == exchange_id))
-            if pair is not None:
-                pair.reply_message_id = reply_message_id
-
     def exchanges(self, chat: ChatRef | None = None) -> list[Exchange]:
         with self.session() as s:
             q = select(Exchange).order_by(Exchange.id)
