@@ -8,6 +8,19 @@ import av
 import numpy as np
 
 
+# (container format, codec, sample rate) as phones and browsers produce them.
+FORMATS = {
+    "ogg-opus": ("ogg", "libopus", 48_000),
+    "mp3": ("mp3", "libmp3lame", 44_100),
+    "m4a-aac": ("ipod", "aac", 44_100),
+    "wav": ("wav", "pcm_s16le", 16_000),
+    "webm-opus": ("webm", "libopus", 48_000),
+    "flac": ("flac", "flac", 22_050),
+}
+#: Raw AAC frames with ADTS headers (some Android recorders).
+ADTS_AAC = ("adts", "aac", 44_100)
+
+
 def tone(seconds: float, rate: int, freq: float = 440.0, amp: float = 0.4) -> np.ndarray:
     t = np.arange(int(seconds * rate)) / rate
     return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)

@@ -23,7 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from tests.audio_files import encode, tone
+from tests.audio_files import ADTS_AAC, FORMATS, encode, tone
 
 REPO = Path(__file__).resolve().parents[1]
 # A real voice note in the checkout: if a script or playlist pointing at it decodes, the
@@ -91,16 +91,8 @@ def _corpus() -> tuple[HostileFile, ...]:
 
 @functools.cache
 def _legit(kind: str) -> bytes:
-    """Two seconds of tone, as phones and browsers send it."""
-    fmt, codec, rate = {
-        "ogg": ("ogg", "libopus", 48_000),
-        "mp3": ("mp3", "libmp3lame", 44_100),
-        "m4a": ("ipod", "aac", 44_100),
-        "wav": ("wav", "pcm_s16le", 16_000),
-        "webm": ("webm", "libopus", 48_000),
-        "flac": ("flac", "flac", 22_050),
-        "adts": ("adts", "aac", 44_100),
-    }[kind]
+    """Two seconds of tone, as phones and browsers send it (a key of FORMATS, or "adts-aac")."""
+    fmt, codec, rate = ADTS_AAC if kind == "adts-aac" else FORMATS[kind]
     return encode(tone(2.0, rate), rate, fmt, codec)
 
 
@@ -334,7 +326,7 @@ def _alias_record(path: str) -> bytes:
 
 
 def _m4a_with_dref(entry: bytes) -> bytes:
-    data = _legit("m4a")
+    data = _legit("m4a-aac")
     dref = struct.pack(">II", 0, 1) + entry
     path = [b"moov", b"trak", b"mdia", b"minf", b"dinf", b"dref"]
     # The muxer writes moov after mdat, so growing moov moves no sample offsets.
@@ -346,7 +338,7 @@ def _m4a_claiming(seconds: int) -> bytes:
     """The legit M4A with every duration field saying ``seconds``: the movie, track and
     media headers, the edit list, and the time-to-sample table (FFmpeg trusts the smallest of
     these, and clamps an absurd last delta, so every sample's delta lies)."""
-    out = bytearray(_legit("m4a"))
+    out = bytearray(_legit("m4a-aac"))
     rate, movie_scale = 44_100, struct.unpack_from(">I", out, out.find(b"mvhd") + 16)[0]
     for kind, offset, value in ((b"mvhd", 20, seconds * movie_scale),
                                 (b"tkhd", 24, seconds * movie_scale),
@@ -442,7 +434,7 @@ def _not_audio() -> list[HostileFile]:
             + struct.pack(">I", 12) + b"\x00\x90\x3c\x40\x60\x80\x3c\x40\x00\xff\x2f\x00")
     zipped = io.BytesIO()
     with zipfile.ZipFile(zipped, "w") as z:
-        z.writestr("voice.ogg", _legit("ogg"))
+        z.writestr("voice.ogg", _legit("ogg-opus"))
     return [
         HostileFile("empty", b"", "refused", "zero bytes"),
         HostileFile("one-byte", b"\x00", "refused", "a single NUL byte"),
@@ -501,10 +493,12 @@ def _mid_stream_changes() -> list[HostileFile]:
 def _damaged() -> list[HostileFile]:
     rng = np.random.default_rng(7)
     out = []
-    for kind, cuts in (("ogg", (27, 60, None, -7)), ("wav", (20, 44, None, -1)),
-                       ("mp3", (3, 200, None, -5)), ("flac", (4, 42, None, -3)),
-                       ("adts", (5, None))):
-        data = _legit(kind)
+    for kind, legit, cuts in (("ogg", "ogg-opus", (27, 60, None, -7)),
+                              ("wav", "wav", (20, 44, None, -1)),
+                              ("mp3", "mp3", (3, 200, None, -5)),
+                              ("flac", "flac", (4, 42, None, -3)),
+                              ("adts", "adts-aac", (5, None))):
+        data = _legit(legit)
         for cut in cuts:
             at = len(data) // 3 if cut is None else cut % len(data)
             label = "third" if cut is None else f"end-{-cut}" if cut < 0 else str(cut)
@@ -519,7 +513,7 @@ def _damaged() -> list[HostileFile]:
                                f"legit {kind} with its middle third overwritten by random bytes",
                                f"voice.{kind}"))
     # An OGG whose every page after the headers is random (valid page framing, bad CRCs).
-    pages = _ogg_pages(_legit("ogg"))
+    pages = _ogg_pages(_legit("ogg-opus"))
     noisy = b"".join(bytes(p) if i < 2 else bytes(p[:27 + p[26]]) + rng.integers(
         0, 256, len(p) - 27 - p[26], np.uint8).tobytes() for i, p in enumerate(pages))
     out.append(HostileFile("ogg-garbage-payloads", noisy, "either",
@@ -621,7 +615,7 @@ def _bombs() -> list[HostileFile]:
 
 
 def _granule_lies() -> list[HostileFile]:
-    data = _legit("ogg")
+    data = _legit("ogg-opus")
     count = len(_ogg_pages(data))
     rng = np.random.default_rng(3)
     garbage = [int(x) for x in rng.integers(-2**62, 2**62, count)]
@@ -663,17 +657,17 @@ def _containers_and_codecs() -> list[HostileFile]:
 def _wrong_names() -> list[HostileFile]:
     """Legit two-second voice notes under names that lie: the bytes decide."""
     return [
-        HostileFile("ogg-named-mp3", _legit("ogg"), "decodes", "OGG/Opus named .mp3",
+        HostileFile("ogg-named-mp3", _legit("ogg-opus"), "decodes", "OGG/Opus named .mp3",
                     "voice.mp3"),
         HostileFile("wav-named-png", _legit("wav"), "decodes", "WAV named .png", "photo.png"),
         HostileFile("mp3-named-ogg", _legit("mp3"), "decodes", "MP3 named .ogg"),
         HostileFile("flac-named-wav", _legit("flac"), "decodes", "FLAC named .wav",
                     "voice.wav"),
-        HostileFile("m4a-named-txt", _legit("m4a"), "decodes", "M4A/AAC named .txt",
+        HostileFile("m4a-named-txt", _legit("m4a-aac"), "decodes", "M4A/AAC named .txt",
                     "notes.txt"),
-        HostileFile("webm-named-m3u8", _legit("webm"), "decodes", "WebM/Opus named .m3u8",
+        HostileFile("webm-named-m3u8", _legit("webm-opus"), "decodes", "WebM/Opus named .m3u8",
                     "voice.m3u8"),
-        HostileFile("adts-named-sdp", _legit("adts"), "decodes", "ADTS AAC named .sdp",
+        HostileFile("adts-named-sdp", _legit("adts-aac"), "decodes", "ADTS AAC named .sdp",
                     "voice.sdp"),
         HostileFile("mp3-after-id3", _id3(b"\0" * 300) + _legit("mp3"), "decodes",
                     "MP3 behind an ID3v2 tag with padding", "voice.mp3"),

@@ -12,19 +12,9 @@ from bot.audio import codec as codec_module
 from bot.audio.codec import PyAvCodec, is_silent, waveform
 from bot.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio
 from bot.types import Pcm
-from tests.audio_files import encode, tone
+from tests.audio_files import FORMATS, encode, tone
 
 __all__ = ["FORMATS", "dominant_hz", "encode", "tone"]
-
-# (container format, codec, sample rate) as phones and browsers produce them.
-FORMATS = {
-    "ogg-opus": ("ogg", "libopus", 48_000),
-    "mp3": ("mp3", "libmp3lame", 44_100),
-    "m4a-aac": ("ipod", "aac", 44_100),
-    "wav": ("wav", "pcm_s16le", 16_000),
-    "webm-opus": ("webm", "libopus", 48_000),
-    "flac": ("flac", "flac", 22_050),
-}
 
 
 def dominant_hz(pcm: Pcm) -> float:

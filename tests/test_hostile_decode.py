@@ -28,7 +28,8 @@ from tests.hostile_corpus import (
     by_name,
     corpus,
 )
-from tests.test_codec import FORMATS, dominant_hz, encode, tone
+from tests.audio_files import ADTS_AAC, FORMATS, encode, tone
+from tests.test_codec import dominant_hz
 
 MAX_SECONDS = 120
 ENTRIES = corpus()
@@ -127,7 +128,7 @@ def test_decoding_leaves_no_file_behind(hostile_codec, tmp_path, monkeypatch):
         assert set(os.listdir(d)) - before[d] == set(), d
 
 
-LEGIT = {**FORMATS, "adts-aac": ("adts", "aac", 44_100), "mkv-pcm": ("matroska", "pcm_s16le",
+LEGIT = {**FORMATS, "adts-aac": ADTS_AAC, "mkv-pcm": ("matroska", "pcm_s16le",
                                                                      16_000)}
 
 
