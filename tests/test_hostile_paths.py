@@ -129,6 +129,7 @@ async def test_a_decoder_process_that_dies_costs_one_upload_not_the_bot(codec, s
 
     import psutil
 
+    from tests.fakes import eventually
     from tests.hostile_corpus import by_name
 
     decoder = IsolatedDecoder(codec)
@@ -138,9 +139,11 @@ async def test_a_decoder_process_that_dies_costs_one_upload_not_the_bot(codec, s
         busy_before = sum(w.cpu_times().user for w in workers)
         # The slowest file of the corpus: a worker is decoding it when it dies.
         pending = asyncio.ensure_future(decoder.decode(by_name()["flac-384khz-8ch-110s"].data))
-        while sum(w.cpu_times().user for w in workers) < busy_before + 0.1:
-            assert not pending.done(), "the decode finished before it could be interrupted"
-            await asyncio.sleep(0.01)
+        # The signal: a worker has spent CPU on it (or, wrongly, it is already over).
+        await eventually(lambda: pending.done()
+                         or sum(w.cpu_times().user for w in workers) >= busy_before + 0.1,
+                         30, lambda: "no worker started decoding")
+        assert not pending.done(), "the decode finished before it could be interrupted"
         for worker in workers:  # as a crash inside FFmpeg would
             worker.send_signal(signal.SIGKILL)
         with pytest.raises(UnsupportedAudio):
