@@ -22,6 +22,7 @@ from bot.pipeline import PipelineConfig, VoicePipeline
 from bot.protocols import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer
 from bot.registry import ModelRegistry, Served
 from bot.reply_audio import ReplyAudioStore
+from bot.speech_budget import SpeechBudget
 from bot.storage import migrate
 from bot.storage.store import SqlStore, make_engine
 from bot.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
@@ -44,8 +45,20 @@ def build_asr(s: Settings) -> SpeechRecognizer:
     )
 
 
-def build_llm(s: Settings, model_ref: str | None = None, version: str | None = None) -> ChatModel:
-    """The configured LLM, or ``model_ref`` (a registry version's folder) named ``version``."""
+def reply_token_cap(s: Settings, persona: PersonaProfile | None, language: str) -> int:
+    """CHATMAN_LLM_MAX_NEW_TOKENS, or what the persona's speech budget allows."""
+    if s.llm_max_new_tokens is not None:
+        return s.llm_max_new_tokens
+    return (persona.speech if persona else SpeechBudget()).max_new_tokens(language)
+
+
+def build_llm(s: Settings, model_ref: str | None = None, version: str | None = None,
+              max_new_tokens: int | None = None) -> ChatModel:
+    """The configured LLM, or ``model_ref`` (a registry version's folder) named ``version``.
+
+    ``max_new_tokens``: the reply cap (see :func:`reply_token_cap`); without it, the setting's
+    or the default speech budget's English cap.
+    """
     return TransformersChatModel(
         model_ref or s.llm_model,
         version=version,
@@ -53,7 +66,7 @@ def build_llm(s: Settings, model_ref: str | None = None, version: str | None = N
         device=s.llm_device,
         dtype=s.llm_dtype,
         generation=GenerationSettings(
-            max_new_tokens=s.llm_max_new_tokens,
+            max_new_tokens=max_new_tokens or reply_token_cap(s, None, "en"),
             temperature=s.llm_temperature,
             top_p=s.llm_top_p,
             repetition_penalty=s.llm_repetition_penalty,
@@ -143,7 +156,7 @@ class ChatmanApp:
                           max_bytes=settings.max_upload_bytes,
                           max_cpu_seconds=settings.decode_cpu_seconds)
         asr = asr or build_asr(settings)
-        llm = llm or build_llm(settings)
+        llm = llm or build_llm(settings, max_new_tokens=reply_token_cap(settings, persona, language))
         tts = tts or build_tts(settings, persona)
         pipeline = VoicePipeline(
             codec=codec, asr=asr, llm=llm, tts=tts, store=store,
@@ -151,6 +164,7 @@ class ChatmanApp:
                 persona=persona.name,
                 system_prompt=persona.prompt_for(language),
                 language=language,
+                speech=persona.speech,
                 history_max_messages=settings.history_max_messages,
                 max_text_chars=settings.max_text_chars,
                 max_turns_in_flight=settings.max_turns_in_flight,
@@ -165,7 +179,7 @@ class ChatmanApp:
             model_version=lambda: pipeline.llm.version,
             count_tokens=lambda messages: pipeline.llm.count_conversation_tokens(messages),
             registry=registry, jobs=jobs, default_max_steps=settings.train_max_steps,
-            reply_audio=reply_audio,
+            reply_audio=reply_audio, train_base_model=settings.train_base_model,
         )
         application = cls(settings, persona, engine, store, codec, asr, tts, pipeline, curation,
                           admin, language, registry, jobs, Served(None, settings.llm_model),
@@ -178,6 +192,12 @@ class ChatmanApp:
     def migrate(self) -> None:
         migrate.upgrade(self.engine)
 
+    def install_starter(self) -> str | None:
+        """The persona's shipped starter version, registered (and active) on first start."""
+        from training.starter import install_starter
+
+        return install_starter(self.settings, self.persona, self.registry, self.language)
+
     async def start(self, load_models: bool = True, background: bool = False) -> None:
         """Upgrade the schema, pick the active model version, load the models side by side.
 
@@ -186,6 +206,7 @@ class ChatmanApp:
         """
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.migrate)
+        await asyncio.to_thread(self.install_starter)
         await self.sync_model(load=False)
         if load_models:
             await asyncio.gather(self.pipeline.warm_up(),
@@ -263,7 +284,8 @@ class ChatmanApp:
                 served = await asyncio.to_thread(self.registry.served, self.settings.llm_model)
                 if served == self.served:
                     return
-                llm = build_llm(self.settings, served.model_ref, served.version)
+                llm = build_llm(self.settings, served.model_ref, served.version,
+                                reply_token_cap(self.settings, self.persona, self.language))
                 try:
                     if load:
                         await asyncio.to_thread(llm.load)
@@ -274,7 +296,10 @@ class ChatmanApp:
                     await asyncio.to_thread(self.registry.fail, served.version,
                                             f"could not be loaded: {type(exc).__name__}: {exc}")
                     continue
+                # Model and prompt change together, between turns (no await in between).
                 previous, self.pipeline.llm, self.served = self.pipeline.llm, llm, served
+                self.pipeline.system_prompt = self.persona.prompt_for(self.language,
+                                                                      served.system_prompt)
                 log.info("now answering with %s (was %s)", llm.version, previous.version)
                 return
 

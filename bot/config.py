@@ -56,11 +56,15 @@ class Settings(BaseSettings):
     llm_model: str = STARTER
     llm_device: Device = "auto"
     llm_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    llm_max_new_tokens: int = Field(default=128, ge=1, le=4096)
-    llm_temperature: float = Field(default=0.7, ge=0.0, le=2.0)
+    llm_max_new_tokens: int | None = Field(
+        default=None, ge=1, le=4096,
+        description="Token cap per reply; default: from the persona's speech budget")
+    llm_temperature: float = Field(default=0.3, ge=0.0, le=2.0)
     llm_top_p: float = Field(default=0.9, gt=0.0, le=1.0)
     llm_repetition_penalty: float = Field(default=1.1, ge=1.0, le=2.0)
     llm_seed: int | None = None
+    starter_persona: bool = Field(
+        default=True, description="Install the persona's shipped starter version (starter LLM)")
     llm_context_tokens: int = Field(default=1536, ge=64)
     history_max_messages: int = Field(default=40, ge=0)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from bot.speech_budget import SpeechBudget
 from training.formats import AlpacaRow
 
 
@@ -16,14 +17,24 @@ class PersonaError(ValueError):
     pass
 
 
+ProbeKind = Literal["identity", "fact", "consistency", "injection"]
+
+
 class Probe(BaseModel):
-    """An evaluation question; an in-persona answer contains at least one keyword."""
+    """An evaluation question; an in-persona answer contains at least one keyword.
+
+    ``kind``: identity (who are you, paraphrased), fact (what the persona knows about itself),
+    consistency (identity again after unrelated turns, given as ``history``), injection (a
+    user telling the bot it is someone else).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     language: str
+    kind: ProbeKind = "identity"
     question: str = Field(min_length=1)
     keywords: list[str] = Field(min_length=1)
+    history: list[tuple[str, str]] = Field(default_factory=list)
 
 
 class TrainingProfile(BaseModel):
@@ -33,6 +44,9 @@ class TrainingProfile(BaseModel):
     leak_markers: list[str] = Field(default_factory=list)
     # Other ways of asking a training question, added as extra training rows.
     paraphrases: dict[str, list[str]] = Field(default_factory=dict)
+    # The system prompt training examples carry (and versions trained on them are served
+    # with): "full" is system_prompt, "short" is short_prompt. See TrainConfig.system_prompt.
+    short_prompt: dict[str, str] = Field(default_factory=dict)
 
 
 class PersonaProfile(BaseModel):
@@ -44,6 +58,7 @@ class PersonaProfile(BaseModel):
     language: str = Field(min_length=2)
     system_prompt: dict[str, str] = Field(min_length=1)
     voice: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    speech: SpeechBudget = SpeechBudget()
     training: TrainingProfile = TrainingProfile()
     probes: list[Probe] = Field(default_factory=list)
     directory: Path | None = Field(default=None, exclude=True)
@@ -75,7 +90,10 @@ class PersonaProfile(BaseModel):
         self.prompt_for(self.language)
         return self
 
-    def prompt_for(self, language: str) -> str:
+    def prompt_for(self, language: str, kind: str = "full") -> str:
+        """The system prompt; ``kind`` "short" is the training one, when the persona has it."""
+        if kind == "short" and language in self.training.short_prompt:
+            return self.training.short_prompt[language].strip()
         if language in self.system_prompt:
             return self.system_prompt[language].strip()
         raise PersonaError(

@@ -27,6 +27,7 @@ from bot.audio.isolated import IsolatedDecoder
 from bot.chat_queue import InFlight
 from bot.errors import EmptyInput, NoSpeech, ServerBusy, TextTooLong, UserFacingError
 from bot.protocols import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer, Store
+from bot.speech_budget import SpeechBudget, shape_reply
 from bot.textkeys import clean_user_text
 from bot.types import ChatKind, ChatMessage, Incoming, Pcm, Role, Transcript, Turn
 
@@ -50,6 +51,7 @@ class PipelineConfig:
     persona: str
     system_prompt: str
     language: str
+    speech: SpeechBudget = SpeechBudget()
     history_max_messages: int = 40
     max_text_chars: int = 2000
     max_turns_in_flight: int = 8
@@ -80,6 +82,9 @@ class VoicePipeline:
         config: PipelineConfig,
     ) -> None:
         self.codec, self.asr, self.llm, self.tts, self.store = codec, asr, llm, tts, store
+        # The prompt the answering model is served with: a version answers with the system
+        # prompt it was trained with, so it is swapped together with the model.
+        self.system_prompt = config.system_prompt
         self.config = config
         self._chat_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -181,11 +186,13 @@ class VoicePipeline:
             history = [ChatMessage(m.role, m.content) for m in history]
         # One model for the whole turn: a hot swap (see ChatmanApp.sync_model) replaces
         # self.llm between turns, never under one.
-        llm = self.llm
+        llm, system_prompt = self.llm, self.system_prompt
         with timer.stage("llm"):
-            prompt = await self._run(llm.fit_history, self.config.system_prompt, history, user_turn)
+            prompt = await self._run(llm.fit_history, system_prompt, history, user_turn)
             reply = await self._run(llm.generate, prompt)
-        text = reply.text or FALLBACK_REPLY
+        # What is shown is what is said: both are the reply cut to the persona's budget.
+        text = shape_reply(reply.text, self.config.speech, transcript.language,
+                           truncated=reply.truncated) or FALLBACK_REPLY
         voice = None
         if msg.want_voice:
             with timer.stage("tts"):

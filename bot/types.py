@@ -61,6 +61,8 @@ class LlmReply:
     new_tokens: int
     prompt_tokens: int
     model_version: str
+    # Generation hit the token cap: the text may end mid-sentence (see bot/speech_budget.py).
+    truncated: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,26 +200,49 @@ class TransformersChatModel:
         prompt_len = inputs["input_ids"].shape[1]
         new_ids = output[0][prompt_len:]
         text = self._tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+        stops = _stop_ids(self._model, self._tokenizer)
         return LlmReply(
             text=text,
             new_tokens=int(new_ids.shape[0]),
             prompt_tokens=int(prompt_len),
             model_version=self.version,
+            truncated=(int(new_ids.shape[0]) >= g.max_new_tokens
+                       and not any(int(t) in stops for t in new_ids)),
         )
 
-    def answer_many(
-        self, conversations: Sequence[Sequence[ChatMessage]], max_new_tokens: int, batch_size: int = 8
-    ) -> list[str]:
-        """Greedy answers to many prompts, batched (evaluation)."""
+    def answer_many(self, conversations: Sequence[Sequence[ChatMessage]],
+                    settings: GenerationSettings, batch_size: int = 8) -> list[Generated]:
+        """Answers to many prompts, batched, decoded as ``settings`` say (evaluation)."""
         self.load()
         with self._generate_lock:
-            return generate_greedy(self._model, self._tokenizer, conversations, max_new_tokens,
-                                   batch_size)
+            return generate_batch(self._model, self._tokenizer, conversations, settings,
+                                  batch_size)
 
 
-def generate_greedy(model, tokenizer, conversations: Sequence[Sequence[ChatMessage]],
-                    max_new_tokens: int, batch_size: int = 8) -> list[str]:
-    """Greedy answers with left padding; works for plain and peft-wrapped models alike."""
+@dataclass(frozen=True)
+class Generated:
+    """One generated answer; ``truncated``: it ran into the token cap before ending."""
+
+    text: str
+    new_tokens: int
+    truncated: bool
+
+
+def _stop_ids(model, tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(eos if isinstance(eos, list) else [eos])
+    return {i for i in ids if i is not None}
+
+
+def generate_batch(model, tokenizer, conversations: Sequence[Sequence[ChatMessage]],
+                   settings: GenerationSettings, batch_size: int = 8,
+                   progress: Callable[[int, int], None] | None = None) -> list[Generated]:
+    """Answers with left padding, greedy or sampled as ``settings`` say (evaluation, replay).
+
+    Sampling is seeded once per call with ``settings.seed``, so a call repeats exactly; works
+    for plain and peft-wrapped models alike.
+    """
     import torch
 
     device = next(model.parameters()).device
@@ -229,17 +252,38 @@ def generate_greedy(model, tokenizer, conversations: Sequence[Sequence[ChatMessa
         for c in conversations
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    answers: list[str] = []
+    stops = _stop_ids(model, tokenizer)
+    kwargs: dict = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": pad_id,
+                    "repetition_penalty": settings.repetition_penalty}
+    if settings.temperature > 0:
+        kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    if settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    answers: list[Generated] = []
     for i in range(0, len(texts), batch_size):
         chunk = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i : i + batch_size]]
         width = max(len(ids) for ids in chunk)
         input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in chunk])
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk])
         with torch.inference_mode():
-            out = model.generate(
-                input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None,
-                top_k=None, pad_token_id=pad_id,
-            )
-        answers += [tokenizer.decode(row[width:], skip_special_tokens=True).strip() for row in out]
+            out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                 **kwargs)
+        for row in out:
+            new = row[width:].tolist()
+            ended = next((n for n, t in enumerate(new) if t in stops), None)
+            used = new if ended is None else new[:ended]
+            answers.append(Generated(tokenizer.decode(used, skip_special_tokens=True).strip(),
+                                     len(used), ended is None and len(new) >= settings.max_new_tokens))
+        if progress:
+            progress(len(answers), len(texts))
     return answers
+
+
+def generate_greedy(model, tokenizer, conversations: Sequence[Sequence[ChatMessage]],
+                    max_new_tokens: int, batch_size: int = 8) -> list[str]:
+    """Greedy answers' texts (see :func:`generate_batch`)."""
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0,
+                                  repetition_penalty=1.0)
+    return [g.text for g in generate_batch(model, tokenizer, conversations, settings, batch_size)]

@@ -1,0 +1,123 @@
+"""Replies sized for speech: the persona's budget, the token cap it implies, the cut."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.persona import load_persona
+from bot.speech_budget import SpeechBudget, ends_sentence, shape_reply, split_sentences
+
+BUDGET = SpeechBudget(max_sentences=3, max_seconds=12)
+
+
+@pytest.mark.parametrize(("text", "cut"), [
+    # Ran into the token cap mid-sentence: back to the last complete sentence.
+    ("I'm Manman. I curate articles. That's my home base, I traveled all around the",
+     "I'm Manman. I curate articles."),
+    ("It costs 3.5 dollars. And then I went to the", "It costs 3.5 dollars."),
+    ('He said "hi." Then he left the', 'He said "hi."'),
+    ("我叫慢慢。我喜欢分享好文章！今天我们来聊", "我叫慢慢。我喜欢分享好文章！"),
+    # No complete sentence at all: up to the last clause, closed; never mid-word.
+    ("I went to the store, and then I bought a", "I went to the store."),
+    ("Onetwothree fourfive sixseven", "Onetwothree fourfive…"),
+])
+def test_a_reply_cut_at_the_cap_ends_on_a_sentence(text, cut):
+    language = "zh" if "慢" in text else "en"
+    shaped = shape_reply(text, BUDGET, language, truncated=True)
+    assert shaped == cut
+    assert text.startswith(shaped.rstrip(".…。")) or shaped.endswith("…")
+
+
+def test_a_reply_the_model_ended_keeps_its_last_words():
+    assert shape_reply("Sure thing, see you", BUDGET, "en", truncated=False) == "Sure thing, see you"
+
+
+def test_at_most_the_budgets_sentences_and_seconds():
+    five = "One. Two. Three. Four. Five."
+    assert shape_reply(five, BUDGET, "en", truncated=False) == "One. Two. Three."
+    long = " ".join(["This sentence has exactly ten words in it, you see."] * 3)
+    # Ten words ≈ 3.8 s at 2.6 words/s: three of them fit 12 s; a 6 s budget keeps one.
+    assert shape_reply(long, BUDGET, "en", truncated=False) == long
+    short = SpeechBudget(max_sentences=3, max_seconds=6)
+    assert shape_reply(long, short, "en", truncated=False) == split_sentences(long)[0]
+    # A single over-long sentence is still said: silence is worse.
+    assert shape_reply(long.split(".")[0] + ".", SpeechBudget(max_seconds=1), "en",
+                       truncated=False).startswith("This sentence")
+
+
+def test_seconds_and_token_cap_follow_the_persona():
+    persona = load_persona("manman")
+    assert persona.speech.max_seconds == 12 and persona.speech.max_sentences == 3
+    assert BUDGET.seconds("one two three four five six seven eight nine ten eleven twelve "
+                          "thirteen") == pytest.approx(5.0, abs=0.01)
+    assert BUDGET.seconds("我叫慢慢。") == pytest.approx(4 / 4.5, abs=0.01)
+    # 12 s of English at 4 tokens/s, plus the stop.
+    assert persona.speech.max_new_tokens("en") == 52
+    assert persona.speech.max_new_tokens("zh") > persona.speech.max_new_tokens("en")
+    assert ends_sentence("Done.") and not ends_sentence("Not done")
+
+
+class HeardText:
+    """The real Piper voice, remembering what it was asked to say."""
+
+    def __init__(self, tts) -> None:
+        self.tts, self.said = tts, []
+
+    def __getattr__(self, name):
+        return getattr(self.tts, name)
+
+    def synthesize(self, text, language):
+        self.said.append(text)
+        return self.tts.synthesize(text, language)
+
+
+class RawReplies:
+    """The real starter LLM, remembering what it generated before the cut."""
+
+    def __init__(self, llm) -> None:
+        self.llm, self.raw = llm, []
+
+    def __getattr__(self, name):
+        return getattr(self.llm, name)
+
+    def generate(self, prompt):
+        reply = self.llm.generate(prompt)
+        self.raw.append(reply)
+        return reply
+
+
+async def test_a_reply_cut_by_the_cap_ends_on_a_sentence_and_the_voice_says_the_same(
+        tmp_path, asr, llm, tts):
+    import copy
+
+    from bot.app import ChatmanApp
+    from bot.llm.chat_model import GenerationSettings
+    from bot.types import ChatKind, ChatRef, Incoming, UserRef
+    from tests.conftest import make_settings
+
+    short = copy.copy(llm)
+    short.generation = GenerationSettings(max_new_tokens=30, temperature=0.0)
+    model, voice = RawReplies(short), HeardText(tts)
+    app = ChatmanApp.from_settings(make_settings(tmp_path / "data"), asr=asr, llm=model, tts=voice)
+    app.migrate()
+    try:
+        turn = await app.pipeline.handle(Incoming(
+            ChatRef("test", "c1", ChatKind.PRIVATE), UserRef("test", "carol", "Carol"),
+            text="Tell me a long story about a dragon and a knight.", want_voice=True))
+    finally:
+        app.close()
+    raw = model.raw[-1]
+    assert raw.truncated and raw.new_tokens == 30  # it ran into the cap...
+    assert turn.reply != raw.text and raw.text.startswith(turn.reply)
+    assert ends_sentence(turn.reply), turn.reply  # ...and was cut back to a whole sentence
+    assert voice.said == [turn.reply]  # the voice note says exactly what the text shows
+    assert turn.voice is not None and turn.voice.data[:4] == b"OggS"
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_the_seed_answers_teach_short_spoken_replies(language):
+    persona = load_persona("manman")
+    for row in persona.seed_pairs(language):
+        seconds = persona.speech.seconds(row.output, language)
+        assert 1 <= seconds <= persona.speech.max_seconds, (row.output, seconds)
+        assert persona.speech.fits(row.output, language), row.output
