@@ -326,6 +326,9 @@ class DiscordAdapter:
         async def trainstatus(interaction: discord.Interaction) -> None:
             await run(interaction, "/trainstatus")
 
+        async def canceltrain(interaction: discord.Interaction, job_id: int | None = None) -> None:
+            await run(interaction, f"/canceltrain {job_id}" if job_id else "/canceltrain")
+
         async def models(interaction: discord.Interaction) -> None:
             await run(interaction, "/models")
 
@@ -350,6 +353,7 @@ class DiscordAdapter:
         add(persona, "Persona and answering model")
         add(retrain, "Train a new version (stops when the evaluation gate passes)")
         add(trainstatus, "Training progress and queue")
+        add(canceltrain, "Cancel a queued training job or stop the running one")
         add(models, "Model versions")
         add(activate, "Switch to a model version")
         add(rollback, "Back to the previous model version")

@@ -67,6 +67,7 @@ COMMAND_HELP = {
     "persona": "Persona and answering model",
     "retrain": "Train a new version [max steps]",
     "trainstatus": "Training progress and queue",
+    "canceltrain": "Cancel or stop a training job [job id]",
     "models": "Model versions",
     "activate": "Switch to a version",
     "rollback": "Back to the previous version",

@@ -16,15 +16,17 @@ from bot.errors import UserFacingError
 from bot.persona import PersonaProfile
 from bot.registry import ModelRegistry, VersionView
 from bot.reply_audio import ReplyAudioStore
+from bot.storage.models import JobStatus, ModelStatus
 from bot.types import ChatKind, ChatMessage, ChatRef
 from training.dataset import collect_rows, training_messages
-from training.jobs import JobQueue
+from training.jobs import DuplicateJob, JobQueue, TrainingKey, training_key
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 10
 ADMIN_COMMANDS = ("approve", "correct", "reject", "pending", "add", "dataset", "persona",
-                  "retrain", "trainstatus", "models", "activate", "rollback", "answerall")
+                  "retrain", "trainstatus", "canceltrain", "models", "activate", "rollback",
+                  "answerall")
 #: Commands that change one chat's own settings: that chat's admins may run them too.
 CHAT_COMMANDS = ("answerall",)
 USER_COMMANDS = ("forget",)
@@ -108,13 +110,20 @@ class AdminService:
         registry: ModelRegistry | None = None,
         jobs: JobQueue | None = None,
         default_max_steps: int | None = None,
+        train_base_model: str | None = None,
         reply_audio: ReplyAudioStore | None = None,
+        cancel_wait_seconds: float = 30.0,
     ) -> None:
+        """``train_base_model`` is CHATMAN_TRAIN_BASE_MODEL (default: the persona's base);
+        ``cancel_wait_seconds`` bounds how long /canceltrain waits for the runner to confirm."""
         self.reply_audio = reply_audio
         self.registry = registry or ModelRegistry(curation.store, persona.name)
         self.jobs = jobs or JobQueue(curation.store, persona.name)
         self.default_max_steps = default_max_steps
-        # Set by the application: nudge the job runner / the model follower (thread-safe).
+        self.train_base_model = train_base_model
+        self.cancel_wait_seconds = cancel_wait_seconds
+        # Set by the application: nudge the job runner (a job was queued or cancelled) / the
+        # model follower (thread-safe).
         self.on_job_queued: Callable[[], None] = lambda: None
         self.on_model_change: Callable[[], None] = lambda: None
         self.curation = curation
@@ -161,6 +170,8 @@ class AdminService:
             return self.persona_info(actor)
         if name == "retrain":
             return self.retrain(actor, origin, _max_steps(args))
+        if name == "canceltrain":
+            return self.cancel_training(actor, _job_id(args))
         if name in ("trainstatus", "models", "rollback"):
             if args:
                 raise CommandError(f"unexpected {args!r}", user_message=f"Usage: /{name}")
@@ -306,13 +317,27 @@ class AdminService:
     # --- training and model versions ---------------------------------------------------
     def retrain(self, actor: Actor, origin: ChatRef | None = None,
                 max_steps: int | None = None) -> CommandResult:
+        """Queue a job, unless one is training, or a version was trained, on exactly the same
+        dataset and settings: then point there instead of training twice."""
         self._require_admin(actor, "retrain")
-        job, behind = self.jobs.enqueue(actor.key, origin, max_steps or self.default_max_steps)
         steps = max_steps or self.default_max_steps
+        key = self.training_key(steps)
+        trained = self.registry.find_trained(key.dataset_sha256, key.base_model, key.config)
+        if trained is not None:
+            return CommandResult("retrain", _already_trained(trained), [], {
+                "job": None, "duplicate": "version", "existing": trained.to_dict()})
+        try:
+            job, behind = self.jobs.enqueue(actor.key, origin, steps, key)
+        except DuplicateJob as same:
+            return CommandResult("retrain", same.user_message, [], {
+                "job": None, "duplicate": "job", "existing": same.job.to_dict()})
         message = (f"Queued training job #{job.id} for {self.persona.display_name}"
                    + (f" (at most {steps} steps)" if steps else "")
                    + ". It stops as soon as the evaluation gate passes; the current model keeps "
                    "answering meanwhile and is replaced only if the new one passes.")
+        if steps and steps < FEW_STEPS:
+            message += (f" Note: {steps} steps rarely pass the gate; the defaults need about "
+                        "30 (/retrain without a number).")
         if behind is not None:
             message += f" It waits for job #{behind.id} ({behind.describe()})."
         if origin is not None and origin.platform != "cli":
@@ -322,6 +347,39 @@ class AdminService:
                         "instead.")
         self.on_job_queued()
         return CommandResult("retrain", message, [], {"job": job.to_dict()})
+
+    def training_key(self, max_steps: int | None) -> TrainingKey:
+        """What a job queued now would train on (the worker derives the same from settings)."""
+        return training_key(self.curation, self.persona, self.language,
+                            self.train_base_model or self.persona.training.base_model,
+                            {"max_steps": max_steps} if max_steps else {})
+
+    def cancel_training(self, actor: Actor, job_id: int | None = None,
+                        wait_seconds: float | None = None) -> CommandResult:
+        """Cancel a queued job, or stop the running one and wait for the runner to confirm."""
+        self._require_admin(actor, "canceltrain")
+        job = self.jobs.cancel(job_id, actor.key)
+        if job.status == JobStatus.RUNNING:
+            self.on_job_queued()  # an in-process runner checks for the cancel at once
+            wait = self.cancel_wait_seconds if wait_seconds is None else wait_seconds
+            job = self.jobs.wait_ended(job.id, wait)
+        answering = self._answering()
+        if job.status == JobStatus.CANCELLED:
+            message = f"Training job #{job.id} cancelled; {answering} keeps answering."
+        elif job.status == JobStatus.RUNNING:
+            message = (f"Asked training job #{job.id} to stop, but no job runner has confirmed "
+                       "yet (is the bot running?); /trainstatus shows when it has stopped, and "
+                       f"{answering} keeps answering meanwhile.")
+        else:  # it ended on its own before the runner saw the request
+            message = (f"Training job #{job.id} finished before it could be stopped "
+                       f"({job.describe()}); {answering} is answering.")
+        return CommandResult("canceltrain", message, [], {
+            "job": job.to_dict(), "cancelled": job.status == JobStatus.CANCELLED})
+
+    def _answering(self) -> str:
+        """The version answering (what the registry says, so the CLI knows it too)."""
+        active = self.registry.active()
+        return active.version if active else f"the base model ({self.model_version()})"
 
     def train_status(self, actor: Actor) -> CommandResult:
         self._require_admin(actor, "trainstatus")
@@ -400,6 +458,28 @@ class AdminService:
         return CommandResult("forget", message, [], counts)
 
 
+RETRAIN_USAGE = ("Usage: /retrain [max steps]. Leave the number out: the defaults pass the "
+                 "evaluation gate on the starter model in about 30 steps, and training stops "
+                 "as soon as the gate passes.")
+# Fewer steps than this rarely pass the gate with the default recipe (measured on the starter).
+FEW_STEPS = 20
+
+
+def _already_trained(v: VersionView) -> str:
+    head = f"{v.version} was already trained on exactly this dataset with these settings"
+    if v.status == ModelStatus.ACTIVE:
+        return head + "; it is answering now."
+    if v.status == ModelStatus.RETIRED:
+        return head + f" (retired); /activate {v.version} to use it again."
+    if v.status == ModelStatus.REJECTED:
+        why = "; ".join(v.reasons) or "gate not passed"
+        return (head + f" (rejected: {why}). Add or correct pairs first, or change the steps "
+                "(/retrain STEPS).")
+    if v.model_dir:  # trained without activating (`chatman train --no-activate`)
+        return head + f" and is ready; /activate {v.version} to use it."
+    return head + f" and is being evaluated ({v.status}); /trainstatus follows it."
+
+
 def _metrics(v: VersionView) -> str:
     m = v.metrics
     if not m:
@@ -418,8 +498,18 @@ def _max_steps(args: str) -> int | None:
         return None
     if not _is_number(args) or len(args) > 6 or not 1 <= int(args) <= 100_000:
         raise CommandError(f"bad max steps {args!r}", user_message=(
-            "Usage: /retrain [max steps], e.g. /retrain 40"))
+            RETRAIN_USAGE))
     return int(args)
+
+
+def _job_id(args: str) -> int | None:
+    token = args.lstrip("#")
+    if not args:
+        return None
+    if not _is_number(token) or len(token) > 18:
+        raise CommandError(f"bad job id {args[:40]!r}", user_message=(
+            "Usage: /canceltrain [job number] (see /trainstatus)"))
+    return int(token)
 
 
 def _page(args: str) -> int:

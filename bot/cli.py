@@ -239,7 +239,8 @@ def doctor() -> None:
             name = load_persona(s.persona, s.persona_dir).name
         except ValueError:
             name = s.persona
-        return app_module.build_llm(s, *_resolve_model(s, name, None))
+        model_ref, version, _ = _resolve_model(s, name, None)
+        return app_module.build_llm(s, model_ref, version)
 
     check("llm", loaded(served_llm))
     check("tts", loaded(lambda s: app_module.build_tts(
@@ -362,15 +363,25 @@ def eval_command(
                                                 '"expect_any": [...]}')] = None,
     general: Annotated[Path | None, typer.Option("--general", help='JSONL: {"question", '
                                                  '"accept": [...]}')] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32,
+    max_new_tokens: Annotated[int | None, typer.Option(
+        "--max-new-tokens", help="Default: the persona's speech budget, as served.")] = None,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="Seeded draws per question "
+                                         "(1 when CHATMAN_LLM_TEMPERATURE=0).")] = 3,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Score a model: in persona on the probes, and what it kept of the base's knowledge."""
+    """Score a model as users hear it: in persona on the probes, and what it kept of the base.
+
+    Answers use the serving decoding (CHATMAN_LLM_TEMPERATURE, _TOP_P, _REPETITION_PENALTY and
+    the persona's speech budget), several seeded draws per question; scores are means with the
+    worst draw beside them.
+    """
+    from dataclasses import replace
+
     from bot.app import build_llm
     from bot.persona import load_persona
     from training.evaluate import (
-        EvalFileError, GeneralItem, Gate, ProbeItem, answer_general, evaluate, general_items,
-        load_jsonl,
+        Decoding, EvalFileError, GeneralItem, Gate, ProbeItem, answer_general, evaluate,
+        general_items, load_jsonl,
     )
 
     settings = _settings()
@@ -382,18 +393,22 @@ def eval_command(
     except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
     language = settings.language or persona.language
-    model_ref, version = _resolve_model(settings, persona.name, model)
+    model_ref, version, prompt_kind = _resolve_model(settings, persona.name, model)
     base_ref = base or settings.train_base_model or persona.training.base_model
     candidate = build_llm(settings, model_ref, version)
     base_llm = candidate if base_ref == model_ref else build_llm(
         settings.model_copy(update={"llm_model": base_ref}))
+    decoding = Decoding.serving(settings, persona, language, samples)
+    if max_new_tokens is not None:
+        decoding = replace(decoding, max_new_tokens=max_new_tokens)
     markers = [persona.display_name, *persona.training.leak_markers]
+    system = persona.prompt_for(language, prompt_kind)
     try:
         base_answers = answer_general(base_llm, persona.prompt_for(language), general_set,
-                                      markers, max_new_tokens)
+                                      markers, decoding, persona.speech, language)
         report = evaluate(candidate, persona, language, base_general=base_answers,
                           base_model=base_llm.version, probes=probe_items, general=general_set,
-                          max_new_tokens=max_new_tokens)
+                          decoding=decoding, system=system)
     except (EvalFileError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     reasons = Gate().check(report)
@@ -402,20 +417,28 @@ def eval_command(
                          ensure_ascii=False))
         return
     console = Console()
-    table = Table("metric", "value", title=f"{report.model} vs base {report.base_model}")
-    for key in ("persona_score", "general_score", "base_general_score", "retention", "leakage"):
-        table.add_row(key, f"{getattr(report, key):.2f}")
+    table = Table("metric", "mean", "worst draw",
+                  title=f"{report.model} vs base {report.base_model}, {decoding.draws} draw(s) "
+                        f"at temperature {decoding.temperature}")
+    for key, score in report.scores.items():
+        table.add_row(key, f"{score['mean']:.2f}", f"{score['worst']:.2f}")
+    table.add_row("base_general_score", f"{report.base_general_score:.2f}", "")
+    table.add_row("speech seconds p50 / p95", f"{report.speech_seconds['p50']:.1f}",
+                  f"{report.speech_seconds['p95']:.1f}")
     console.print(table)
-    answers = Table("set", "ok", "question", "answer", show_lines=False)
+    answers = Table("set", "draw", "ok", "question", "answer", show_lines=False)
     for name, items in (("probe", report.probes), ("general", report.general)):
         for a in items:
-            answers.add_row(name, "✓" if a.correct else "✗", a.question, a.answer)
+            answers.add_row(name if name == "general" else a.kind, str(a.draw),
+                            "✓" if a.correct else "✗", a.question, a.answer)
     console.print(answers)
     console.print("gate: " + ("passed" if not reasons else "failed — " + "; ".join(reasons)))
 
 
-def _resolve_model(settings: Settings, persona: str, ref: str | None) -> tuple[str, str | None]:
-    """A registry version name → its merged folder; no ref → what a bot would serve now."""
+def _resolve_model(settings: Settings, persona: str,
+                   ref: str | None) -> tuple[str, str | None, str]:
+    """A registry version name → its merged folder, name and system prompt kind; no ref →
+    what a bot would serve now."""
     from sqlalchemy.exc import SQLAlchemyError
 
     from bot.registry import ModelRegistry
@@ -425,26 +448,33 @@ def _resolve_model(settings: Settings, persona: str, ref: str | None) -> tuple[s
     engine = make_engine(settings.resolved_database_url)
     try:
         if migrate.current_revision(engine) != migrate.head_revision(engine):
-            return ref or settings.llm_model, None
+            return ref or settings.llm_model, None, "full"
         registry = ModelRegistry(SqlStore(engine), persona)
         if ref is None:
             served = registry.served(settings.llm_model)
-            return served.model_ref, served.version
+            return served.model_ref, served.version, served.system_prompt
         found = registry.get(ref)
     except SQLAlchemyError:
-        return ref or settings.llm_model, None
+        return ref or settings.llm_model, None, "full"
     finally:
         engine.dispose()
     if found is None:
-        return ref, None
+        return ref, None, "full"
     if not found.model_dir:
         raise _fail(f"{ref} has no merged model (status {found.status}; only versions that "
                     f"passed the gate are exported); its adapter is in {found.directory}")
-    return found.model_dir, found.version
+    return found.model_dir, found.version, str(found.config.get("system_prompt", "full"))
 
 
-@app.command("train")
+# `chatman train [OPTIONS]` trains now; `chatman train cancel [JOB_ID]` cancels a job. A group
+# whose callback runs when no subcommand follows keeps the first form exactly as it was.
+train_app = typer.Typer()  # help: the callback's docstring
+app.add_typer(train_app, name="train")
+
+
+@train_app.callback(invoke_without_command=True)
 def train_command(
+    ctx: typer.Context,
     persona: Annotated[str | None, typer.Option("--persona")] = None,
     base: Annotated[str | None, typer.Option("--base", help="Default: CHATMAN_TRAIN_BASE_MODEL or "
                                              "the persona's training.base_model.")] = None,
@@ -459,10 +489,13 @@ def train_command(
     """Train a persona version now (in this process), stopping when the evaluation gate passes.
 
     Registered like a /retrain job: rejected if it fails the gate, else active (a running bot
-    switches to it).
+    switches to it). `chatman train cancel [JOB_ID]` cancels a /retrain job instead.
     """
+    if ctx.invoked_subcommand is not None:
+        return  # `chatman train cancel`: the options above belong to training
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from training.evaluate import Decoding
     from training.release import train_and_release
     from training.sft import TrainConfig
 
@@ -491,6 +524,9 @@ def train_command(
                     cache_dir=settings.resolved_model_cache_dir, data_dir=settings.data_dir,
                     config=config, created_by=f"cli:{operator or getpass.getuser()}",
                     activate=activate,
+                    # The gate measures what users will hear: the bot's own decoding.
+                    decoding=Decoding.serving(settings, application.persona,
+                                              application.language, config.eval_samples),
                     on_stage=lambda name: bar.update(task, stage=name),
                     progress=lambda s: bar.update(task, completed=s.step, loss=f"{s.loss:.3f}"),
                 )
@@ -505,6 +541,35 @@ def train_command(
         return
     print(release.summary)
     print(f"status: {release.status}; report, adapter and loss plot in {output.directory}")
+
+
+@train_app.command("cancel")
+def train_cancel(
+    job_id: Annotated[int | None, typer.Argument(help="Default: the one queued or running job.",
+                                                 min=1)] = None,
+    operator: Annotated[str, typer.Option("--as", help="Operator name, for the job's record.")] = "",
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Cancel a queued job, or stop a running one (the bot's job runner stops its trainer).
+
+    Waits for the runner to confirm: up to CHATMAN_REGISTRY_POLL_SECONDS plus the trainer's
+    grace period. Exit code 1 if it has not confirmed by then.
+    """
+    from bot.admin import Actor
+    from training.jobs import STOP_GRACE_SECONDS
+
+    name = operator or getpass.getuser()
+    actor = Actor("cli", name, name, granted_admin=True)
+    with _admin_app() as application:
+        # The runner is another process here: it sees the request on its next poll.
+        wait = 2 * application.settings.registry_poll_seconds + STOP_GRACE_SECONDS + 5
+        try:
+            result = application.admin.cancel_training(actor, job_id, wait_seconds=wait)
+        except UserFacingError as exc:
+            raise _fail(exc.user_message) from exc
+    print(json.dumps(result.to_dict(), ensure_ascii=False) if as_json else result.message)
+    if result.data["job"]["status"] == "running":
+        raise typer.Exit(1)
 
 
 @models_app.command("list")
@@ -537,15 +602,37 @@ def models_activate(
     force: Annotated[bool, typer.Option("--force", help="Even if it failed the gate.")] = False,
     operator: Annotated[str, typer.Option("--as")] = "",
 ) -> None:
-    """Make VERSION answer; a running bot switches to it within CHATMAN_REGISTRY_POLL_SECONDS."""
+    """Make VERSION answer; a running bot switches to it within CHATMAN_REGISTRY_POLL_SECONDS.
+
+    With --force, a version that failed the gate is merged from its adapter first (training
+    merges only versions that pass).
+    """
+    actor = f"cli:{operator or getpass.getuser()}"
     with _admin_app() as application:
         try:
-            view = application.registry.activate(
-                version, f"cli:{operator or getpass.getuser()}", force=force)
+            if force:
+                _export_if_needed(application, version, actor)
+            view = application.registry.activate(version, actor, force=force)
         except UserFacingError as exc:
             raise _fail(exc.user_message) from exc
     print(f"{view.version} is active" + (f" (rollback returns to {view.previous})"
                                          if view.previous else ""))
+
+
+def _export_if_needed(application, version: str, actor: str) -> None:
+    """Merge a version that has no model folder (a rejected run) and record the folder."""
+    from training.promote import export_version, needs_export
+
+    found = application.registry.get(version)
+    if (found is None or found.persona != application.persona.name
+            or found.status == "active" or not needs_export(found)):
+        return  # activate() says what is wrong, if anything
+    print(f"{version} has no merged model; merging its adapter into {found.base_model}…",
+          file=sys.stderr, flush=True)
+    model_dir = export_version(found, persona=application.persona,
+                               language=application.language,
+                               cache_dir=application.settings.resolved_model_cache_dir)
+    application.registry.record_export(version, model_dir, actor)
 
 
 @models_app.command("rollback")

@@ -7,6 +7,7 @@ all change the active version and a running bot follows.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -64,6 +65,8 @@ class Served:
 
     version: str | None  # None: no trained version is active
     model_ref: str
+    # Which of the persona's system prompts the version was trained with (full or short).
+    system_prompt: str = "full"
 
 
 def _view(s: Session, m: ModelVersion) -> VersionView:
@@ -102,7 +105,24 @@ class ModelRegistry:
         active = self.active()
         if active is None or not active.model_dir:
             return Served(None, base_ref)
-        return Served(active.version, active.model_dir)
+        return Served(active.version, active.model_dir,
+                      str(active.config.get("system_prompt", "full")))
+
+    def find_trained(self, dataset_sha256: str, base_model: str,
+                     config: dict) -> VersionView | None:
+        """The newest version trained on exactly this dataset, base and TrainConfig.
+
+        Failed versions (crashed, cancelled, unloadable) don't count: training again is the
+        way to get a usable one.
+        """
+        with self.store.session() as s:
+            rows = s.scalars(select(ModelVersion).where(
+                ModelVersion.persona == self.persona, ModelVersion.dataset_sha256 == dataset_sha256,
+                ModelVersion.base_model == base_model, ModelVersion.status != ModelStatus.FAILED,
+            ).order_by(ModelVersion.id.desc())).all()
+            wanted = same_config_form(config)
+            found = next((m for m in rows if same_config_form(m.config) == wanted), None)
+            return _view(s, found) if found else None
 
     def _active(self, s: Session) -> ModelVersion | None:
         return s.scalar(select(ModelVersion).where(ModelVersion.persona == self.persona,
@@ -136,6 +156,31 @@ class ModelRegistry:
             except IntegrityError:
                 continue
         raise RuntimeError("could not allocate a version name")
+
+    def register_shipped(self, version: str, *, base_model: str, base_version: str,
+                         directory: Path, model_dir: Path, dataset_sha256: str,
+                         dataset_rows: int, steps: int, config: dict, metrics: dict) -> VersionView:
+        """A version trained elsewhere (the persona's shipped starter), already evaluated.
+
+        It becomes active only when nothing is: a bot that already serves a version of its
+        own keeps it.
+        """
+        with self.store.session() as s, s.begin():
+            active = self._active(s)
+            now = utcnow()
+            m = ModelVersion(persona=self.persona, version=version,
+                             status=ModelStatus.RETIRED if active else ModelStatus.ACTIVE,
+                             base_model=base_model, base_version=base_version,
+                             directory=str(directory), model_dir=str(model_dir),
+                             dataset_sha256=dataset_sha256, dataset_rows=dataset_rows,
+                             steps=steps, config=config, metrics=metrics, reasons=[],
+                             created_by="shipped", finished_at=now,
+                             activated_at=None if active else now,
+                             retired_at=now if active else None)
+            s.add(m)
+            s.flush()
+            self._audit(s, "system", "model.install", m, {"shipped": True})
+            return _view(s, m)
 
     def record_result(self, version: str, *, base_version: str, directory: Path,
                       model_dir: Path | None, dataset_sha256: str, dataset_rows: int,
@@ -179,6 +224,15 @@ class ModelRegistry:
                 self._audit(s, "system", "model.fail", m, {"reason": reason})
             return [m.version for m in rows]
 
+    def record_export(self, version: str, model_dir: Path, actor: str) -> VersionView:
+        """A merged folder made after training (``models activate --force`` of a rejected run)."""
+        with self.store.session() as s, s.begin():
+            m = self._require(s, version)
+            m.model_dir = str(model_dir)
+            self._audit(s, actor, "model.export", m, {"model_dir": str(model_dir)})
+            s.flush()
+            return _view(s, m)
+
     # --- serving writes -------------------------------------------------------------
     def activate(self, version: str, actor: str, *, force: bool = False) -> VersionView:
         """Make ``version`` answer; the one answering now becomes its rollback target."""
@@ -190,7 +244,8 @@ class ModelRegistry:
             if not m.model_dir or not Path(m.model_dir).is_dir():
                 raise RegistryError(f"{version} has no model folder", user_message=(
                     f"{version} has no merged model to load (status {m.status}); only versions "
-                    "that passed the evaluation gate are exported."))
+                    "that passed the evaluation gate are exported. From a shell, `chatman "
+                    f"models activate {version} --force` merges its adapter and activates it."))
             if m.status in (ModelStatus.REJECTED, ModelStatus.FAILED) and not force:
                 raise RegistryError(f"{version} is {m.status}", user_message=(
                     f"{version} is {m.status} ({'; '.join(m.reasons) or 'no reason recorded'}); "
@@ -239,3 +294,8 @@ class ModelRegistry:
         s.add(AuditEntry(actor=actor, action=action, pair_id=None,
                          before=None, after={"version": m.version, "status": m.status, **detail}))
         log.info("%s %s by %s %s", action, m.version, actor, detail or "")
+
+
+def same_config_form(config: dict | None) -> dict:
+    """A TrainConfig dump as the database hands it back (JSON: tuples become lists, keys sorted)."""
+    return json.loads(json.dumps(config or {}, sort_keys=True))

@@ -30,6 +30,8 @@ def test_operator_curation_cycle(tmp_path):
     assert unknown.returncode == 2 and "Unknown command /launch" in unknown.stderr
     missing = chatman(tmp_path, "admin", "approve", "42")
     assert missing.returncode == 2 and "There is no pair #42" in missing.stderr
+    no_job = chatman(tmp_path, "admin", "canceltrain", "--as", "ops")
+    assert no_job.returncode == 2 and "nothing to cancel" in no_job.stderr
 
 
 def test_dataset_export_and_strict_import(tmp_path):

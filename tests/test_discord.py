@@ -123,9 +123,13 @@ async def test_a_refused_voice_message_falls_back_to_an_attachment(fake, bot, sp
 async def test_slash_commands_check_admins_and_approve_stores_the_pair(fake, bot):
     scoped = fake.commands[GUILD_ID]
     names = {c["name"] for c in scoped}
-    assert {"retrain", "approve", "forget", "Approve answer"} <= names
+    assert {"retrain", "canceltrain", "approve", "forget", "Approve answer"} <= names
     retrain = next(c for c in scoped if c["name"] == "retrain")
     assert retrain["default_member_permissions"] == "8"
+    cancel = next(c for c in scoped if c["name"] == "canceltrain")
+    assert cancel["default_member_permissions"] == "8"
+    assert [(o["name"], o.get("required", False)) for o in cancel["options"]] == [
+        ("job_id", False)]
 
     refused = await fake.slash("retrain", BOB)
     reply = (await fake.wait_for(lambda: fake.interaction_replies(refused)))[0]
@@ -222,14 +226,24 @@ async def test_listed_admins_may_use_admin_commands_without_the_guild_permission
                                             if p.kind == "followup"])
         refused = await fake.slash("trainstatus", ALICE)
         no = (await fake.wait_for(lambda: fake.interaction_replies(refused)))[0]
+        job = app.jobs.open_jobs()[0]
+        not_yours = await fake.slash("canceltrain", ALICE)
+        no_cancel = (await fake.wait_for(lambda: fake.interaction_replies(not_yours)))[0]
+        assert no_cancel.content == "Only admins can do that."
+        assert app.jobs.open_jobs() == [job]
+        cancel = await fake.slash("canceltrain", BOB, options=[{"name": "job_id", "type": 4,
+                                                                "value": job.id}])
+        cancelled = await fake.wait_for(lambda: [p for p in fake.interaction_replies(cancel)
+                                                 if p.kind == "followup"])
     finally:
         await adapter.stop()
         await app.stop()
         app.close()
     assert done[0].content.startswith("Queued training job #1") and done[0].flags & EPHEMERAL
-    assert app.jobs.open_jobs()[0].max_steps == 5
-    assert app.jobs.open_jobs()[0].notify.chat_id == TEXT_CHANNEL
+    assert job.max_steps == 5 and job.notify.chat_id == TEXT_CHANNEL
     assert no.content == "Only admins can do that."
+    assert cancelled[0].content.startswith("Training job #1 cancelled; ")
+    assert app.jobs.get(job.id).error == f"cancelled by discord:{BOB['id']}"
 
 
 async def test_training_notices_reach_the_channel(fake, bot, tmp_path):

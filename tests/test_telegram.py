@@ -148,7 +148,20 @@ async def test_commands_for_admins_and_everyone(fake, bot):
     default = fake.commands['{"type": "default"}']
     assert [c["command"] for c in default] == ["start", "help", "forget"]
     admin_scope = fake.commands['{"chat_id": 900, "type": "chat"}']
-    assert {"retrain", "trainstatus", "rollback", "approve"} <= {c["command"] for c in admin_scope}
+    assert {"retrain", "trainstatus", "canceltrain", "rollback", "approve"} <= {
+        c["command"] for c in admin_scope}
+    await fake.send_text(private_chat(ADMIN), ADMIN, "/help")
+    await fake.send_text(private_chat(BOB), BOB, "/canceltrain")
+    admin_help = (await fake.wait_for(lambda: len(replies(fake, ADMIN["id"])) == 2
+                                      and replies(fake, ADMIN["id"])))[1].text
+    assert "/retrain" in admin_help and "/canceltrain" in admin_help
+    refused = (await fake.wait_for(lambda: len(replies(fake, BOB["id"])) == 3
+                                   and replies(fake, BOB["id"])))[2].text
+    assert refused == "Only admins can do that." and bot.jobs.open_jobs() == [job]
+    await fake.send_text(private_chat(ADMIN), ADMIN, "/canceltrain")
+    cancelled = (await fake.wait_for(lambda: len(replies(fake, ADMIN["id"])) == 3
+                                     and replies(fake, ADMIN["id"])))[2].text
+    assert cancelled.startswith("Training job #1 cancelled; ") and bot.jobs.open_jobs() == []
 
 
 async def test_approve_as_a_reply_to_the_bots_answer_stores_the_pair(fake, bot):

@@ -10,6 +10,7 @@ import pytest
 
 from bot.storage.models import Pair
 from tests.conftest import REPO, start_web, stop_web
+from tests.fakes import eventually
 from tests.speech_checks import recall
 
 SAMPLE = REPO / "persona" / "manman" / "samples" / "question.ogg"
@@ -67,11 +68,13 @@ async def test_cross_site_posts_and_admin_without_token_change_nothing(web):
                             headers={**CSRF, "Origin": "http://evil.example"})
     assert forged.status_code == 403
     web.app.curation.add("What is ChatMan?", "My voice bot.", "test")  # pair #1, approved
+    web.app.jobs.enqueue("test:1")
     for method, path in (("GET", "/api/admin/pending"), ("POST", "/api/admin/retrain"),
-                         ("POST", "/api/admin/rollback"), ("POST", "/api/admin/pairs/1/reject")):
+                         ("POST", "/api/admin/rollback"), ("POST", "/api/admin/pairs/1/reject"),
+                         ("POST", "/api/admin/train/cancel")):
         response = await web.request(method, path, headers={**CSRF, "Authorization": "Bearer no"})
         assert response.status_code == 401, path
-    assert web.app.jobs.open_jobs() == []
+    assert [j.status for j in web.app.jobs.open_jobs()] == ["queued"]
     with web.app.store.session() as s:
         assert [p.status for p in s.query(Pair)] == ["approved"]
 
@@ -89,6 +92,14 @@ async def test_admin_api_curates_retrains_and_lists_versions(web):
     assert queued["data"]["job"]["max_steps"] == 3
     status = (await web.get("/api/admin/trainstatus", headers=ADMIN)).json()
     assert "#1 queued" in status["message"] and status["notices"] == []
+    cancelled = (await web.post("/api/admin/train/cancel", headers=ADMIN, json={})).json()
+    assert cancelled["message"].startswith("Training job #1 cancelled; the base model (")
+    assert cancelled["data"]["cancelled"] and cancelled["data"]["job"]["error"] == \
+        "cancelled by web:admin"
+    nothing = await web.post("/api/admin/train/cancel", headers=ADMIN, json={"job_id": 1})
+    assert nothing.status_code == 400 and "already finished (cancelled)" in nothing.json()["error"]
+    bad = await web.post("/api/admin/train/cancel", headers=ADMIN, json={"job_id": "1; drop"})
+    assert bad.status_code == 400
     models = (await web.get("/api/admin/models", headers=ADMIN)).json()
     assert models["data"]["versions"] == []
     nothing = await web.post("/api/admin/rollback", headers=ADMIN)
@@ -100,7 +111,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"),
                     reason="Debian's chromium is not installed (.ci/run installs it)")
-async def test_a_browser_asks_by_upload_hears_the_reply_and_an_admin_approves(web):
+async def test_a_browser_asks_by_upload_hears_the_reply_and_an_admin_approves(web, tmp_path):
     from playwright.async_api import async_playwright
 
     assert CHROMIUM, "CI must run the browser test: .ci/run installs chromium"
@@ -128,8 +139,57 @@ async def test_a_browser_asks_by_upload_hears_the_reply_and_an_admin_approves(we
             await page.goto(str(web.base_url) + f"/admin#token={TOKEN}")
             await page.click(".pair .approve")
             await page.wait_for_selector("#pending p")  # the list reloads: nothing pending
+
+            # Retrain, then cancel: each button shows what the server answered.
+            await page.fill("#max-steps", "3")
+            await page.click("#retrain")
+            await page.wait_for_function("""() => document.getElementById("train-message")
+                .textContent.startsWith("Queued training job #1")""")
+            await page.click("#cancel-train")
+            await page.wait_for_function("""() => document.getElementById("train-message")
+                .textContent.startsWith("Training job #1 cancelled")""")
+
+            # Rolling back asks first; only an accepted dialog rolls back.
+            v1, v2 = exported_versions(web.app, tmp_path, 2)
+            await page.reload()
+            await page.wait_for_selector(f"#models td:text-is('{v2}')")
+            asked: list[str] = []
+
+            def answer(accept: bool):
+                async def handle(dialog) -> None:
+                    asked.append(dialog.message)
+                    await (dialog.accept() if accept else dialog.dismiss())
+                return handle
+
+            page.once("dialog", answer(False))
+            await page.click("#rollback")
+            page.once("dialog", answer(True))
+            await page.click("#rollback")
+            await eventually(lambda: (a := web.app.registry.active()) and a.version == v1, 30,
+                             lambda: f"active: {web.app.registry.active()}")
         finally:
             await browser.close()
     with web.app.store.session() as s:
         pair = s.query(Pair).one()
     assert pair.status == "approved" and pair.decided_by == "web:admin"
+    assert web.app.jobs.get(1).status == "cancelled"
+    assert asked == [f"Roll back from {v2} to the version before it?"] * 2
+    # One rollback (the dismissed dialog sent none): v2 retired, v1 answers.
+    assert {v.version: v.status for v in web.app.registry.list()} == {v1: "active",
+                                                                      v2: "retired"}
+
+
+def exported_versions(app, folder, n: int) -> list[str]:
+    """``n`` versions with a model folder, activated in turn (the last one answers)."""
+    names = []
+    for _ in range(n):
+        v = app.registry.create_candidate(base_model="starter", config={}, job_id=None,
+                                          created_by="test").version
+        (folder / v).mkdir()
+        (folder / v / "config.json").write_text("{}")
+        app.registry.record_result(v, base_version="base", directory=folder,
+                                   model_dir=folder / v, dataset_sha256="ab" * 32,
+                                   dataset_rows=4, steps=1, metrics={}, reasons=[])
+        app.registry.activate(v, "test:ada")
+        names.append(v)
+    return names

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,17 +26,54 @@ from pathlib import Path
 from sqlalchemy import select
 
 from bot.config import Settings
+from bot.curation import Curation
 from bot.errors import UserFacingError
-from bot.registry import ModelRegistry
-from bot.storage.models import JobStatus, TrainingJob, utcnow
+from bot.persona import PersonaProfile
+from bot.registry import ModelRegistry, same_config_form
+from bot.storage.models import JobStatus, ModelStatus, TrainingJob, utcnow
 from bot.storage.store import SqlStore
 from bot.types import ChatRef
+from training.dataset import collect_rows, render
 
 log = logging.getLogger(__name__)
+
+#: How long a trainer asked to stop (SIGTERM) may take before it is killed (SIGKILL).
+STOP_GRACE_SECONDS = 10.0
 
 
 class JobError(UserFacingError):
     pass
+
+
+@dataclass(frozen=True)
+class TrainingKey:
+    """What a training run depends on: two runs with equal keys train the same model."""
+
+    dataset_sha256: str
+    base_model: str
+    config: dict  # the full TrainConfig, in the form the database hands back
+
+
+def training_key(curation: Curation, persona: PersonaProfile, language: str, base_model: str,
+                 overrides: dict) -> TrainingKey:
+    """The key of a run started now: the dataset hashed as ``snapshot_dataset`` would freeze
+    it, the base, and TrainConfig with ``overrides`` (as the worker and ``chatman train``
+    build it)."""
+    from training.sft import TrainConfig  # the trainer's module: imported when needed
+
+    data = render(collect_rows(curation, persona, language), "alpaca")
+    return TrainingKey(hashlib.sha256(data).hexdigest(), base_model,
+                       same_config_form(TrainConfig(**overrides).model_dump()))
+
+
+class DuplicateJob(JobError):
+    """A job with the same key is training now; ``job`` is that job."""
+
+    def __init__(self, job: JobView) -> None:
+        super().__init__(f"job #{job.id} trains the same key", user_message=(
+            f"Training job #{job.id} is already training on exactly this dataset and these "
+            "settings; /trainstatus follows it."))
+        self.job = job
 
 
 @dataclass(frozen=True)
@@ -52,13 +91,25 @@ class JobView:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    dataset_sha256: str | None = None
+    base_model: str | None = None
+    config: dict | None = None
+    cancel_requested_by: str | None = None
+
+    @property
+    def key(self) -> TrainingKey | None:
+        if self.dataset_sha256 is None or self.base_model is None:
+            return None  # queued before jobs recorded what they train on
+        return TrainingKey(self.dataset_sha256, self.base_model, same_config_form(self.config))
 
     def describe(self) -> str:
         head = f"#{self.id} {self.status}"
         if self.model_version:
             head += f" ({self.model_version})"
         p = self.progress
-        if self.status == JobStatus.RUNNING:
+        if self.status == JobStatus.RUNNING and self.cancel_requested_by:
+            head += f": stopping, cancelled by {self.cancel_requested_by}"
+        elif self.status == JobStatus.RUNNING:
             if p.get("step"):
                 head += f": {progress_line(p)}"
             elif p.get("stage"):
@@ -98,13 +149,16 @@ def _view(j: TrainingJob) -> JobView:
     notify = ChatRef(j.notify_platform, j.notify_chat_id) if j.notify_platform else None
     return JobView(j.id, j.persona, j.status, j.requested_by, notify, j.max_steps,
                    dict(j.progress or {}), j.pid, j.model_version, j.error, j.created_at,
-                   j.started_at, j.finished_at)
+                   j.started_at, j.finished_at, j.dataset_sha256, j.base_model,
+                   dict(j.config) if j.config is not None else None, j.cancel_requested_by)
 
 
 class JobQueue:
     def __init__(self, store: SqlStore, persona: str) -> None:
         self.store = store
         self.persona = persona
+        # Notified when a job ends in this process, so a waiter here needn't wait for its poll.
+        self._ended = threading.Condition()
 
     def _open(self, s):
         return s.scalars(select(TrainingJob).where(TrainingJob.persona == self.persona,
@@ -112,10 +166,20 @@ class JobQueue:
                          .order_by(TrainingJob.id)).all()
 
     def enqueue(self, requested_by: str, notify: ChatRef | None = None,
-                max_steps: int | None = None) -> tuple[JobView, JobView | None]:
-        """Queue a job; returns it and the running job it waits behind, if any."""
+                max_steps: int | None = None,
+                key: TrainingKey | None = None) -> tuple[JobView, JobView | None]:
+        """Queue a job; returns it and the running job it waits behind, if any.
+
+        Raises :class:`DuplicateJob` when the running job has the same ``key`` (and nobody
+        cancelled it), and :class:`JobError` when a job is queued already.
+        """
         with self.store.session() as s, s.begin():
             open_jobs = self._open(s)
+            if key is not None:
+                same = next((j for j in map(_view, open_jobs) if j.status == JobStatus.RUNNING
+                             and not j.cancel_requested_by and j.key == key), None)
+                if same is not None:
+                    raise DuplicateJob(same)
             queued = [j for j in open_jobs if j.status == JobStatus.QUEUED]
             if queued:
                 raise JobError("already queued", user_message=(
@@ -125,6 +189,9 @@ class JobQueue:
                               requested_by=requested_by, max_steps=max_steps, progress={},
                               notify_platform=notify.platform if notify else None,
                               notify_chat_id=notify.chat_id if notify else None)
+            if key is not None:
+                job.dataset_sha256, job.base_model, job.config = (
+                    key.dataset_sha256, key.base_model, key.config)
             s.add(job)
             s.flush()
             running = next((j for j in open_jobs if j.status == JobStatus.RUNNING), None)
@@ -169,6 +236,66 @@ class JobQueue:
             job.status, job.error, job.finished_at, job.pid = status, error, utcnow(), None
             if model_version:
                 job.model_version = model_version
+        with self._ended:
+            self._ended.notify_all()
+
+    # --- cancelling -------------------------------------------------------------------
+    def cancel(self, job_id: int | None, actor: str) -> JobView:
+        """Cancel a queued job now, or ask the runner to stop a running one.
+
+        Without ``job_id``: the one open job. Returns the job afterwards: ``cancelled`` if it
+        was queued, still ``running`` (with ``cancel_requested_by``) if it was running.
+        """
+        with self.store.session() as s, s.begin():
+            job = self._to_cancel(s, job_id)
+            log.info("training job #%d (%s): cancel requested by %s", job.id, job.status, actor)
+            # Set in both cases: a runner that claimed the job a moment ago sees it too.
+            job.cancel_requested_by = job.cancel_requested_by or actor
+            if job.status == JobStatus.QUEUED:
+                job.status, job.error, job.finished_at = (
+                    JobStatus.CANCELLED, f"cancelled by {actor}", utcnow())
+            return _view(job)
+
+    def _to_cancel(self, s, job_id: int | None) -> TrainingJob:
+        if job_id is None:
+            open_jobs = self._open(s)
+            if not open_jobs:
+                raise JobError("nothing to cancel", user_message=(
+                    "No training job is queued or running; nothing to cancel."))
+            if len(open_jobs) > 1:
+                listed = " and ".join(f"#{j.id} ({j.status})" for j in open_jobs)
+                raise JobError("which job?", user_message=(
+                    f"Jobs {listed} are open; say which, e.g. /canceltrain {open_jobs[0].id}."))
+            return open_jobs[0]
+        job = s.get(TrainingJob, job_id)
+        if job is None or job.persona != self.persona:
+            raise JobError(f"no job {job_id}", user_message=f"There is no training job #{job_id}.")
+        if job.status not in JobStatus.OPEN:
+            raise JobError(f"job {job_id} is {job.status}", user_message=(
+                f"Training job #{job_id} has already finished ({job.status}); nothing to "
+                "cancel."))
+        return job
+
+    def cancel_requested(self, job_id: int) -> str | None:
+        """Who asked to cancel this job, if anybody has."""
+        with self.store.session() as s:
+            job = s.get(TrainingJob, job_id)
+            return job.cancel_requested_by if job else None
+
+    def wait_ended(self, job_id: int, timeout: float, poll: float = 0.5) -> JobView:
+        """The job once it is no longer open, or as it is after ``timeout`` seconds.
+
+        A runner in this process wakes the wait at once; one in another process (the bot, when
+        the CLI cancels) is seen by reading the row every ``poll`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get(job_id)
+            left = deadline - time.monotonic()
+            if job.status not in JobStatus.OPEN or left <= 0:
+                return job
+            with self._ended:
+                self._ended.wait(min(poll, left))
 
     def recover(self, reason: str) -> list[JobView]:
         """After a restart: no job may stay ``running`` with nobody running it."""
@@ -178,8 +305,10 @@ class JobQueue:
                               ).all()
             for job in stuck:
                 _kill_worker(job.pid)
-                job.status, job.error, job.finished_at, job.pid = (
-                    JobStatus.FAILED, reason, utcnow(), None)
+                # A cancel that came while the bot was down is honoured as what it was.
+                status, error = ((JobStatus.CANCELLED, f"cancelled by {job.cancel_requested_by}")
+                                 if job.cancel_requested_by else (JobStatus.FAILED, reason))
+                job.status, job.error, job.finished_at, job.pid = status, error, utcnow(), None
             return [_view(j) for j in stuck]
 
 
@@ -219,6 +348,7 @@ class _Running:
     last_notice: float = 0.0
     done: dict | None = None
     error: str | None = None
+    cancelled_by: str | None = None  # set once the runner stops the trainer for a cancel
 
 
 class TrainingRunner:
@@ -242,7 +372,8 @@ class TrainingRunner:
         self._stopping = False
 
     def wake(self) -> None:
-        """Thread-safe nudge after a job was queued (the poll catches other processes)."""
+        """Thread-safe nudge after a job was queued or cancelled (the poll catches other
+        processes)."""
         loop = getattr(self, "_loop", None)
         if loop is not None:
             loop.call_soon_threadsafe(self._wake.set)
@@ -279,8 +410,32 @@ class TrainingRunner:
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
+    def _key_now(self, max_steps: int | None) -> TrainingKey:
+        """What the worker is about to train on, derived as it derives it."""
+        from bot.persona import load_persona
+
+        s = self.settings
+        persona = load_persona(s.persona, s.persona_dir)
+        return training_key(Curation(self.queue.store, persona.name), persona,
+                            s.language or persona.language,
+                            s.train_base_model or persona.training.base_model,
+                            s.train_overrides(max_steps))
+
+    async def _record_key(self, job: JobView) -> None:
+        # A job that waited in the queue trains on the dataset as it is now, not as it was
+        # when it was queued: record that, so duplicate requests are recognised.
+        try:
+            key = await asyncio.to_thread(self._key_now, job.max_steps)
+        except Exception:  # the worker reports the real problem (persona, settings) itself
+            log.warning("training job #%d: could not compute its dataset key", job.id,
+                        exc_info=True)
+            return
+        await asyncio.to_thread(self.queue.update, job.id, dataset_sha256=key.dataset_sha256,
+                                base_model=key.base_model, config=key.config)
+
     async def run_job(self, job: JobView) -> None:
         log_path = self._log_path(job.id)
+        await self._record_key(job)
         request = {"job_id": job.id, "requested_by": job.requested_by,
                    "settings": self.settings.for_worker(), "max_steps": job.max_steps}
         with log_path.open("ab") as log_file:
@@ -291,11 +446,15 @@ class TrainingRunner:
         running = self.current = _Running(job, process)
         log.info("training job #%d: worker pid %d, log %s", job.id, process.pid, log_path)
         await asyncio.to_thread(self.queue.update, job.id, pid=process.pid)
-        process.stdin.write(json.dumps(request).encode())
-        await process.stdin.drain()
-        process.stdin.close()
-        await self._tell(job, f"Training job #{job.id} started for {job.persona}.")
+        watcher = asyncio.create_task(self._watch_for_cancel(running),
+                                      name=f"training-job-{job.id}-cancel")
         try:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                # A trainer stopped at once (cancelled) may be gone before it reads this.
+                process.stdin.write(json.dumps(request).encode())
+                await process.stdin.drain()
+                process.stdin.close()
+            await self._tell(job, f"Training job #{job.id} started for {job.persona}.")
             while line := await process.stdout.readline():
                 try:
                     event = json.loads(line)
@@ -304,8 +463,27 @@ class TrainingRunner:
                 await self._on_event(running, event)
             code = await process.wait()
         finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
             self.current = None
         await self._finish(running, code, log_path)
+
+    async def _watch_for_cancel(self, r: _Running) -> None:
+        """Stop the trainer once somebody cancels the job, from this process or another."""
+        while r.process.returncode is None:
+            # Cleared before reading the row, so a nudge that comes during the read counts.
+            # (run_forever looks for queued jobs right after this job anyway.)
+            self._wake.clear()
+            by = await asyncio.to_thread(self.queue.cancel_requested, r.job.id)
+            if by:
+                log.info("training job #%d: cancelled by %s; stopping the trainer", r.job.id, by)
+                r.cancelled_by = by
+                await _stop(r.process)
+                return
+            # Nudged at once by a cancel in this process; other processes are seen by the poll.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.registry_poll_seconds)
 
     async def _on_event(self, r: _Running, event: dict) -> None:
         kind = event.get("event")
@@ -343,6 +521,9 @@ class TrainingRunner:
 
     async def _finish(self, r: _Running, code: int, log_path: Path) -> None:
         job = r.job
+        if r.cancelled_by is not None and not (code == 0 and r.done is not None):
+            await self._cancelled(r)
+            return
         if code == 0 and r.done is not None:
             done = r.done
             passed = done["status"] == "active"
@@ -365,6 +546,21 @@ class TrainingRunner:
         await self._tell(job, f"Training job #{job.id} failed: {reason}. The current model keeps "
                               "answering.", final=True)
 
+    async def _cancelled(self, r: _Running) -> None:
+        job, reason = r.job, f"cancelled by {r.cancelled_by}"
+        # The versions first: whoever waits for the job to end sees the registry settled.
+        await asyncio.to_thread(self.registry.fail_job_candidates, job.id, reason)
+        if r.version is not None:
+            # Stopped right after it activated its version: the one before answers again.
+            version = await asyncio.to_thread(self.registry.get, r.version)
+            if version is not None and version.status == ModelStatus.ACTIVE:
+                await asyncio.to_thread(self.registry.fail, r.version, reason)
+                await self.on_release(r.version)  # follows the registry back
+        await asyncio.to_thread(self.queue.finish, job.id, JobStatus.CANCELLED, reason)
+        if r.cancelled_by != job.requested_by:  # whoever cancelled was told by their command
+            await self._tell(job, f"Training job #{job.id} was {reason}. The current model "
+                                  "keeps answering.", final=True)
+
     async def _tell(self, job: JobView, text: str, image: Path | None = None,
                     final: bool = False) -> None:
         log.info("training job #%d: %s", job.id, text.splitlines()[0])
@@ -375,6 +571,20 @@ class TrainingRunner:
         except Exception:  # a chat that can't be reached must not stop the job
             log.warning("training job #%d: could not notify %s", job.id, job.notify.platform,
                         exc_info=True)
+
+
+async def _stop(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL if the trainer is still there after the grace period."""
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        await asyncio.wait_for(process.wait(), STOP_GRACE_SECONDS)
+    except TimeoutError:
+        log.warning("trainer pid %d ignored SIGTERM for %.0f s; killing it", process.pid,
+                    STOP_GRACE_SECONDS)
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
 
 
 def _exit_reason(code: int, log_path: Path) -> str:

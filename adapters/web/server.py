@@ -60,6 +60,11 @@ class RetrainBody(BaseModel):
     max_steps: StrictInt | None = Field(default=None, ge=1, le=100_000)
 
 
+class CancelBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    job_id: StrictInt | None = Field(default=None, ge=1, le=MAX_ID)
+
+
 class ForgetBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     conversation_id: str = Field(pattern=CONVERSATION.pattern)
@@ -251,6 +256,12 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
         steps = body.max_steps if body else None
         return (await asyncio.to_thread(app.admin.retrain, ADMIN, ChatRef(PLATFORM, "admin"),
                                         steps)).to_dict()
+
+    @api.post("/api/admin/train/cancel")
+    async def cancel_training(body: Annotated[CancelBody | None, Body()] = None) -> dict:
+        """Cancel the queued job, or stop the running one (waits for the runner to confirm)."""
+        job_id = body.job_id if body else None
+        return (await asyncio.to_thread(app.admin.cancel_training, ADMIN, job_id)).to_dict()
 
     @api.get("/api/admin/trainstatus")
     async def trainstatus() -> dict:

@@ -212,8 +212,9 @@ class JobStatus:
     SUCCEEDED = "succeeded"  # trained, passed the gate, activated
     REJECTED = "rejected"  # trained, failed the gate; the active model is unchanged
     FAILED = "failed"  # crashed, killed, or interrupted by a restart
+    CANCELLED = "cancelled"  # an admin cancelled it: never ran, or its trainer was stopped
     OPEN = (QUEUED, RUNNING)
-    ALL = (QUEUED, RUNNING, SUCCEEDED, REJECTED, FAILED)
+    ALL = (QUEUED, RUNNING, SUCCEEDED, REJECTED, FAILED, CANCELLED)
 
 
 class TrainingJob(Base):
@@ -232,6 +233,14 @@ class TrainingJob(Base):
     pid: Mapped[int | None] = mapped_column(Integer)
     model_version: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
+    # What the job trains on, so an identical /retrain points here instead of training twice:
+    # the dataset's hash as training would freeze it, the base and the full TrainConfig.
+    dataset_sha256: Mapped[str | None] = mapped_column(String(64))
+    base_model: Mapped[str | None] = mapped_column(Text)
+    config: Mapped[dict | None] = mapped_column(JSON)
+    # Set by whoever cancels a running job (any process); the runner sees it and stops the
+    # trainer.
+    cancel_requested_by: Mapped[str | None] = mapped_column(String(160))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -53,8 +53,10 @@ async function loadStatus() {
     ...data.notices.map((n) => el("li", {}, n.text)));
 }
 
+let lastModels = [];
 async function loadModels() {
   const data = await api("/api/admin/models");
+  lastModels = data.data.versions;
   const rows = data.data.versions.map((v) => el("tr", {},
     el("td", {}, v.version), el("td", {}, v.status),
     el("td", {}, v.metrics.persona_score ?? "-"), el("td", {}, v.metrics.retention ?? "-"),
@@ -84,11 +86,29 @@ document.getElementById("save-token").onclick = () => {
   document.getElementById("login").hidden = true;
   refresh();
 };
+const trainMessage = document.getElementById("train-message");
 document.getElementById("retrain").onclick = async () => {
   const steps = document.getElementById("max-steps").value;
-  await api("/api/admin/retrain", steps ? { max_steps: Number(steps) } : {});
+  // Queued, or why not: the same dataset and settings already training or trained.
+  trainMessage.textContent = (await api("/api/admin/retrain", steps ? { max_steps: Number(steps) } : {})).message;
   loadStatus();
 };
-document.getElementById("rollback").onclick = async () => { await api("/api/admin/rollback", {}); refresh(); };
+document.getElementById("cancel-train").onclick = async () => {
+  const button = document.getElementById("cancel-train");
+  button.disabled = true;  // stopping a trainer takes a moment; one request is enough
+  try {
+    trainMessage.textContent = (await api("/api/admin/train/cancel", {})).message;
+  } finally {
+    button.disabled = false;
+    refresh();
+  }
+};
+document.getElementById("rollback").onclick = async () => {
+  // Rolling back changes the model everybody talks to: ask first.
+  const active = lastModels.find((v) => v.status === "active");
+  if (!confirm(`Roll back from ${active ? active.version : "the active version"} to the version before it?`)) return;
+  await api("/api/admin/rollback", {});
+  refresh();
+};
 refresh();
 setInterval(() => { if (token) loadStatus().catch(() => {}); }, 2000);
