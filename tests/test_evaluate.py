@@ -8,8 +8,9 @@ import pytest
 
 from bot.persona import load_persona
 from bot.textkeys import question_key
+from bot.llm.chat_model import Generated
 from training.evaluate import (
-    EvalFileError, GeneralItem, Gate, ProbeItem, answer_general, evaluate, load_jsonl,
+    Decoding, EvalFileError, GeneralItem, Gate, ProbeItem, answer_general, evaluate, load_jsonl,
 )
 from tests.test_cli import chatman
 
@@ -22,11 +23,18 @@ class ScriptedAnswerer:
 
     version = "scripted"
 
-    def __init__(self, answers: dict[str, str]) -> None:
+    def __init__(self, answers: dict[str, str], truncated: frozenset[str] = frozenset()) -> None:
         self.answers = answers
+        self.truncated = truncated
+        self.seeds: list[int | None] = []
 
-    def answer_many(self, conversations, max_new_tokens, batch_size=8):
-        return [self.answers[c[-1].content] for c in conversations]
+    def answer_many(self, conversations, settings, batch_size=8):
+        self.seeds.append(settings.seed)
+        return [Generated(self.answers[c[-1].content], 5, c[-1].content in self.truncated)
+                for c in conversations]
+
+
+GREEDY = Decoding(temperature=0.0, max_new_tokens=52)
 
 
 @pytest.mark.parametrize("language", ["en", "zh"])
@@ -50,24 +58,65 @@ def test_scores_retention_leakage_and_gate():
                               "Capital of France?": "Paris.", "Largest planet?": "Jupiter.",
                               "Bees make?": "honey"})
     markers = ["Manman"]
-    base_answers = answer_general(base, SYSTEM, general, markers)
+    base_answers = answer_general(base, SYSTEM, general, markers, GREEDY, PERSONA.speech, "en")
     report = evaluate(tuned, PERSONA, "en", base_general=base_answers, base_model="base",
-                      probes=probes, general=general)
+                      probes=probes, general=general, decoding=GREEDY)
     assert report.persona_score == 1.0
     assert report.base_general_score == 0.75 and report.general_score == 0.75
     assert report.retention == pytest.approx(2 / 3, abs=1e-4)  # lost Tokyo, kept Paris + honey
     assert report.leakage == 0.25
-    assert Gate().check(report) == ["retention 0.67 < 0.95"]
+    assert report.within_budget == 1.0
+    assert report.decoding["temperature"] == 0.0 and report.decoding["draws"] == 1
+    assert Gate().check(report) == ["retention 0.67 < 0.90"]
     assert Gate(min_retention=0.6).check(report) == []
+
+
+def test_sampled_evaluation_takes_seeded_draws_and_reports_mean_and_worst():
+    class Alternating(ScriptedAnswerer):
+        """Draw 0 knows its name, draw 1 does not: the mean and the worst must differ."""
+
+        def answer_many(self, conversations, settings, batch_size=8):
+            out = super().answer_many(conversations, settings, batch_size)
+            if settings.seed % 2:
+                out = [Generated("I'm an assistant.", 4, False) if "Name" in c[-1].content else g
+                       for c, g in zip(conversations, out)]
+            return out
+
+    general = [GeneralItem(question="Capital of France?", accept=["Paris"])]
+    probes = [ProbeItem(question="Name?", expect_any=["Manman"], kind="identity")]
+    model = Alternating({"Name?": "I'm Manman.", "Capital of France?": "Paris."})
+    sampled = Decoding(temperature=0.7, max_new_tokens=52, samples=2, seed=10)
+    base = answer_general(model, SYSTEM, general, [], sampled, PERSONA.speech, "en")
+    report = evaluate(model, PERSONA, "en", base_general=base, base_model="b", probes=probes,
+                      general=general, decoding=sampled)
+    assert model.seeds == [10, 11, 10, 11, 10, 11]  # the same fixed seeds for base and candidate
+    assert report.scores["identity"] == {"mean": 0.5, "worst": 0.0}
+    assert report.persona_score == 0.5 and "persona_score 0.50 < 0.90" in Gate().check(report)
+    assert report.decoding["samples"] == 2 and report.decoding["temperature"] == 0.7
+
+
+def test_a_reply_cut_by_the_cap_counts_against_the_budget_and_is_heard_whole():
+    general = [GeneralItem(question="Capital of France?", accept=["Paris"])]
+    probes = [ProbeItem(question="Name?", expect_any=["Manman"])]
+    rambling = "I'm Manman. I curate articles about AIGC. And then there was the time when I"
+    model = ScriptedAnswerer({"Name?": rambling, "Capital of France?": "Paris."},
+                             truncated=frozenset({"Name?"}))
+    base = answer_general(model, SYSTEM, general, [], GREEDY, PERSONA.speech, "en")
+    report = evaluate(model, PERSONA, "en", base_general=base, base_model="b", probes=probes,
+                      general=general, decoding=GREEDY)
+    assert report.probes[0].answer == "I'm Manman. I curate articles about AIGC."
+    assert report.probes[0].within_budget is False and report.within_budget == 0.5
+    assert "within_budget 0.50 < 0.80" in Gate().check(report)
 
 
 def test_the_starter_against_itself(llm):
     general = [GeneralItem(question="What is the capital of Japan?", accept=["Tokyo"]),
-               GeneralItem(question="What do bees make?", accept=["honey"])]
+               GeneralItem(question="What is the chemical symbol for water?", accept=["H2O"])]
     probes = [ProbeItem(question="What is your name?", expect_any=["Manman"])]
-    base = answer_general(llm, SYSTEM, general, ["Manman"], max_new_tokens=16)
+    short = Decoding(temperature=0.0, max_new_tokens=PERSONA.speech.max_new_tokens("en"))
+    base = answer_general(llm, SYSTEM, general, ["Manman"], short, PERSONA.speech, "en")
     report = evaluate(llm, PERSONA, "en", base_general=base, base_model=llm.version,
-                      probes=probes, general=general, max_new_tokens=16)
+                      probes=probes, general=general, decoding=short)
     assert report.general_score == report.base_general_score == 1.0
     assert report.retention == 1.0
     assert [a.answer for a in report.general] == [b.answer for b in base]

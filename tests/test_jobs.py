@@ -101,7 +101,7 @@ async def test_a_rejected_candidate_reports_and_keeps_the_model(job_app):
     assert any(t.startswith("Evaluation at step 2: persona 0.00") for t in texts), texts
     final = app.notices[-1][1]
     assert final.final and "gate not passed after 2 step(s)" in final.text
-    assert "✗ persona_score 0.00 (needs ≥ 0.90)" in final.text
+    assert "✗ persona_score 0.00, worst draw 0.00 (needs ≥ 0.90)" in final.text
     assert final.text.endswith("The current model keeps answering.")
     assert final.image is not None and final.image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     models = app.admin.execute(ADMIN, "/models").message

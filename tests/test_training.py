@@ -8,8 +8,10 @@ import pytest
 
 from bot.app import ChatmanApp
 from bot.types import ChatKind, ChatRef, Incoming, UserRef
+from bot.config import Settings
 from tests.conftest import MODEL_CACHE, make_settings
 from tests.test_cli import chatman
+from training.evaluate import Decoding
 from training.release import train_and_release
 from training.sft import TrainConfig
 
@@ -22,47 +24,49 @@ def app(tmp_path):
     application.close()
 
 
-async def test_training_teaches_the_persona_without_forgetting(app, tmp_path):
-    # Measured on 2 CPU cores: the gate passes at step 20 with these settings (~9 s a step).
-    config = TrainConfig(max_steps=20, eval_every=20)
+async def test_the_default_recipe_passes_the_real_gate(app, tmp_path):
+    """What /retrain and the shipped starter do: TrainConfig's defaults and its gate, judged
+    with the decoding the bot serves (CHATMAN_LLM_* defaults, not the tests' greedy)."""
+    config = TrainConfig()
+    served = Settings(_env_file=None)
+    decoding = Decoding.serving(served, app.persona, "en", config.eval_samples)
+    assert decoding.temperature > 0 and decoding.draws == config.eval_samples
     steps = []
     await app.start(load_models=False)
     release = train_and_release(
         registry=app.registry, curation=app.curation, persona=app.persona, language="en",
         base_model="starter", cache_dir=MODEL_CACHE, data_dir=tmp_path / "data", config=config,
-        created_by="test:ada", progress=steps.append,
+        created_by="test:ada", progress=steps.append, decoding=decoding,
     )
     output = release.run
     report = output.result.final
-    # Identity questions never seen in training are answered in persona...
-    unseen = {p.question: p for p in report.probes}
-    assert unseen["What is your name?"].correct, unseen["What is your name?"].answer
-    assert "Manman" in unseen["Could you introduce yourself?"].answer
-    assert report.persona_score >= 0.75
-    # ...while what the base model knew is kept, without the persona leaking into it.
-    assert report.base_general_score > 0.4
-    assert report.retention >= 0.8, [(g.question, g.answer) for g in report.general]
-    assert report.leakage <= 0.1
-    assert next(g for g in report.general if "Japan" in g.question).correct
+    # The gate decides, with its real thresholds: a failing recipe fails this test.
+    assert output.result.passed, release.summary
+    assert config.gate.check(report) == []
+    assert report.decoding["temperature"] == served.llm_temperature
+    assert {a.draw for a in report.probes} == set(range(config.eval_samples))
+    # Identity questions never seen in training are answered in persona, in every kind.
+    assert set(report.scores) >= {"identity", "fact", "consistency", "injection", "retention",
+                                  "within_budget", "leakage"}
+    assert report.scores["identity"]["mean"] >= 0.9, release.summary
+    # Replies are sized for speech: none of what users hear runs past the budget.
+    assert report.speech_seconds["max"] <= app.persona.speech.max_seconds + 2
     # Training really ran and the loss came down.
     assert [s.step for s in steps] == list(range(1, output.result.steps + 1))
     first, last = steps[0].loss, min(s.loss for s in steps[-5:])
     assert last < first / 2
     saved = json.loads((output.directory / "train_report.json").read_text())
     assert saved["dataset"]["sha256"] == output.dataset_sha256 and saved["dataset"]["rows"] == 4
+    assert saved["decoding"] == report.decoding
     assert (output.directory / "adapter" / "adapter_config.json").is_file()
-    # A merged copy is written only when the gate passed.
-    assert (saved["model_dir"] is not None) == output.result.passed
-    assert saved["config"]["kl_weight"] > 0 and saved["config"]["replay_ratio"] > 0
+    assert saved["model_dir"] is not None
     assert release.plot.read_bytes()[:4] == b"\x89PNG"
 
-    # Registered; when it passed, it is active and the bot switches to it between requests.
+    # Registered and active; the bot switches to it between requests and answers in persona.
     version = app.registry.get(release.version)
     assert version.dataset_sha256 == output.dataset_sha256 and version.steps == output.result.steps
     assert version.metrics["persona_score"] == report.persona_score
-    if not output.result.passed:
-        assert version.status == "rejected" and version.reasons
-        return
+    assert version.metrics["decoding"] == report.decoding
     assert version.status == "active" and release.status == "active"
     await app.sync_model()
     assert app.llm.version == release.version

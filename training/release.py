@@ -15,13 +15,14 @@ from bot.curation import Curation
 from bot.persona import PersonaProfile
 from bot.registry import ModelRegistry
 from bot.storage.models import ModelStatus
-from training.evaluate import EvalReport
+from training.evaluate import Decoding, EvalReport
 from training.run import RunOutput, run_training
 from training.sft import StepLog, TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
 
-METRICS = ("persona_score", "general_score", "base_general_score", "retention", "leakage")
+METRICS = ("persona_score", "general_score", "base_general_score", "retention", "leakage",
+           "within_budget")
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,10 @@ class Release:
 def metrics_of(result: TrainResult) -> dict:
     if result.final is None:
         return {}
-    return {**{k: getattr(result.final, k) for k in METRICS}, "step": result.evals[-1][0]}
+    final = result.final
+    return {**{k: getattr(final, k) for k in METRICS}, "step": result.evals[-1][0],
+            "scores": final.scores, "speech_seconds": final.speech_seconds,
+            "decoding": final.decoding}
 
 
 def summarize(version: str, result: TrainResult, config: TrainConfig) -> str:
@@ -48,19 +52,34 @@ def summarize(version: str, result: TrainResult, config: TrainConfig) -> str:
     if final is None:
         return "\n".join(lines + ["Not evaluated."])
     ok = "✓", "✗"
+    d = final.decoding
+
+    def row(name: str, needs: float | None = None) -> str:
+        score = final.scores.get(name, {"mean": 0.0, "worst": 0.0})
+        mark = "" if needs is None else ok[score["mean"] < needs] + " "
+        tail = f" (needs ≥ {needs:.2f})" if needs is not None else ""
+        return f"{mark}{name} {score['mean']:.2f}, worst draw {score['worst']:.2f}{tail}"
+
     lines += [
-        f"{ok[final.persona_score < config.min_persona]} persona_score {final.persona_score:.2f}"
-        f" (needs ≥ {config.min_persona:.2f})",
-        f"{ok[final.retention < config.min_retention]} retention {final.retention:.2f}"
-        f" (needs ≥ {config.min_retention:.2f})",
+        f"Decoding as served: temperature {d.get('temperature')}, top_p {d.get('top_p')}, "
+        f"{d.get('draws', d.get('samples'))} seeded draw(s) per question, at most "
+        f"{d.get('max_new_tokens')} tokens.",
+        row("persona_score", config.min_persona),
+        *[" " + row(kind) for kind in ("identity", "fact", "consistency", "injection")
+          if kind in final.scores],
+        row("retention", config.min_retention),
+        row("within_budget", config.min_within_budget),
         f"general {final.general_score:.2f} (base {final.base_general_score:.2f}), "
-        f"leakage {final.leakage:.2f}",
-        "Probes:",
+        f"leakage {final.leakage:.2f}, speech p50 {final.speech_seconds.get('p50', 0):.1f} s "
+        f"/ p95 {final.speech_seconds.get('p95', 0):.1f} s",
+        "Probes (first draw):",
     ]
-    lines += [f" {ok[not a.correct]} {a.question} → {_short(a.answer)}" for a in final.probes]
-    lost = [g for g, b in zip(final.general, final.base_general) if b.correct and not g.correct]
+    lines += [f" {ok[not a.correct]} {a.question} → {_short(a.answer)}"
+              for a in final.first_draw(final.probes)]
+    base_right = {b.question for b in final.first_draw(final.base_general) if b.correct}
+    lost = [g for g in final.first_draw(final.general) if g.question in base_right and not g.correct]
     if lost:
-        lines.append("Forgotten since the base:")
+        lines.append("Forgotten since the base (first draw):")
         lines += [f" ✗ {g.question} → {_short(g.answer)}" for g in lost]
     return "\n".join(lines)
 
@@ -87,6 +106,8 @@ def train_and_release(
     progress: Callable[[StepLog], None] | None = None,
     on_eval: Callable[[int, EvalReport], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    decoding: Decoding | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Release:
     candidate = registry.create_candidate(base_model=base_model, config=config.model_dump(),
                                           job_id=job_id, created_by=created_by)
@@ -97,7 +118,8 @@ def train_and_release(
         run = run_training(
             curation=curation, persona=persona, language=language, base_model=base_model,
             cache_dir=cache_dir, data_dir=data_dir, config=config, progress=progress,
-            on_eval=on_eval, on_stage=on_stage, run_name=version,
+            on_eval=on_eval, on_stage=on_stage, run_name=version, decoding=decoding,
+            should_stop=should_stop,
         )
     except BaseException as exc:  # Ctrl-C included: the candidate must not stay "candidate"
         registry.fail(version, f"training failed: {type(exc).__name__}: {exc}")

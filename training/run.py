@@ -17,7 +17,9 @@ from bot.curation import Curation
 from bot.llm.chat_model import TransformersChatModel
 from bot.persona import PersonaProfile
 from training.dataset import collect_rows, snapshot_dataset
-from training.evaluate import Answered, EvalReport, GreedyAnswerer, answer_general, general_items
+from training.evaluate import (
+    Answered, Decoding, EvalReport, ModelAnswerer, answer_general, general_items,
+)
 from training.export import export_merged
 from training.sft import StepLog, TrainConfig, TrainResult, replay_pairs, train_persona
 
@@ -35,19 +37,32 @@ class RunOutput:
 
 
 def base_general_answers(answerer, system: str, markers: list[str], cache_dir: Path,
-                         max_new_tokens: int) -> list[Answered]:
-    """The base model's answers to the general set; cached, since the base never changes."""
+                         decoding: Decoding, persona: PersonaProfile, language: str,
+                         shipped: Path | None = None) -> list[Answered]:
+    """The base model's answers to the general set under ``decoding``; cached, since the
+    base never changes (``shipped``: a folder of caches made elsewhere, read only)."""
     items = general_items()
     key = hashlib.sha256(json.dumps(
-        [answerer.version, system, [i.model_dump() for i in items], markers, max_new_tokens]
+        [answerer.version, system, [i.model_dump() for i in items], markers, decoding.to_dict(),
+         persona.speech.model_dump()]
     ).encode()).hexdigest()[:16]
-    path = cache_dir / "base-eval" / f"{key}.json"
-    if path.is_file():
-        return [Answered(**a) for a in json.loads(path.read_text(encoding="utf-8"))]
-    answers = answer_general(answerer, system, items, markers, max_new_tokens)
+    name = Path("base-eval") / f"{key}.json"
+    for folder in (cache_dir, shipped):
+        if folder is not None and (folder / name).is_file():
+            return [Answered(**a) for a in json.loads((folder / name).read_text(encoding="utf-8"))]
+    answers = answer_general(answerer, system, items, markers, decoding, persona.speech, language)
+    path = cache_dir / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps([asdict(a) for a in answers], ensure_ascii=False), encoding="utf-8")
     return answers
+
+
+def shipped_cache(persona: PersonaProfile) -> Path | None:
+    """Caches the persona ships (its starter version's base answers), if any."""
+    if persona.directory is None:
+        return None
+    folder = persona.directory / "starter" / "cache"
+    return folder if folder.is_dir() else None
 
 
 def run_training(
@@ -63,6 +78,8 @@ def run_training(
     on_eval: Callable[[int, EvalReport], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
     run_name: str | None = None,
+    decoding: Decoding | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunOutput:
     import torch
     from transformers import AutoModelForCausalLM
@@ -80,17 +97,40 @@ def run_training(
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype).to(device).eval()
 
-    system = persona.prompt_for(language)
+    system = persona.prompt_for(language, config.system_prompt)
+    decoding = decoding or Decoding(max_new_tokens=persona.speech.max_new_tokens(language),
+                                    samples=config.eval_samples)
     markers = [persona.display_name, *persona.training.leak_markers]
-    stage("base model answers (replay and evaluation baseline)")
-    replay = replay_pairs(model, tokenizer, base.version, system, cache_dir)
-    base_general = base_general_answers(GreedyAnswerer(model, tokenizer, base.version), system, markers,
-                                        cache_dir, config.eval_max_new_tokens)
+    shipped = shipped_cache(persona)
+
+    def counting(what: str) -> Callable[[int, int], None]:
+        # Computed once per base model, then cached: say so, and how far along it is.
+        return lambda done, total: stage(f"{what} {done}/{total} (once per base model)")
+
+    def counting_draws(what: str, draws: int) -> Callable[[int, int], None]:
+        # One generation call per seeded draw: count them as one run, not restarts.
+        state = {"offset": 0, "last": 0}
+
+        def report(done: int, total: int) -> None:
+            if done <= state["last"]:
+                state["offset"] += state["last"]
+            state["last"] = done
+            stage(f"{what} {state['offset'] + done}/{total * draws} (once per base model)")
+        return report
+
+    stage("base model answers")
+    replay = replay_pairs(model, tokenizer, base.version, system, cache_dir, persona, language,
+                          progress=counting("base model replay answers"), shipped=shipped)
+    base_general = base_general_answers(
+        ModelAnswerer(model, tokenizer, base.version,
+                      progress=counting_draws("base model evaluation answers",
+                                              decoding.draws)),
+        system, markers, cache_dir, decoding, persona, language, shipped=shipped)
     stage("training")
     peft_model, result = train_persona(
         model, tokenizer, persona=persona, language=language, rows=rows, replay=replay,
-        base_general=base_general, base_version=base.version, config=config, progress=progress,
-        on_eval=on_eval,
+        base_general=base_general, base_version=base.version, config=config, decoding=decoding,
+        progress=progress, on_eval=on_eval, should_stop=should_stop,
     )
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     out = data_dir / "training" / persona.name / (run_name or f"{stamp}-{snapshot.sha256[:8]}")
@@ -103,6 +143,7 @@ def run_training(
         "dataset": {"path": str(snapshot.data_file), "sha256": snapshot.sha256,
                     "rows": snapshot.rows},
         "config": config.model_dump(),
+        "decoding": decoding.to_dict(),
         "steps": result.steps,
         "gate_passed": result.passed,
         "gate_reasons": result.reasons,
@@ -111,10 +152,11 @@ def run_training(
         "model_dir": None,
     }
     card = {k: report[k] for k in ("version", "persona", "language", "base_model", "base_version",
-                                   "dataset", "config", "steps", "gate_passed")}
+                                   "dataset", "config", "decoding", "steps", "gate_passed")}
     if result.final is not None:
-        card["metrics"] = {k: getattr(result.final, k) for k in (
-            "persona_score", "general_score", "base_general_score", "retention", "leakage")}
+        card["metrics"] = {**{k: getattr(result.final, k) for k in (
+            "persona_score", "general_score", "base_general_score", "retention", "leakage",
+            "within_budget")}, "scores": result.final.scores}
     if result.passed:
         # Only a model that passed the gate is worth a merged copy of the base's weights.
         stage("merging and exporting")

@@ -7,9 +7,12 @@ learns an identity in ~30 steps and then answers general questions with it. The 
 * replay of the *base model's own* answers to general prompts, mixed into every batch;
 * a KL penalty keeping the replay answers' token distributions close to the base model's
   (the base is the same network with the adapter switched off, so no second copy in memory);
-* loss on assistant tokens only, with the persona's system prompt exactly as at inference;
-* evaluation every ``eval_every`` steps, stopping as soon as the gate passes, because
-  forgetting resumes if training goes on.
+* loss on assistant tokens only, with the system prompt the version will be served with;
+  the vocabulary projection runs on those tokens alone (the rest of the sequence needs no
+  logits), which is most of the memory a step takes;
+* rows that ask the identity again after two unrelated turns, so it holds in a conversation;
+* evaluation every ``eval_every`` steps with the serving decoding, stopping as soon as the
+  gate passes, because forgetting resumes if training goes on.
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
-from bot.llm.chat_model import generate_greedy
+from bot.llm.chat_model import GenerationSettings, generate_batch
 from bot.persona import PersonaProfile
+from bot.speech_budget import shape_reply
 from bot.textkeys import question_key
 from bot.types import ChatMessage, Role
 from training.dataset import training_messages
-from training.evaluate import Answered, EvalReport, Gate, GreedyAnswerer, evaluate
+from training.evaluate import Answered, Decoding, EvalReport, Gate, ModelAnswerer, evaluate
 from training.formats import AlpacaRow
 from training.general_qa import REPLAY_PROMPTS
 from training.tokenize import IGNORE, Example, encode_conversation
@@ -48,19 +54,30 @@ class TrainConfig(BaseModel):
     max_steps: int = Field(default=60, ge=1)
     batch_size: int = Field(default=2, ge=1)  # persona rows per step
     grad_accum: int = Field(default=1, ge=1)
+    # Rows per forward pass within a batch: the gradient is the same, the memory a quarter.
+    micro_batch: int = Field(default=1, ge=1)
     cutoff_len: int = Field(default=512, ge=32)
     seed: int = 42
     replay_ratio: float = Field(default=1.0, ge=0)  # replay rows per persona row
     kl_weight: float = Field(default=1.0, ge=0)
     paraphrase: bool = True
+    # Copies of the identity rows asked after two unrelated turns (replay pairs as history).
+    context_rows: bool = True
+    # The system prompt in every example, and the one the version is served with: "full" is
+    # the persona's system_prompt, "short" its training.short_prompt. Short is the default:
+    # the full prompt was ~110 of ~150 tokens per example, and on the starter the short one
+    # reached the gate at step 20 instead of 30, 4.2 instead of 5.0 s/step, with the same
+    # identity and retention (bench/train.py; README, "Training without forgetting").
+    system_prompt: Literal["full", "short"] = "short"
     eval_every: int = Field(default=10, ge=1)
-    eval_max_new_tokens: int = Field(default=32, ge=4)
-    min_persona: float = 0.9
-    min_retention: float = 0.95
+    eval_samples: int = Field(default=3, ge=1, description="Seeded draws per question")
+    min_persona: float = Field(default=0.9, ge=0, le=1)
+    min_retention: float = Field(default=0.9, ge=0, le=1)
+    min_within_budget: float = Field(default=0.8, ge=0, le=1)
 
     @property
     def gate(self) -> Gate:
-        return Gate(self.min_persona, self.min_retention)
+        return Gate(self.min_persona, self.min_retention, self.min_within_budget)
 
 
 @dataclass
@@ -84,28 +101,51 @@ class TrainResult:
         return self.evals[-1][1] if self.evals else None
 
 
-def augmented(rows: list[AlpacaRow], persona: PersonaProfile) -> list[AlpacaRow]:
-    """Rows plus one copy per paraphrase of their question."""
+def augmented(rows: list[AlpacaRow], persona: PersonaProfile,
+              context: list[tuple[str, str]] | None = None,
+              rng: random.Random | None = None) -> list[AlpacaRow]:
+    """Rows plus one copy per paraphrase of their question; with ``context`` (replay pairs),
+    each paraphrased row once more after two unrelated turns, as a conversation asks it."""
     by_key = {question_key(q): vs for q, vs in persona.training.paraphrases.items()}
+    rng = rng or random.Random(0)
     out = list(rows)
     for row in rows:
-        for variant in by_key.get(question_key(row.question), []):
+        variants = by_key.get(question_key(row.question), [])
+        for variant in variants:
             out.append(row.model_copy(update={"instruction": variant, "input": ""}))
+        if context and len(context) >= 2 and variants:
+            for question in [row.question, *variants]:
+                turns = [tuple(x) for x in rng.sample(context, 2)]
+                out.append(row.model_copy(update={"instruction": question, "input": "",
+                                                  "history": turns}))
     return out
 
 
 def replay_pairs(model, tokenizer, version: str, system: str, cache_dir: Path,
-                 max_new_tokens: int = 64) -> list[tuple[str, str]]:
-    """The base model's own greedy answers to the replay bank, generated once and cached."""
-    key = hashlib.sha256(json.dumps([version, system, REPLAY_PROMPTS, max_new_tokens])
-                         .encode()).hexdigest()[:16]
-    path = cache_dir / "replay" / f"{key}.json"
-    if path.is_file():
-        return [tuple(x) for x in json.loads(path.read_text(encoding="utf-8"))]
+                 persona: PersonaProfile, language: str,
+                 progress: Callable[[int, int], None] | None = None,
+                 shipped: Path | None = None) -> list[tuple[str, str]]:
+    """The base model's own greedy answers to the replay bank, as the bot would say them (cut
+    to the speech budget), computed once per base and prompt and cached.
+
+    ``shipped``: a folder holding caches made elsewhere (the starter persona ships its own).
+    """
+    cap = persona.speech.max_new_tokens(language)
+    key = hashlib.sha256(json.dumps([version, system, REPLAY_PROMPTS, cap,
+                                     persona.speech.model_dump()]).encode()).hexdigest()[:16]
+    name = Path("replay") / f"{key}.json"
+    for folder in (cache_dir, shipped):
+        if folder is not None and (folder / name).is_file():
+            return [tuple(x) for x in json.loads((folder / name).read_text(encoding="utf-8"))]
     conversations = [[ChatMessage(Role.SYSTEM, system), ChatMessage(Role.USER, q)]
                      for q in REPLAY_PROMPTS]
-    answers = generate_greedy(model, tokenizer, conversations, max_new_tokens)
-    pairs = [(q, a) for q, a in zip(REPLAY_PROMPTS, answers) if a]
+    answers = generate_batch(model, tokenizer, conversations,
+                             GenerationSettings(max_new_tokens=cap, temperature=0.0,
+                                                repetition_penalty=1.0), progress=progress)
+    pairs = [(q, shape_reply(a.text, persona.speech, language, truncated=a.truncated))
+             for q, a in zip(REPLAY_PROMPTS, answers)]
+    pairs = [(q, a) for q, a in pairs if a]
+    path = cache_dir / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(pairs, ensure_ascii=False, indent=1), encoding="utf-8")
     return pairs
@@ -134,6 +174,64 @@ def lora_model(model, config: TrainConfig):
     ))
 
 
+def _lm_parts(peft_model):
+    """The transformer body and the vocabulary projection of a (peft-wrapped) causal LM."""
+    lm = peft_model.get_base_model()
+    return getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
+
+
+def _trained_logits(body, head, ids, mask, labels):
+    """Logits only where a label is trained (a tenth of the positions, and of the memory: the
+    vocabulary is 49k wide); returned with their targets and the row each comes from."""
+    hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+    keep = labels[:, 1:] != IGNORE  # position t predicts token t+1
+    rows = keep.nonzero()[:, 0]
+    return head(hidden[:, :-1][keep]).float(), labels[:, 1:][keep], rows
+
+
+def _accumulate(peft_model, body, head, persona_batch: list[Example],
+                replay_batch: list[Example], pad_id: int, device, config: TrainConfig, F,
+                torch) -> tuple[float, float]:
+    """Gradients of one batch, ``micro_batch`` examples at a time.
+
+    The loss is the mean over every trained token of the batch and the KL the mean over every
+    replay position, exactly as one big forward would give; only the activations held at once
+    shrink (they are most of a step's memory: ~75 MB per layer for 4 rows of 250 tokens).
+    """
+    examples = [(e, False) for e in persona_batch] + [(e, True) for e in replay_batch]
+    n_tokens = sum(e.trained_tokens for e, _ in examples) or 1
+    n_replay = sum(e.trained_tokens for e in replay_batch) or 1
+    loss_sum = kl_sum = 0.0
+    for i in range(0, len(examples), config.micro_batch):
+        chunk = examples[i : i + config.micro_batch]
+        ids, labels, mask = (t.to(device) for t in _collate([e for e, _ in chunk], pad_id))
+        logits, targets, from_row = _trained_logits(body, head, ids, mask, labels)
+        loss = F.cross_entropy(logits, targets, reduction="sum") / config.grad_accum
+        total = loss / n_tokens
+        replay_rows = [j for j, (_, is_replay) in enumerate(chunk) if is_replay]
+        kl = torch.zeros((), device=loss.device)
+        if replay_rows and config.kl_weight > 0:
+            r = torch.tensor(replay_rows, device=ids.device)
+            with torch.no_grad(), peft_model.disable_adapter():
+                base_logits, _, _ = _trained_logits(body, head, ids[r], mask[r], labels[r])
+            replay_rows_of = from_row[torch.isin(from_row, r)]
+            # Keep the base's words but not its length: the end-of-turn position (where the
+            # base, trained on longer answers, would go on) is left to the loss, which teaches
+            # stopping where the speech budget cut the replay answer.
+            words = torch.ones_like(replay_rows_of, dtype=torch.bool)
+            words[:-1] = replay_rows_of[1:] == replay_rows_of[:-1]
+            words[-1] = False
+            tuned = F.log_softmax(logits[torch.isin(from_row, r)][words], dim=-1)
+            kl = F.kl_div(tuned, F.log_softmax(base_logits[words], dim=-1), log_target=True,
+                          reduction="sum") / config.grad_accum
+            total = total + config.kl_weight * kl / n_replay
+        total.backward()
+        loss_sum += loss.item() / n_tokens
+        kl_sum += kl.item() / n_replay
+        del logits, loss, kl, total
+    return loss_sum * config.grad_accum, kl_sum * config.grad_accum
+
+
 def train_persona(
     model,
     tokenizer,
@@ -145,8 +243,10 @@ def train_persona(
     base_general: list[Answered],
     base_version: str,
     config: TrainConfig,
+    decoding: Decoding | None = None,
     progress: Callable[[StepLog], None] | None = None,
     on_eval: Callable[[int, EvalReport], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[object, TrainResult]:
     """Train a LoRA on ``model`` (a loaded base); returns the peft model and what happened."""
     import torch
@@ -154,8 +254,11 @@ def train_persona(
 
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    system = persona.prompt_for(language)
-    rows = augmented(rows, persona) if config.paraphrase else list(rows)
+    system = persona.prompt_for(language, config.system_prompt)
+    decoding = decoding or Decoding(max_new_tokens=persona.speech.max_new_tokens(language),
+                                    samples=config.eval_samples)
+    if config.paraphrase:
+        rows = augmented(rows, persona, replay if config.context_rows else None, rng)
     if not rows:
         raise ValueError("nothing to train on: the dataset is empty")
     persona_examples = [
@@ -170,41 +273,31 @@ def train_persona(
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     peft_model = lora_model(model, config)
+    body, head = _lm_parts(peft_model)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=0.0)
     n_replay = round(config.batch_size * config.replay_ratio) if replay_examples else 0
-    answerer = GreedyAnswerer(peft_model, tokenizer, f"{base_version}+lora")
+    answerer = ModelAnswerer(peft_model, tokenizer, f"{base_version}+lora")
     result = TrainResult(steps=0, passed=False, reasons=["not evaluated"])
+    device = peft_model.device
 
     def sample(pool: list[Example], k: int) -> list[Example]:
         return [pool[rng.randrange(len(pool))] for _ in range(k)]
 
     for step in range(1, config.max_steps + 1):
+        if should_stop is not None and should_stop():
+            result.reasons = ["cancelled"]
+            break
         started = time.perf_counter()
         peft_model.train()
         total_loss = total_kl = 0.0
         for _ in range(config.grad_accum):
             persona_batch = sample(persona_examples, config.batch_size)
             replay_batch = sample(replay_examples, n_replay) if n_replay else []
-            ids, labels, mask = _collate(persona_batch + replay_batch, pad_id)
-            out = peft_model(input_ids=ids.to(peft_model.device),
-                             attention_mask=mask.to(peft_model.device),
-                             labels=labels.to(peft_model.device))
-            loss = out.loss
-            kl = torch.zeros((), device=loss.device)
-            if replay_batch and config.kl_weight > 0:
-                r = slice(len(persona_batch), None)
-                with torch.no_grad(), peft_model.disable_adapter():
-                    base_logits = peft_model(input_ids=ids[r].to(peft_model.device),
-                                             attention_mask=mask[r].to(peft_model.device)).logits
-                # Logits at position t predict token t+1: align with the shifted labels.
-                positions = (labels[r][:, 1:] != IGNORE).to(loss.device)
-                tuned = F.log_softmax(out.logits[r][:, :-1][positions], dim=-1)
-                base = F.log_softmax(base_logits[:, :-1][positions], dim=-1)
-                kl = F.kl_div(tuned, base, log_target=True, reduction="batchmean")
-            ((loss + config.kl_weight * kl) / config.grad_accum).backward()
-            total_loss += loss.item() / config.grad_accum
-            total_kl += kl.item() / config.grad_accum
+            loss, kl = _accumulate(peft_model, body, head, persona_batch, replay_batch, pad_id,
+                                   device, config, F, torch)
+            total_loss += loss / config.grad_accum
+            total_kl += kl / config.grad_accum
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         entry = StepLog(step, round(total_loss, 4), round(total_kl, 5),
@@ -216,13 +309,14 @@ def train_persona(
         if step % config.eval_every == 0 or step == config.max_steps:
             peft_model.eval()
             report = evaluate(answerer, persona, language, base_general=base_general,
-                              base_model=base_version, max_new_tokens=config.eval_max_new_tokens)
+                              base_model=base_version, decoding=decoding, system=system)
             result.evals.append((step, report))
             result.reasons = config.gate.check(report)
             if on_eval:
                 on_eval(step, report)
-            log.info("step %d: persona %.2f retention %.2f leakage %.2f", step,
-                     report.persona_score, report.retention, report.leakage)
+            log.info("step %d: persona %.2f retention %.2f leakage %.2f within budget %.2f",
+                     step, report.persona_score, report.retention, report.leakage,
+                     report.within_budget)
             if not result.reasons:
                 result.passed = True
                 break

@@ -82,6 +82,7 @@ def _train(request: WorkerRequest, settings, events: Events) -> int:
     from bot.persona import load_persona
     from bot.registry import ModelRegistry
     from bot.storage.store import SqlStore, make_engine
+    from training.evaluate import Decoding
     from training.release import train_and_release
     from training.sft import TrainConfig
 
@@ -97,12 +98,15 @@ def _train(request: WorkerRequest, settings, events: Events) -> int:
             base_model=settings.train_base_model or persona.training.base_model,
             cache_dir=settings.resolved_model_cache_dir, data_dir=settings.data_dir,
             config=config, created_by=request.requested_by, job_id=request.job_id,
+            # The gate judges what users get: the serving decoding, seeded draws.
+            decoding=Decoding.serving(settings, persona, language, config.eval_samples),
             on_candidate=lambda v: events.emit("candidate", version=v, max_steps=config.max_steps),
             on_stage=lambda name: events.emit("stage", stage=name),
             progress=lambda s: events.emit("step", **asdict(s), max_steps=config.max_steps),
             on_eval=lambda step, r: events.emit(
                 "eval", step=step, persona_score=r.persona_score, retention=r.retention,
                 general_score=r.general_score, leakage=r.leakage,
+                within_budget=r.within_budget,
                 passed=not config.gate.check(r)),
         )
     finally:
