@@ -47,6 +47,7 @@ def make_settings(data_dir: Path, **overrides) -> Settings:
         model_cache_dir=MODEL_CACHE,
         llm_temperature=0.0,
         llm_max_new_tokens=40,
+        starter_persona=False,
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -26,6 +26,8 @@ def chatman(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
         CHATMAN_MODEL_CACHE_DIR=str(MODEL_CACHE),
         CHATMAN_LLM_TEMPERATURE="0",
         CHATMAN_LLM_MAX_NEW_TOKENS="24",
+        # The base model's own answers, unless a test is about the shipped starter persona.
+        CHATMAN_STARTER_PERSONA="false",
         HF_HUB_OFFLINE="1",
         **env,
     )
