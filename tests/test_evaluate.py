@@ -39,7 +39,11 @@ GREEDY = Decoding(temperature=0.0, max_new_tokens=52)
 
 @pytest.mark.parametrize("language", ["en", "zh"])
 def test_probes_are_never_training_questions(language):
-    seen = {question_key(r.question) for r in PERSONA.seed_pairs(language)}
+    # Seed questions and their paraphrases are what training asks; probes must be neither.
+    seed = [r.question for r in PERSONA.seed_pairs(language)]
+    seen = {question_key(q) for q in seed}
+    seen |= {question_key(p) for q in seed for p in PERSONA.training.paraphrases.get(q, [])}
+    assert len(seen) > len(seed)
     probes = PERSONA.probes_for(language)
     assert len(probes) >= 4
     assert not seen & {question_key(p.question) for p in probes}
