@@ -39,12 +39,12 @@ def recipes(max_steps: int, eval_every: int) -> dict[str, TrainConfig]:
         "chatman": TrainConfig(max_steps=max_steps, eval_every=eval_every),
         "chatman_short_prompt": TrainConfig(max_steps=max_steps, eval_every=eval_every,
                                             system_prompt="short"),
-        # Never stops early (an unreachable gate), so what happens after the persona is
-        # learned stays visible.
+        # Never stops early (an unreachable gate, set past validation on purpose), so what
+        # happens after the persona is learned stays visible.
         "naive_high_lr_no_replay": TrainConfig(
             max_steps=max_steps, eval_every=eval_every, learning_rate=1e-3,
-            replay_ratio=0.0, kl_weight=0.0, paraphrase=False, min_persona=1.01,
-        ),
+            replay_ratio=0.0, kl_weight=0.0, paraphrase=False, context_rows=False,
+        ).model_copy(update={"min_persona": 1.01}),
     }
 
 
