@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bot.errors import UserFacingError
-from bot.storage.models import AuditEntry, ModelStatus, ModelVersion, utcnow
+from bot.storage.models import AuditEntry, ModelActivation, ModelStatus, ModelVersion, utcnow
 from bot.storage.store import SqlStore
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,39 @@ class Served:
     system_prompt: str = "full"
 
 
-def _view(s: Session, m: ModelVersion) -> VersionView:
-    previous = s.get(ModelVersion, m.previous_id).version if m.previous_id else None
+# The rollback history is a stack of activations per persona (ModelActivation; why a stack and
+# not a pointer per version: see its docstring). Invariant kept by every write below: the top
+# entry is the active version, and the stack is empty when the base model answers. Every walk
+# over it is a loop over the rows read once, so none can run forever.
+Stack = list[tuple[ModelActivation, ModelVersion]]
+
+
+def _stack(s: Session, persona: str) -> Stack:
+    """The persona's rollback stack, bottom first."""
+    rows = s.execute(select(ModelActivation, ModelVersion)
+                     .join(ModelVersion, ModelActivation.version_id == ModelVersion.id)
+                     .where(ModelActivation.persona == persona)
+                     .order_by(ModelActivation.position)).all()
+    return [(a, m) for a, m in rows]
+
+
+def _previous(stack: Stack, m: ModelVersion) -> str | None:
+    """The entry below ``m``'s topmost one: what was active when ``m`` last was activated and,
+    for the active version, what /rollback returns to. None when ``m`` is not on the stack."""
+    for i in range(len(stack) - 1, -1, -1):
+        if stack[i][1].id == m.id:
+            return stack[i - 1][1].version if i > 0 else None
+    return None
+
+
+def _usable(m: ModelVersion) -> bool:
+    """Whether a rollback may hand back to ``m``."""
+    return (m.status not in (ModelStatus.FAILED, ModelStatus.REJECTED) and bool(m.model_dir)
+            and Path(m.model_dir).is_dir())
+
+
+def _view(s: Session, m: ModelVersion, stack: Stack | None = None) -> VersionView:
+    previous = _previous(stack if stack is not None else _stack(s, m.persona), m)
     return VersionView(
         m.id, m.persona, m.version, m.status, m.base_model, m.base_version, m.directory,
         m.model_dir, m.dataset_sha256, m.dataset_rows, m.steps, dict(m.config or {}),
@@ -89,7 +120,8 @@ class ModelRegistry:
         with self.store.session() as s:
             rows = s.scalars(select(ModelVersion).where(ModelVersion.persona == self.persona)
                              .order_by(ModelVersion.id.desc())).all()
-            return [_view(s, m) for m in rows]
+            stack = _stack(s, self.persona)
+            return [_view(s, m, stack) for m in rows]
 
     def get(self, version: str) -> VersionView | None:
         with self.store.session() as s:
@@ -179,6 +211,8 @@ class ModelRegistry:
                              retired_at=now if active else None)
             s.add(m)
             s.flush()
+            if not active:
+                self._push(s, m, "system")
             self._audit(s, "system", "model.install", m, {"shipped": True})
             return _view(s, m)
 
@@ -193,14 +227,21 @@ class ModelRegistry:
             m.metrics, m.reasons, m.finished_at = metrics, reasons, utcnow()
 
     def reject(self, version: str, reasons: list[str]) -> None:
+        """Mark ``version`` rejected (failed the gate). A rejected version is no rollback
+        target, so it leaves the stack; were it active, the one before it answers again."""
         with self.store.session() as s, s.begin():
             m = self._require(s, version)
+            was_active = m.status == ModelStatus.ACTIVE
             m.status, m.reasons = ModelStatus.REJECTED, reasons
             m.finished_at = m.finished_at or utcnow()
             self._audit(s, "training", "model.reject", m, {"reasons": reasons})
+            self._unstack(s, m)
+            if was_active:
+                self._resume_top(s, m)
 
     def fail(self, version: str, reason: str) -> str | None:
-        """Mark ``version`` failed; if it was active, the one before it answers again.
+        """Mark ``version`` failed and take it off the rollback stack; if it was active, the
+        newest usable entry below it answers again (none: the base model).
 
         Returns the version that is active afterwards when this changed it.
         """
@@ -210,8 +251,9 @@ class ModelRegistry:
             m.status, m.reasons = ModelStatus.FAILED, [*(m.reasons or []), reason]
             m.finished_at = m.finished_at or utcnow()
             self._audit(s, "system", "model.fail", m, {"reason": reason})
+            self._unstack(s, m)
             if was_active:
-                back = self._reactivate_previous(s, m)
+                back = self._resume_top(s, m)
                 return back.version if back else None
         return None
 
@@ -235,7 +277,18 @@ class ModelRegistry:
 
     # --- serving writes -------------------------------------------------------------
     def activate(self, version: str, actor: str, *, force: bool = False) -> VersionView:
-        """Make ``version`` answer; the one answering now becomes its rollback target."""
+        """Make ``version`` answer: pushed on the rollback stack, above the one answering now."""
+        for attempt in range(5):
+            try:
+                return self._activate(version, actor, force=force)
+            except IntegrityError:
+                # Another process pushed onto this persona's stack at the same moment: its
+                # activation wins, this one goes on top of it.
+                if attempt == 4:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _activate(self, version: str, actor: str, *, force: bool) -> VersionView:
         with self.store.session() as s, s.begin():
             m = self._require(s, version)
             if m.status == ModelStatus.ACTIVE:
@@ -253,7 +306,7 @@ class ModelRegistry:
             current = self._active(s)
             if current is not None:
                 self._retire(current)
-            m.previous_id = current.id if current else None
+            self._push(s, m, actor)
             m.status, m.activated_at, m.retired_at = ModelStatus.ACTIVE, utcnow(), None
             self._audit(s, actor, "model.activate", m,
                         {"previous": current.version if current else None})
@@ -261,7 +314,8 @@ class ModelRegistry:
             return _view(s, m)
 
     def rollback(self, actor: str) -> VersionView | None:
-        """Retire the active version and reactivate the one it replaced (None: the base)."""
+        """Retire the active version, pop it off the stack and reactivate the newest usable
+        entry below it (None: the base model)."""
         with self.store.session() as s, s.begin():
             current = self._active(s)
             if current is None:
@@ -269,24 +323,49 @@ class ModelRegistry:
                     "Nothing to roll back: no trained version is active, the base model answers."))
             self._retire(current)
             self._audit(s, actor, "model.rollback", current, {})
-            back = self._reactivate_previous(s, current)
+            stack = _stack(s, self.persona)
+            if any(m.id == current.id for _, m in stack):
+                # Pop down to and including the active version's topmost entry (the top itself,
+                # as long as the stack agrees with the statuses, which every write here keeps).
+                while stack:
+                    entry, m = stack.pop()
+                    s.delete(entry)
+                    if m.id == current.id:
+                        break
+            s.flush()
+            back = self._resume_top(s, current)
             return _view(s, back) if back else None
 
     @staticmethod
     def _retire(m: ModelVersion) -> None:
         m.status, m.retired_at = ModelStatus.RETIRED, utcnow()
 
-    def _reactivate_previous(self, s: Session, m: ModelVersion) -> ModelVersion | None:
-        # Walk back past versions whose folder has gone or that have failed since.
-        back = s.get(ModelVersion, m.previous_id) if m.previous_id else None
-        while back is not None and (back.status == ModelStatus.FAILED or not back.model_dir
-                                    or not Path(back.model_dir).is_dir()):
-            back = s.get(ModelVersion, back.previous_id) if back.previous_id else None
+    def _push(self, s: Session, m: ModelVersion, actor: str) -> None:
+        top = s.scalar(select(func.max(ModelActivation.position))
+                       .where(ModelActivation.persona == self.persona))
+        s.add(ModelActivation(persona=self.persona, position=(top or 0) + 1, version_id=m.id,
+                              actor=actor, activated_at=utcnow()))
+        s.flush()  # a concurrent push to the same position fails here (activate retries)
+
+    def _unstack(self, s: Session, m: ModelVersion) -> None:
+        """Take every entry of ``m`` off the stack (it can never be handed back to)."""
+        s.execute(delete(ModelActivation).where(ModelActivation.persona == self.persona,
+                                                ModelActivation.version_id == m.id))
+
+    def _resume_top(self, s: Session, after: ModelVersion) -> ModelVersion | None:
+        """Reactivate the stack's newest usable entry, dropping the unusable ones above it
+        (folder gone, failed, rejected): none of them could answer. None: the stack is empty
+        and the base model answers."""
+        back = None
+        for entry, m in reversed(_stack(s, self.persona)):  # bounded: one pass over the rows
+            if _usable(m):
+                back = m
+                break
+            s.delete(entry)
         s.flush()
         if back is not None:
-            # Its own previous_id stays: a second rollback keeps going back in time.
             back.status, back.activated_at, back.retired_at = ModelStatus.ACTIVE, utcnow(), None
-            self._audit(s, "system", "model.activate", back, {"after_rollback_of": m.version})
+            self._audit(s, "system", "model.activate", back, {"after_rollback_of": after.version})
         return back
 
     @staticmethod

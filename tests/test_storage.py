@@ -12,7 +12,7 @@ from bot.storage.store import SqlStore, make_engine
 from bot.types import ChatKind, ChatRef, Role, Turn, UserRef, VoiceNote
 
 TABLES = {"users", "chats", "exchanges", "history_messages", "pairs", "audit_log",
-          "dataset_snapshots", "model_versions", "training_jobs"}
+          "dataset_snapshots", "model_versions", "model_activations", "training_jobs"}
 
 
 def _turn(question: str, answer: str) -> Turn:

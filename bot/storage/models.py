@@ -197,13 +197,39 @@ class ModelVersion(Base):
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     reasons: Mapped[list] = mapped_column(JSON, default=list)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id"), index=True)
-    # The version that was active when this one was activated: what /rollback returns to.
-    previous_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    # What /rollback returns to is not stored here but in ModelActivation (the rollback stack).
     created_by: Mapped[str | None] = mapped_column(String(160))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     activated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelActivation(Base):
+    """One entry of a persona's rollback stack: a version activated, in activation order.
+
+    The stack replaces a per-version ``previous_id`` pointer. A pointer records "who was
+    active when I was activated", and activating v1, v2, then v1 again makes v1 and v2 point at
+    each other: rollback ping-pongs and walking back never ends. A stack of activations is
+    ordered by construction (a push takes the ``position`` above the persona's current top),
+    may hold the same version twice (v1, v2, v1: rolling back twice goes v2, then v1, then the
+    base model), and every walk over it is bounded by its length. The top entry is the active
+    version; /rollback pops it, a failed or rejected version leaves it (every entry of it),
+    and the base model answers when it is empty. A table rather than a JSON list on a row:
+    plain rows work alike on SQLite and PostgreSQL, and two processes pushing at once collide
+    on ``UniqueConstraint(persona, position)`` instead of overwriting each other; the loser
+    retries on top of the stack the winner left.
+    """
+
+    __tablename__ = "model_activations"
+    __table_args__ = (UniqueConstraint("persona", "position"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    persona: Mapped[str] = mapped_column(String(64))
+    position: Mapped[int] = mapped_column(Integer)
+    version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    activated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor: Mapped[str] = mapped_column(String(160))
 
 
 class JobStatus:
