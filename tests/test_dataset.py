@@ -212,3 +212,24 @@ def test_snapshots_are_content_addressed_and_recorded(app, tmp_path):
     assert (last.sha256, last.rows) == (changed.sha256, changed.rows)
     figures = app.admin.execute(Actor("cli", "ops", "ops", granted_admin=True), "dataset").data
     assert figures["last_snapshot"]["sha256"] == changed.sha256
+
+
+def test_a_snapshot_reads_the_dataset_once(app, tmp_path):
+    """An approval landing right after the dataset is read is in none of the snapshot's hash,
+    file or rows: the folder name, the recorded hash and the rows are those of the bytes."""
+    import hashlib
+
+    from tests.test_job_lifecycle import approvals_racing_each_read
+    from training.formats import dump_alpaca
+
+    landed = approvals_racing_each_read(app.curation)
+    snap = snapshot_dataset(app.curation, app.persona, app.language, tmp_path / "snaps")
+    written = snap.data_file.read_bytes()
+    assert landed, "no approval raced the snapshot"
+    assert snap.sha256 == hashlib.sha256(written).hexdigest()
+    assert snap.directory.name == snap.sha256[:16]
+    assert [dump_alpaca(r) for r in snap.records] == json.loads(written)
+    assert snap.rows == len(snap.records)
+    assert not {r.instruction for r in snap.records} & set(landed)
+    last = app.curation.last_snapshots()["snapshot"]
+    assert (last.sha256, last.rows) == (snap.sha256, snap.rows)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,18 +59,28 @@ class ExportResult:
     dataset_name: str
     rows: int
     sha256: str
+    #: The rows the file holds, in its order: exactly what was rendered, hashed and written.
+    records: tuple[AlpacaRow, ...] = ()
 
 
 def export_dataset(curation: Curation, persona: PersonaProfile, language: str, fmt: Format,
                    out_dir: Path, *, kind: str = "export") -> ExportResult:
     rows = collect_rows(curation, persona, language)
+    return _write(curation, persona, rows, render(rows, fmt), fmt, out_dir, kind)
+
+
+def _write(curation: Curation, persona: PersonaProfile, rows: list[AlpacaRow], data: bytes,
+           fmt: Format, out_dir: Path, kind: str) -> ExportResult:
+    """Write ``data`` (``rows`` rendered) as a LLaMA-Factory folder and record it."""
     if not rows:
         raise ValueError(f"persona {persona.name!r} has no seed or approved pairs to export")
-    data = render(rows, fmt)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = persona.name
     data_file = out_dir / f"{name}.json"
-    data_file.write_bytes(data)
+    # Written aside and renamed: a reader never sees half a file.
+    partial = data_file.with_name(f".{data_file.name}.{os.getpid()}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, data_file)
     info_path = out_dir / "dataset_info.json"
     info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     info.update(dataset_info_entry(name, data_file.name, fmt))
@@ -78,19 +89,23 @@ def export_dataset(curation: Curation, persona: PersonaProfile, language: str, f
     with curation.store.session() as s, s.begin():
         s.add(DatasetSnapshot(persona=name, kind=kind, format=fmt, path=str(data_file.resolve()),
                               sha256=digest, rows=len(rows)))
-    return ExportResult(out_dir, data_file, name, len(rows), digest)
+    return ExportResult(out_dir, data_file, name, len(rows), digest, tuple(rows))
 
 
 def snapshot_dataset(curation: Curation, persona: PersonaProfile, language: str,
                      root: Path, fmt: Format = "alpaca") -> ExportResult:
     """Freeze the dataset as it is now, in a folder named by its content hash.
 
-    Training runs record the returned path and hash, so a run can be repeated on exactly the
-    data it saw, whatever is approved afterwards.
+    The dataset is read once: the rows returned (``records``) are the rows rendered into the
+    file, and the hash is that of the file's bytes, so a pair approved meanwhile is in none of
+    them. Training runs train on ``records`` and record the path and hash, so a run can be
+    repeated on exactly the data it saw, whatever is approved afterwards.
     """
-    digest = hashlib.sha256(render(collect_rows(curation, persona, language), fmt)).hexdigest()
-    return export_dataset(curation, persona, language, fmt,
-                          root / persona.name / digest[:16], kind="snapshot")
+    rows = collect_rows(curation, persona, language)
+    data = render(rows, fmt)
+    digest = hashlib.sha256(data).hexdigest()
+    return _write(curation, persona, rows, data, fmt, root / persona.name / digest[:16],
+                  "snapshot")
 
 
 # --- import ---------------------------------------------------------------------------------

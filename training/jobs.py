@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select, text
 
 from bot.config import Settings
 from bot.curation import Curation
@@ -174,6 +174,7 @@ class JobQueue:
         cancelled it), and :class:`JobError` when a job is queued already.
         """
         with self.store.session() as s, s.begin():
+            self._lock(s)
             open_jobs = self._open(s)
             if key is not None:
                 same = next((j for j in map(_view, open_jobs) if j.status == JobStatus.RUNNING
@@ -212,13 +213,48 @@ class JobQueue:
             j = s.get(TrainingJob, job_id)
             return _view(j) if j else None
 
+    def _lock(self, s) -> None:
+        """Serialise this persona's queue changes (enqueue, claim, cancel) across processes,
+        until the transaction ends. Call it first in the transaction, before any read.
+
+        PostgreSQL: a transaction-scoped advisory lock keyed by the persona. Row locks alone
+        are not enough: "no job of the persona is running" is a fact about all its rows, and
+        two claimers locking (or SKIP LOCKED-skipping) rows could each see the other's claim
+        uncommitted and each claim a different queued job. The lock is released at commit, and
+        under READ COMMITTED every statement after it sees what the previous holder committed.
+        It needs no table of its own and is gone with the connection, so it never goes stale.
+
+        SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock before the first read (the
+        driver would otherwise read outside any transaction and begin one only at the first
+        write, after the decision was taken on what may already have changed). Other writers
+        wait for it through the busy timeout.
+        """
+        dialect = s.get_bind().dialect.name
+        if dialect == "sqlite":
+            s.execute(text("BEGIN IMMEDIATE"))
+        elif dialect == "postgresql":
+            s.execute(select(func.pg_advisory_xact_lock(_lock_key(self.persona))))
+
     def claim_next(self) -> JobView | None:
-        """The oldest queued job, now ``running``, unless one is running already."""
+        """The oldest queued job, now ``running``, unless one is running already.
+
+        Safe with several bots (processes) on one database: at most one job of the persona is
+        ever ``running``, and each queued job is claimed at most once.
+        """
         with self.store.session() as s, s.begin():
-            open_jobs = self._open(s)
-            if any(j.status == JobStatus.RUNNING for j in open_jobs) or not open_jobs:
+            self._lock(s)
+            ours = TrainingJob.persona == self.persona
+            if s.scalar(select(TrainingJob.id).where(ours, TrainingJob.status == JobStatus.RUNNING)
+                        .limit(1)) is not None:
                 return None
-            job = open_jobs[0]
+            # The persona lock already decides; the row lock keeps any other writer off the
+            # row until the claim commits, and a row another transaction holds is left for
+            # the next poll rather than waited for.
+            job = s.scalars(select(TrainingJob).where(ours, TrainingJob.status == JobStatus.QUEUED)
+                            .order_by(TrainingJob.id).limit(1)
+                            .with_for_update(skip_locked=True)).first()
+            if job is None:
+                return None
             job.status, job.started_at = JobStatus.RUNNING, utcnow()
             job.progress = {"stage": "starting the trainer"}
             return _view(job)
@@ -247,6 +283,8 @@ class JobQueue:
         was queued, still ``running`` (with ``cancel_requested_by``) if it was running.
         """
         with self.store.session() as s, s.begin():
+            # Serialised with claims: a job claimed a moment ago is seen running, and flagged.
+            self._lock(s)
             job = self._to_cancel(s, job_id)
             log.info("training job #%d (%s): cancel requested by %s", job.id, job.status, actor)
             # Set in both cases: a runner that claimed the job a moment ago sees it too.
@@ -312,6 +350,12 @@ class JobQueue:
             return [_view(j) for j in stuck]
 
 
+def _lock_key(persona: str) -> int:
+    """The persona's advisory lock id: a signed 64-bit hash, stable across processes."""
+    digest = hashlib.sha256(f"chatman.training_jobs:{persona}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def _kill_worker(pid: int | None) -> None:
     """Stop a leftover trainer, but only if that pid is still one of ours."""
     if not pid:
@@ -352,6 +396,9 @@ class _Running:
 
 
 class TrainingRunner:
+    #: The trainer process; it reads the request on stdin and reports JSON lines on stdout.
+    worker_command: tuple[str, ...] = (sys.executable, "-m", "training.worker")
+
     def __init__(
         self,
         queue: JobQueue,
@@ -381,7 +428,11 @@ class TrainingRunner:
     async def run_forever(self) -> None:
         self._loop = asyncio.get_running_loop()
         while not self._stopping:
-            job = await asyncio.to_thread(self.queue.claim_next)
+            try:
+                job = await asyncio.to_thread(self.queue.claim_next)
+            except Exception:  # the database away for a moment: try again at the next poll
+                log.exception("could not look for queued training jobs")
+                job = None
             if job is None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.settings.registry_poll_seconds)
@@ -391,10 +442,37 @@ class TrainingRunner:
                 await self.run_job(job)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # the runner outlives any one job
+            except Exception as exc:  # the runner outlives any one job
                 log.exception("training job #%d: runner error", job.id)
-                await asyncio.to_thread(self.queue.finish, job.id, JobStatus.FAILED,
-                                        "internal error in the job runner")
+                await self._runner_failed(job, exc)
+
+    async def _runner_failed(self, job: JobView, exc: Exception) -> None:
+        """The runner itself failed during ``job``. Its trainer is gone by now (run_job kills
+        it and waits for it before an error leaves it); the versions come next, so whoever waits
+        for the job to end sees the registry settled, then the job."""
+        reason = (f"internal error in the job runner ({type(exc).__name__}); the trainer was "
+                  "stopped")
+        try:
+            await asyncio.to_thread(self.registry.fail_job_candidates, job.id, reason)
+            # The trainer may have activated its version before it was stopped (or the error
+            # came while the bot swapped to it): nobody vouches for it now, the one before
+            # answers again.
+            active = await asyncio.to_thread(self.registry.active)
+            if active is not None and active.job_id == job.id:
+                await asyncio.to_thread(self.registry.fail, active.version, reason)
+                try:
+                    await self.on_release(active.version)  # follows the registry back
+                except Exception:  # the registry poll gets there too
+                    log.warning("training job #%d: could not swap back from %s", job.id,
+                                active.version, exc_info=True)
+        except Exception:
+            log.exception("training job #%d: could not fail its versions", job.id)
+        try:
+            await asyncio.to_thread(self.queue.finish, job.id, JobStatus.FAILED, reason)
+        except Exception:  # the next start's recovery marks it failed
+            log.exception("training job #%d: could not mark it failed", job.id)
+        await self._tell(job, f"Training job #{job.id} failed: {reason}. The current model "
+                              "keeps answering.", final=True)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -440,15 +518,16 @@ class TrainingRunner:
                    "settings": self.settings.for_worker(), "max_steps": job.max_steps}
         with log_path.open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "training.worker",
+                *self.worker_command,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log_file,
             )
         running = self.current = _Running(job, process)
-        log.info("training job #%d: worker pid %d, log %s", job.id, process.pid, log_path)
-        await asyncio.to_thread(self.queue.update, job.id, pid=process.pid)
-        watcher = asyncio.create_task(self._watch_for_cancel(running),
-                                      name=f"training-job-{job.id}-cancel")
+        watcher = None
         try:
+            log.info("training job #%d: worker pid %d, log %s", job.id, process.pid, log_path)
+            await asyncio.to_thread(self.queue.update, job.id, pid=process.pid)
+            watcher = asyncio.create_task(self._watch_for_cancel(running),
+                                          name=f"training-job-{job.id}-cancel")
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 # A trainer stopped at once (cancelled) may be gone before it reads this.
                 process.stdin.write(json.dumps(request).encode())
@@ -462,10 +541,18 @@ class TrainingRunner:
                     continue
                 await self._on_event(running, event)
             code = await process.wait()
+        except BaseException:
+            # Whatever failed here (the database, an event, this task being cancelled), nobody
+            # supervises the trainer any more: left running it could still activate its
+            # version, and once the job is marked failed another trainer could be claimed.
+            # Stopped and reaped before the error goes on to mark the job failed.
+            await _kill(process)
+            raise
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             self.current = None
         await self._finish(running, code, log_path)
 
@@ -585,6 +672,15 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
             process.kill()
         await process.wait()
+
+
+async def _kill(process: asyncio.subprocess.Process) -> None:
+    """SIGKILL the trainer at once and wait until it is gone (reaped)."""
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        log.warning("killed trainer pid %d", process.pid)
+    await process.wait()
 
 
 def _exit_reason(code: int, log_path: Path) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from bot.curation import Curation
 from bot.llm.chat_model import TransformersChatModel
 from bot.persona import PersonaProfile
-from training.dataset import collect_rows, snapshot_dataset
+from training.dataset import snapshot_dataset
 from training.evaluate import (
     Answered, Decoding, EvalReport, ModelAnswerer, answer_general, general_items,
 )
@@ -86,8 +86,10 @@ def run_training(
 
     stage = on_stage or (lambda name: None)
     stage("freezing the dataset")
+    # One read of the dataset: the rows trained on are the rows whose bytes were written and
+    # hashed, whatever is approved while this run goes on.
     snapshot = snapshot_dataset(curation, persona, language, data_dir / "datasets")
-    rows = collect_rows(curation, persona, language)
+    rows = list(snapshot.records)
     stage("loading the base model")
     base = TransformersChatModel(base_model, cache_dir=cache_dir)
     load_from = base.weights_path()  # resolves (and fingerprints) the base once
