@@ -261,12 +261,14 @@ class DiscordAdapter:
             perms.administrator or perms.manage_guild or perms.manage_channels)
         return Actor(PLATFORM, str(user.id), user.display_name, chat_admin=chat_admin)
 
-    async def _run(self, interaction: discord.Interaction, text: str,
-                   reply_to: ReplyTarget | None = None,
-                   call: Callable[[Actor], CommandResult] | None = None) -> None:
-        """``text`` names the command (and is parsed when there is no typed ``call``)."""
+    async def _run(self, interaction: discord.Interaction, name: str,
+                   call: Callable[[Actor, ChatRef | None], CommandResult]) -> None:
+        """Run ``/name`` as ``call(actor, origin)``: a typed method of the admin service.
+
+        Slash command options arrive typed and go to the service as they are, never rebuilt
+        into command text and parsed again (an answer with "|" in it stays one answer).
+        """
         actor = self._actor(interaction)
-        name = text.split()[0].lstrip("/")
         if not self.app.admin.may(actor, name):
             log.warning("discord: refused /%s for non-admin %s", name, actor.key)
             await interaction.response.send_message("Only admins can do that.", ephemeral=True)
@@ -275,9 +277,7 @@ class DiscordAdapter:
         await interaction.response.defer(ephemeral=True, thinking=True)
         origin = self._chat_ref(interaction.channel) if interaction.channel else None
         try:
-            result = await (asyncio.to_thread(call, actor) if call is not None else
-                            asyncio.to_thread(self.app.admin.execute, actor, text, reply_to,
-                                              origin))
+            result = await asyncio.to_thread(call, actor, origin)
             reply = result.message
         except UserFacingError as err:
             reply = err.user_message
@@ -285,7 +285,7 @@ class DiscordAdapter:
             await interaction.followup.send(reply[i:i + MESSAGE_LIMIT] or "…", ephemeral=True)
 
     def _commands(self) -> None:
-        tree, run = self.tree, self._run
+        tree, run, service = self.tree, self._run, self.app.admin
         admin = app_commands.default_permissions(administrator=True)
 
         def add(fn, description: str, is_admin: bool = True) -> None:
@@ -294,55 +294,55 @@ class DiscordAdapter:
             tree.add_command(admin(command) if is_admin else command)
 
         async def approve(interaction: discord.Interaction, pair_id: int) -> None:
-            await run(interaction, f"/approve {pair_id}")
+            await run(interaction, "approve", lambda actor, _: service.approve(actor, pair_id))
 
-        admin_service = self.app.admin
-
-        # Typed options go straight to the service: an answer with "|" in it stays one answer.
         async def correct(interaction: discord.Interaction, pair_id: int, answer: str,
                           question: str | None = None) -> None:
-            await run(interaction, "/correct", call=lambda actor: admin_service.correct(
-                actor, pair_id, answer.strip(), (question or "").strip() or None))
+            await run(interaction, "correct", lambda actor, _: service.correct(
+                actor, pair_id, answer, question))
 
         async def reject(interaction: discord.Interaction, pair_id: int) -> None:
-            await run(interaction, f"/reject {pair_id}")
+            await run(interaction, "reject", lambda actor, _: service.reject(actor, pair_id))
 
         async def pending(interaction: discord.Interaction, page: int = 1) -> None:
-            await run(interaction, f"/pending {page}")
+            await run(interaction, "pending", lambda actor, _: service.pending(actor, page))
 
         async def add_(interaction: discord.Interaction, question: str, answer: str) -> None:
-            await run(interaction, "/add", call=lambda actor: admin_service.add(
-                actor, question.strip(), answer.strip()))
+            await run(interaction, "add", lambda actor, _: service.add(actor, question, answer))
 
         async def dataset(interaction: discord.Interaction) -> None:
-            await run(interaction, "/dataset")
+            await run(interaction, "dataset", lambda actor, _: service.dataset(actor))
 
         async def persona(interaction: discord.Interaction) -> None:
-            await run(interaction, "/persona")
+            await run(interaction, "persona", lambda actor, _: service.persona_info(actor))
 
         async def retrain(interaction: discord.Interaction, max_steps: int | None = None) -> None:
-            await run(interaction, f"/retrain {max_steps}" if max_steps else "/retrain")
+            await run(interaction, "retrain", lambda actor, origin: service.retrain(
+                actor, origin, max_steps or None))
 
         async def trainstatus(interaction: discord.Interaction) -> None:
-            await run(interaction, "/trainstatus")
+            await run(interaction, "trainstatus", lambda actor, _: service.train_status(actor))
 
         async def canceltrain(interaction: discord.Interaction, job_id: int | None = None) -> None:
-            await run(interaction, f"/canceltrain {job_id}" if job_id else "/canceltrain")
+            await run(interaction, "canceltrain", lambda actor, _: service.cancel_training(
+                actor, job_id or None))
 
         async def models(interaction: discord.Interaction) -> None:
-            await run(interaction, "/models")
+            await run(interaction, "models", lambda actor, _: service.models(actor))
 
         async def activate(interaction: discord.Interaction, version: str) -> None:
-            await run(interaction, f"/activate {version}")
+            await run(interaction, "activate", lambda actor, _: service.activate(
+                actor, version.strip()))
 
         async def rollback(interaction: discord.Interaction) -> None:
-            await run(interaction, "/rollback")
+            await run(interaction, "rollback", lambda actor, _: service.rollback(actor))
 
         async def answerall(interaction: discord.Interaction, on: bool) -> None:
-            await run(interaction, f"/answerall {'on' if on else 'off'}")
+            await run(interaction, "answerall", lambda actor, origin: service.answer_all(
+                actor, origin, on))
 
         async def forget(interaction: discord.Interaction) -> None:
-            await run(interaction, "/forget")
+            await run(interaction, "forget", lambda actor, _: service.forget(actor))
 
         add(approve, "Approve a pending pair")
         add(correct, "Approve a pair with a better answer")
@@ -362,8 +362,9 @@ class DiscordAdapter:
 
         async def approve_answer(interaction: discord.Interaction,
                                  message: discord.Message) -> None:
-            await run(interaction, "/approve", ReplyTarget(PLATFORM, str(message.channel.id),
-                                                           str(message.id)))
+            target = ReplyTarget(PLATFORM, str(message.channel.id), str(message.id))
+            await run(interaction, "approve", lambda actor, _: service.approve(
+                actor, None, reply_to=target))
 
         tree.add_command(admin(app_commands.ContextMenu(name="Approve answer",
                                                         callback=approve_answer)))

@@ -2,7 +2,10 @@
 
 Everything ChatMan does happens in the core (pipeline, admin service); this module decides
 *whether* a Telegram message is for the bot, downloads its audio, shows chat actions while the
-core works, and sends the answer back with retries that never send twice.
+core works, and sends the answer back with retries that never send twice: a send is retried
+only when Telegram refused it (429, 5xx) or the request provably never left (no connection);
+a send that may have arrived (a timeout or a connection lost after the request was written) is
+logged and given up, never repeated.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 from urllib.parse import urlparse
+
+import httpx
 
 # Durations and retry_after as timedelta now, as PTB will have them in its next major version.
 os.environ.setdefault("PTB_TIMEDELTA", "1")
@@ -35,7 +40,14 @@ from telegram.constants import (  # noqa: E402
     MessageEntityType,
     MessageLimit,
 )
-from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, TelegramError  # noqa: E402
+from telegram.error import (  # noqa: E402
+    BadRequest,
+    Forbidden,
+    NetworkError,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
 from telegram.ext import Application, ContextTypes, MessageHandler, filters  # noqa: E402
 
 from bot.admin import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget  # noqa: E402
@@ -53,6 +65,12 @@ DOWNLOAD_LIMIT = 20 * 1024 * 1024
 #: A chat action shows for about 5 s; renew it before it lapses.
 ACTION_EVERY_S = 4.0
 SEND_ATTEMPTS = 6
+#: Seconds to wait for Telegram's answer to a request. Longer than python-telegram-bot's 5 s:
+#: a send that times out is not repeated (it may have arrived), so give slow answers time.
+READ_TIMEOUT_S = 20.0
+#: Transport failures that prove the request never reached Telegram: no connection was made,
+#: or none was free to make it on. Anything else after sending began may have been delivered.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 COMMAND_HELP = {
     "start": "What this bot does",
@@ -76,8 +94,30 @@ COMMAND_HELP = {
 GENERAL = ("start", "help", *USER_COMMANDS)
 
 
+class OutcomeUnknown(NotDelivered):
+    """A send failed in a way that does not say whether Telegram delivered it (a timeout
+    waiting for the answer, a connection lost mid-request). It is never sent again, and the
+    turn is not stored."""
+
+
+def resend_is_safe(exc: NetworkError) -> bool:
+    """Whether a failed send provably delivered nothing, so sending it again cannot duplicate
+    it: the Bot API answered with its own error (``{"ok": false}``, a 5xx), or the request
+    never left (no connection). A timeout waiting for the answer, a connection lost after the
+    request went out, or a proxy's error page (a 502/504 that is not the Bot API's answer)
+    prove nothing: the message may have arrived."""
+    cause = exc.__cause__
+    if isinstance(exc, TimedOut):
+        return isinstance(cause, (httpx.ConnectTimeout, httpx.PoolTimeout))
+    if cause is None:
+        return True  # the Bot API's own error answer, parsed
+    return isinstance(cause, NOT_SENT)
+
+
 class TelegramAdapter:
-    def __init__(self, app: ChatmanApp) -> None:
+    def __init__(self, app: ChatmanApp, *, read_timeout: float = READ_TIMEOUT_S) -> None:
+        """``read_timeout``: how long a request waits for Telegram's answer; a send that
+        times out may have been delivered and is not repeated."""
         s = app.settings
         if s.telegram_bot_token is None:
             raise ValueError("TELEGRAM_BOT_TOKEN is not set")
@@ -94,6 +134,7 @@ class TelegramAdapter:
             # Different chats concurrently; ChatQueues keeps each chat in order.
             .concurrent_updates(True)
             .media_write_timeout(60)
+            .read_timeout(read_timeout)
             .build()
         )
         self.application.add_handler(MessageHandler(filters.COMMAND, self.on_command))
@@ -145,7 +186,8 @@ class TelegramAdapter:
     async def _register_commands(self) -> None:
         everyone = [BotCommand(c, COMMAND_HELP[c]) for c in GENERAL]
         admins = everyone + [BotCommand(c, COMMAND_HELP[c]) for c in ADMIN_COMMANDS]
-        await self._send(lambda: self.bot.set_my_commands(everyone, scope=BotCommandScopeDefault()))
+        await self._send(lambda: self.bot.set_my_commands(everyone, scope=BotCommandScopeDefault()),
+                         "setMyCommands", repeatable=True)
         # Admin commands appear only in the admins' own chats with the bot.
         for entry in sorted(self.app.admin.admin_ids):
             platform, _, user_id = entry.partition(":")
@@ -153,7 +195,8 @@ class TelegramAdapter:
                 continue
             try:
                 await self._send(lambda uid=user_id: self.bot.set_my_commands(
-                    admins, scope=BotCommandScopeChat(int(uid))))
+                    admins, scope=BotCommandScopeChat(int(uid))), "setMyCommands",
+                    repeatable=True)
             except BadRequest as exc:  # the admin has not started a chat with the bot yet
                 log.info("telegram: admin commands for %s not registered: %s", entry, exc)
 
@@ -270,7 +313,7 @@ class TelegramAdapter:
                                              if want_voice else ChatAction.TYPING):
                     data = None
                     if voice_in:
-                        file = await self._send(audio.get_file)
+                        file = await self._send(audio.get_file, "getFile", repeatable=True)
                         data = bytes(await file.download_as_bytearray())
                     await self.app.pipeline.handle(Incoming(
                         chat=chat, user=self._sender(message),
@@ -279,6 +322,10 @@ class TelegramAdapter:
                     ), deliver=deliver)
             except UserFacingError as err:
                 await self._reply_text(message, err.user_message)
+            except OutcomeUnknown as exc:
+                # Already logged; no "sorry" either: the answer may well have arrived.
+                log.warning("telegram: answer to message %d in %s: %s; not sent again and not "
+                            "stored", message.message_id, chat.chat_id, exc)
             except NotDelivered as exc:
                 log.warning("telegram: %s; nothing stored", exc)
             except Exception:
@@ -297,7 +344,7 @@ class TelegramAdapter:
         await self._action_once(message.chat.id, ChatAction.UPLOAD_VOICE)
         sent = await self._send(lambda: self.bot.send_voice(
             message.chat.id, voice=turn.voice.data, duration=max(1, round(turn.voice.duration_s)),
-            caption=caption, reply_parameters=reply, filename="reply.ogg"))
+            caption=caption, reply_parameters=reply, filename="reply.ogg"), "sendVoice")
         if sent is not None and mode != "none" and caption is None:
             if await self._reply_text(message, turn.reply) is None:
                 return None  # the user did not get all of it: not stored
@@ -352,53 +399,77 @@ class TelegramAdapter:
     # --- training notices -------------------------------------------------------------
     async def notify(self, chat: ChatRef, notice: Notice) -> None:
         chat_id = int(chat.chat_id)
-        for chunk in _chunks(notice.text, MessageLimit.MAX_TEXT_LENGTH):
-            await self._send(lambda c=chunk: self.bot.send_message(chat_id, c))
+        with contextlib.suppress(OutcomeUnknown):  # logged; the rest of the notice still goes
+            for chunk in _chunks(notice.text, MessageLimit.MAX_TEXT_LENGTH):
+                await self._send(lambda c=chunk: self.bot.send_message(chat_id, c), "sendMessage")
         if notice.image is not None:
             data = await asyncio.to_thread(notice.image.read_bytes)
-            await self._send(lambda: self.bot.send_photo(chat_id, photo=data,
-                                                         caption="Loss curve",
-                                                         filename=notice.image.name))
+            with contextlib.suppress(OutcomeUnknown):
+                await self._send(lambda: self.bot.send_photo(
+                    chat_id, photo=data, caption="Loss curve", filename=notice.image.name),
+                    "sendPhoto")
 
     # --- sending ----------------------------------------------------------------------
     async def _reply_text(self, message: Message, text: str) -> Message | None:
-        """The first message sent, or None unless every part of ``text`` was sent."""
+        """The first message sent, or None unless every part of ``text`` surely was sent
+        (a part that may have arrived is not sent again, nor is the rest)."""
         reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
         first = None
         for chunk in _chunks(text, MessageLimit.MAX_TEXT_LENGTH):
-            sent = await self._send(lambda c=chunk: self.bot.send_message(
-                message.chat.id, c, reply_parameters=reply))
+            try:
+                sent = await self._send(lambda c=chunk: self.bot.send_message(
+                    message.chat.id, c, reply_parameters=reply), "sendMessage")
+            except OutcomeUnknown:
+                return None  # logged by _send
             if sent is None:
                 return None
             first = first or sent
         return first
 
-    async def _send(self, call: Callable[[], Awaitable[T]]) -> T | None:
-        """One Bot API call, retried on 429 (after ``retry_after``), 5xx and network errors.
+    async def _send(self, call: Callable[[], Awaitable[T]], method: str, *,
+                    repeatable: bool = False) -> T | None:
+        """One Bot API call (``method`` names it in logs), retried with backoff when that
+        cannot deliver anything twice: after a 429 (waiting ``retry_after``), a 5xx, or a
+        network failure before the request left. ``repeatable`` calls (reads, settings) are
+        also retried after timeouts and lost connections; a send is not: it may have arrived,
+        so :class:`OutcomeUnknown` is raised instead.
 
         A user who blocked the bot (403) is logged once, not retried: returns None.
         """
         delay = 1.0
         for attempt in range(1, SEND_ATTEMPTS + 1):
             try:
-                return await call()
+                result = await call()
             except RetryAfter as exc:
                 wait = exc.retry_after
                 wait = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
-                log.warning("telegram: rate limited, retrying in %.1f s", wait)
+                log.warning("telegram: %s rate limited, retrying in %.1f s", method, wait)
                 await asyncio.sleep(wait)
+                continue
             except Forbidden as exc:
                 log.warning("telegram: not allowed to send (%s); giving up", exc.message)
                 return None
             except BadRequest:
                 raise
-            except NetworkError as exc:  # includes timeouts and 5xx
+            except NetworkError as exc:  # transport failures, timeouts and 5xx answers
+                if not repeatable and not resend_is_safe(exc):
+                    cause = exc.__cause__
+                    why = f"{exc.message} ({type(cause).__name__})" if cause else exc.message
+                    log.warning("telegram: %s may or may not have been delivered: %s; not sent "
+                                "again, so it arrives at most once", method, why)
+                    raise OutcomeUnknown(f"{method} outcome unknown: {why}") from exc
                 if attempt == SEND_ATTEMPTS:
                     raise
-                log.warning("telegram: %s; retry %d in %.0f s", exc.message, attempt, delay)
+                log.warning("telegram: %s failed: %s; retry %d in %.0f s", method, exc.message,
+                            attempt, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-        raise NetworkError("still rate limited after several attempts")
+                continue
+            if isinstance(result, Message):
+                log.info("telegram: %s → chat %s, message %d", method, result.chat_id,
+                         result.message_id)
+            return result
+        raise NetworkError(f"{method} still rate limited after several attempts")
 
     async def _action_once(self, chat_id: int, action: str) -> None:
         try:

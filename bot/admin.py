@@ -1,13 +1,16 @@
 """The admin service: one set of commands for every adapter and the CLI.
 
-Adapters hand over who is asking (:class:`Actor`), the command text, and — when the command
-replies to one of the bot's answers — which message it replies to; they render the returned
-:class:`CommandResult`. Nothing here knows a chat platform.
+Adapters hand over who is asking (:class:`Actor`) and either the command as text
+(:meth:`AdminService.execute`: chat messages, the CLI) with the message it replies to, or the
+command's fields, typed, to its own method (Discord options, the web console's JSON): those are
+never rebuilt into text and parsed again. They render the returned :class:`CommandResult`.
+Nothing here knows a chat platform.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -150,7 +153,10 @@ class AdminService:
                 origin: ChatRef | None = None) -> CommandResult:
         """Run ``/command args`` (the slash is optional) for ``actor``.
 
-        ``origin`` is the chat the command came from: where /retrain reports progress.
+        The text route (Telegram messages, ``chatman admin``, typed chat commands): the only
+        place command text is parsed, once, into the typed methods below. ``reply_to`` is the
+        bot message the command replied to; ``origin`` is the chat the command came from:
+        where /retrain reports progress.
         """
         name, _, args = text.strip().lstrip("/").partition(" ")
         name = name.split("@", 1)[0].lower()  # Telegram appends @botname in groups
@@ -178,30 +184,37 @@ class AdminService:
             return getattr(self, {"trainstatus": "train_status", "models": "models",
                                   "rollback": "rollback"}[name])(actor)
         if name == "answerall":
-            return self.answer_all(actor, origin, args)
+            if args.lower() not in ("on", "off"):
+                raise CommandError(f"bad answerall {args!r}",
+                                   user_message="Usage: /answerall on|off")
+            return self.answer_all(actor, origin, args.lower() == "on")
         if name == "activate":
             if not args or " " in args:
                 raise CommandError("activate without version",
                                    user_message="Usage: /activate VERSION (see /models)")
             return self.activate(actor, args)
         if name == "add":
-            question, answer = _split_pair(args, "add <question> | <answer>")
+            question, answer = _split_pair(args)
+            if not question or not answer:
+                raise CommandError(f"bad pair {args[:80]!r}", user_message=ADD_USAGE)
             return self.add(actor, question, answer)
         if name == "correct":
-            pair_id, rest = _leading_id(args)
-            if not rest:
-                raise CommandError("correct without text", user_message=(
-                    "Usage: /correct <better answer> as a reply to my answer, or "
-                    "/correct ID <better answer>; write <question> | <answer> to fix both."))
-            question, answer = (None, rest)
-            if "|" in rest:
-                question, answer = _split_pair(rest, "correct [ID] <question> | <answer>")
-            return self.correct(actor, self._target(pair_id, reply_to, name), answer, question)
+            # Replying to one of my answers names the pair: then the whole text is the answer
+            # ("/correct 2024 was great" keeps its 2024). Otherwise a leading number is the ID.
+            pair_id = self._answer_replied_to(reply_to)
+            rest = args
+            if pair_id is None:
+                pair_id, rest = _leading_id(args)
+            question, answer = _split_pair(rest)
+            if not answer:
+                raise CommandError("correct without text", user_message=CORRECT_USAGE)
+            return self.correct(actor, pair_id, answer, question or None, reply_to=reply_to)
         pair_id, rest = _leading_id(args)
         if rest:
             raise CommandError(f"unexpected {rest!r}", user_message=f"Usage: /{name} [ID]")
-        target = self._target(pair_id, reply_to, name)
-        return self.approve(actor, target) if name == "approve" else self.reject(actor, target)
+        if name == "approve":
+            return self.approve(actor, pair_id, reply_to=reply_to)
+        return self.reject(actor, pair_id, reply_to=reply_to)
 
     # --- commands -----------------------------------------------------------------------
     def _require_admin(self, actor: Actor, command: str) -> None:
@@ -209,12 +222,18 @@ class AdminService:
             log.warning("refused /%s for non-admin %s", command, actor.key)
             raise PermissionDenied(f"{actor.key} is not an admin")
 
+    def _answer_replied_to(self, reply_to: ReplyTarget | None) -> int | None:
+        """The pair whose answer ``reply_to`` is; None when it is no answer (or no reply)."""
+        if reply_to is None:
+            return None
+        return self.curation.find_by_reply(reply_to.platform, reply_to.chat_id,
+                                           reply_to.message_id)
+
     def _target(self, pair_id: int | None, reply_to: ReplyTarget | None, command: str) -> int:
         if pair_id is not None:
             return pair_id
         if reply_to is not None:
-            found = self.curation.find_by_reply(reply_to.platform, reply_to.chat_id,
-                                                reply_to.message_id)
+            found = self._answer_replied_to(reply_to)
             if found is None:
                 raise CommandError("reply target is not an answer", user_message=(
                     "That message isn't one of my answers, so there is nothing to curate."))
@@ -237,25 +256,43 @@ class AdminService:
         return CommandResult(command, message, [p], {"changed": change.changed,
                                                       "superseded": change.superseded})
 
-    def approve(self, actor: Actor, pair_id: int) -> CommandResult:
+    # Typed entry points: Discord options, the web console's JSON and the text commands above
+    # all end here, with each field as given (never rebuilt into text and split again).
+    # ``pair_id`` None: the pair whose answer ``reply_to`` is.
+    def approve(self, actor: Actor, pair_id: int | None,
+                reply_to: ReplyTarget | None = None) -> CommandResult:
         self._require_admin(actor, "approve")
+        pair_id = self._target(pair_id, reply_to, "approve")
         return self._changed("approve", self.curation.approve(pair_id, actor.key), pair_id,
                              "Approved")
 
-    def correct(self, actor: Actor, pair_id: int, answer: str,
-                question: str | None = None) -> CommandResult:
+    def correct(self, actor: Actor, pair_id: int | None, answer: str,
+                question: str | None = None, reply_to: ReplyTarget | None = None
+                ) -> CommandResult:
+        """Approve with ``answer`` (exactly as given, "|" and all); ``question`` too unless
+        None or blank."""
         self._require_admin(actor, "correct")
+        answer = answer.strip()
+        question = (question or "").strip() or None
+        if not answer:
+            raise CommandError("correct with an empty answer", user_message=(
+                "The corrected answer needs some text."))
+        pair_id = self._target(pair_id, reply_to, "correct")
         change = self.curation.approve(pair_id, actor.key, answer=answer, question=question)
         return self._changed("correct", change, pair_id, "Corrected and approved")
 
-    def reject(self, actor: Actor, pair_id: int) -> CommandResult:
+    def reject(self, actor: Actor, pair_id: int | None,
+               reply_to: ReplyTarget | None = None) -> CommandResult:
         self._require_admin(actor, "reject")
+        pair_id = self._target(pair_id, reply_to, "reject")
         return self._changed("reject", self.curation.reject(pair_id, actor.key), pair_id,
                              "Rejected")
 
     def add(self, actor: Actor, question: str, answer: str) -> CommandResult:
+        """A pair written by an admin: ``question`` and ``answer`` exactly as given."""
         self._require_admin(actor, "add")
-        if not question.strip() or not answer.strip():
+        question, answer = question.strip(), answer.strip()
+        if not question or not answer:
             raise CommandError("empty question or answer",
                                user_message="Both the question and the answer need some text.")
         change = self.curation.add(question, answer, actor.key)
@@ -263,6 +300,8 @@ class AdminService:
 
     def pending(self, actor: Actor, page: int = 1) -> CommandResult:
         self._require_admin(actor, "pending")
+        if not 1 <= page <= MAX_PAGE:
+            raise CommandError(f"bad page {page}", user_message=PENDING_USAGE)
         pairs, total = self.curation.pending(page, PAGE_SIZE)
         pages = max(1, -(-total // PAGE_SIZE))
         if not pairs:
@@ -320,6 +359,8 @@ class AdminService:
         """Queue a job, unless one is training, or a version was trained, on exactly the same
         dataset and settings: then point there instead of training twice."""
         self._require_admin(actor, "retrain")
+        if max_steps is not None and not 1 <= max_steps <= MAX_STEPS:
+            raise CommandError(f"bad max steps {max_steps}", user_message=RETRAIN_USAGE)
         steps = max_steps or self.default_max_steps
         key = self.training_key(steps)
         trained = self.registry.find_trained(key.dataset_sha256, key.base_model, key.config)
@@ -428,15 +469,12 @@ class AdminService:
                              "switching between requests.", [], {
                                  "from": before.version, "to": back.version if back else None})
 
-    def answer_all(self, actor: Actor, origin: ChatRef | None, args: str) -> CommandResult:
+    def answer_all(self, actor: Actor, origin: ChatRef | None, on: bool) -> CommandResult:
         self._require_admin(actor, "answerall")
-        if args.lower() not in ("on", "off"):
-            raise CommandError(f"bad answerall {args!r}", user_message="Usage: /answerall on|off")
         if origin is None or origin.kind is not ChatKind.GROUP:
             raise CommandError("answerall outside a group", user_message=(
                 "Use /answerall in the group or channel it should apply to; in private chats I "
                 "answer every voice note anyway."))
-        on = args.lower() == "on"
         self.curation.store.set_answer_every_voice(origin, on)
         log.info("%s set answer-every-voice %s in %s/%s", actor.key, on, origin.platform,
                  origin.chat_id)
@@ -458,6 +496,17 @@ class AdminService:
         return CommandResult("forget", message, [], counts)
 
 
+#: How text splits into a pair (typed routes, Discord options and the web console's JSON, take
+#: each field as it is and split nothing).
+PAIR_RULE = 'the first " | " (a bar with spaces around it) splits them'
+ADD_USAGE = f"Usage: /add <question> | <answer> — {PAIR_RULE}; the answer may contain more."
+CORRECT_USAGE = (
+    "Usage: /correct ID <better answer>, or /correct <better answer> as a reply to my answer "
+    "(then all of the text is the answer). To fix the question too, write <question> | "
+    f"<answer>: {PAIR_RULE}. To keep the question and have \" | \" in the answer, start with "
+    '"| ", e.g. /correct 12 | Run ls | grep foo.')
+PENDING_USAGE = "Usage: /pending [page number]"
+MAX_STEPS = 100_000
 RETRAIN_USAGE = ("Usage: /retrain [max steps]. Leave the number out: the defaults pass the "
                  "evaluation gate on the starter model in about 30 steps, and training stops "
                  "as soon as the gate passes.")
@@ -496,7 +545,7 @@ def _is_number(text: str) -> bool:
 def _max_steps(args: str) -> int | None:
     if not args:
         return None
-    if not _is_number(args) or len(args) > 6 or not 1 <= int(args) <= 100_000:
+    if not _is_number(args) or len(args) > 6 or not 1 <= int(args) <= MAX_STEPS:
         raise CommandError(f"bad max steps {args!r}", user_message=(
             RETRAIN_USAGE))
     return int(args)
@@ -516,7 +565,7 @@ def _page(args: str) -> int:
     if not args:
         return 1
     if not _is_number(args) or len(args) > 7 or not 1 <= int(args) <= MAX_PAGE:
-        raise CommandError(f"bad page {args[:40]!r}", user_message="Usage: /pending [page number]")
+        raise CommandError(f"bad page {args[:40]!r}", user_message=PENDING_USAGE)
     return int(args)
 
 
@@ -531,8 +580,15 @@ def _leading_id(args: str) -> tuple[int | None, str]:
     return None, args
 
 
-def _split_pair(text: str, usage: str) -> tuple[str, str]:
-    question, sep, answer = text.partition("|")
-    if not sep or not question.strip() or not answer.strip():
-        raise CommandError(f"bad pair {text!r}", user_message=f"Usage: /{usage}")
-    return question.strip(), answer.strip()
+#: A pair separator: a bar standing alone (whitespace, or the start or end, on both sides).
+PAIR_SEPARATOR = re.compile(r"(?<!\S)\|(?!\S)")
+
+
+def _split_pair(text: str) -> tuple[str | None, str]:
+    """``(question, answer)`` from "<question> | <answer>", split at the first bar with
+    whitespace (or the text's start or end) on both sides; ``(None, text)`` without one. "a|b"
+    never splits. Both stripped."""
+    found = PAIR_SEPARATOR.search(text)
+    if found is None:
+        return None, text.strip()
+    return text[:found.start()].strip(), text[found.end():].strip()

@@ -281,3 +281,68 @@ def test_out_of_range_numbers_are_refused_with_usage(app, command):
     with pytest.raises(CommandError) as refused:
         app.admin.execute(OPS, command, None, CHAT)
     assert refused.value.user_message
+
+
+def test_correct_as_a_reply_takes_all_of_its_text_as_the_answer(app):
+    """Issue 14: a leading number is a pair id only when the command names no answer."""
+    ask(app, "How was last year?", "Fine.", msg="1")
+    replied = ReplyTarget("telegram", "-100", "r1")
+    fixed = app.admin.execute(TG_ADMIN, "/correct 2024 was great", reply_to=replied)
+    assert (fixed.pairs[0].question, fixed.pairs[0].answer) == ("How was last year?",
+                                                                "2024 was great")
+    # A reply to a bot message that is no answer (say, the /pending list): the ID counts.
+    other = ask(app, "Who are you?", "A bot.", msg="2")
+    by_id = app.admin.execute(TG_ADMIN, f"/correct {other} I'm Manman.",
+                              reply_to=ReplyTarget("telegram", "-100", "pending-list"))
+    assert (by_id.pairs[0].id, by_id.pairs[0].answer) == (other, "I'm Manman.")
+    with pytest.raises(CommandError, match="not an answer"):
+        app.admin.execute(TG_ADMIN, "/correct Better.",
+                          reply_to=ReplyTarget("telegram", "-100", "pending-list"))
+
+
+@pytest.mark.parametrize(("text", "question", "answer"), [
+    ("/correct {id} Run ls|grep foo.", "How do I find foo?", "Run ls|grep foo."),
+    ("/correct {id} | Run ls | grep foo.", "How do I find foo?", "Run ls | grep foo."),
+    ("/correct {id} Where is foo? | Run ls | grep foo.", "Where is foo?", "Run ls | grep foo."),
+    ("/correct #{id}   Where is foo?\t|\tHere.", "Where is foo?", "Here."),
+])
+def test_text_corrections_split_at_the_first_spaced_bar_only(app, text, question, answer):
+    pair_id = ask(app, "How do I find foo?", "No idea.")
+    fixed = app.admin.execute(OPS, text.format(id=pair_id))
+    assert (fixed.pairs[0].question, fixed.pairs[0].answer) == (question, answer)
+
+
+def test_added_pairs_keep_bars_after_the_first_separator(app):
+    added = app.admin.execute(OPS, "/add How do I find foo? | ls | grep foo")
+    assert (added.pairs[0].question, added.pairs[0].answer) == ("How do I find foo?",
+                                                                "ls | grep foo")
+    with pytest.raises(CommandError) as unspaced:
+        app.admin.execute(OPS, "/add Q?|A.")
+    assert 'the first " | " (a bar with spaces around it) splits them' in \
+        unspaced.value.user_message
+
+
+def test_typed_entry_points_take_fields_as_given(app):
+    pair_id = ask(app, "How do I find foo?", "No idea.")
+    fixed = app.admin.correct(OPS, pair_id, "  ls | grep foo ", "")
+    assert (fixed.pairs[0].question, fixed.pairs[0].answer) == ("How do I find foo?",
+                                                                "ls | grep foo")
+    added = app.admin.add(OPS, "a | b?", "c | d")
+    assert (added.pairs[0].question, added.pairs[0].answer) == ("a | b?", "c | d")
+    before = snapshot(app)
+    for bad in (lambda: app.admin.correct(OPS, pair_id, "   "),
+                lambda: app.admin.add(OPS, "Q?", " "),
+                lambda: app.admin.pending(OPS, 0),
+                lambda: app.admin.retrain(OPS, CHAT, 0),
+                lambda: app.admin.approve(OPS, None)):
+        with pytest.raises(CommandError):
+            bad()
+    assert snapshot(app) == before and app.jobs.open_jobs() == []
+
+
+def test_usage_says_how_text_splits(app):
+    with pytest.raises(CommandError) as usage:
+        app.admin.execute(OPS, "/correct 5")
+    message = usage.value.user_message
+    assert "as a reply to my answer (then all of the text is the answer)" in message
+    assert '"| "' in message and "/correct 12 | Run ls | grep foo." in message

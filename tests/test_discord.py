@@ -187,9 +187,18 @@ async def test_typed_options_reach_the_service_unparsed(fake, bot):
     done = await fake.wait_for(lambda: [p for p in fake.interaction_replies(fixed)
                                         if p.kind == "followup"])
     assert done[0].content.startswith("Corrected and approved #1")
+    added = await fake.slash("add", ADMIN, admin=True, options=[
+        {"name": "question", "type": 3, "value": "How do I list foo files?"},
+        {"name": "answer", "type": 3, "value": "ls | grep foo"}])
+    done = await fake.wait_for(lambda: [p for p in fake.interaction_replies(added)
+                                        if p.kind == "followup"])
+    assert done[0].content.startswith("Added #2")
     with bot.store.session() as s:
-        pair = s.get(Pair, 1)
-    assert (pair.question, pair.answer) == ("How do I find foo?", "Run ls | grep foo.")
+        corrected, new = s.get(Pair, 1), s.get(Pair, 2)
+        assert (corrected.question, corrected.answer) == ("How do I find foo?",
+                                                          "Run ls | grep foo.")
+        assert (new.question, new.answer, new.status) == ("How do I list foo files?",
+                                                          "ls | grep foo", "approved")
 
 
 async def test_a_429_then_success_delivers_exactly_one_reply(fake, bot):

@@ -11,9 +11,11 @@ import socket
 import sys
 
 import aiohttp
+import httpx
 import pytest
+from telegram.error import NetworkError, TelegramError, TimedOut
 
-from adapters.telegram import TelegramAdapter
+from adapters.telegram import TelegramAdapter, resend_is_safe
 from bot.app import ChatmanApp
 from bot.llm.chat_model import GenerationSettings
 from bot.storage.models import Pair
@@ -55,13 +57,13 @@ def tg_settings(tmp_path, fake: FakeTelegram, **overrides):
         telegram_file_base_url=fake.base_file_url, admin_ids="telegram:900", **overrides)
 
 
-async def started(settings, asr, llm, tts) -> tuple[ChatmanApp, TelegramAdapter]:
+async def started(settings, asr, llm, tts, **adapter_options) -> tuple[ChatmanApp, TelegramAdapter]:
     # The session's starter, with short answers: these tests are about Telegram, not prose.
     quick = copy.copy(llm)
     quick.generation = GenerationSettings(max_new_tokens=12, temperature=0.0)
     app = ChatmanApp.from_settings(settings, asr=asr, llm=quick, tts=tts)
     await app.start(load_models=False)
-    adapter = TelegramAdapter(app)
+    adapter = TelegramAdapter(app, **adapter_options)
     await adapter.start()
     return app, adapter
 
@@ -177,6 +179,68 @@ async def test_approve_as_a_reply_to_the_bots_answer_stores_the_pair(fake, bot):
         pair = s.query(Pair).one()
     assert pair.status == "approved" and pair.decided_by == "telegram:900"
     assert pair.answer == answer.text
+
+
+async def test_correct_as_a_reply_takes_all_of_its_text_as_the_answer(fake, bot):
+    """Issue 14: replying /correct 2024 was great to an answer took 2024 for a pair id."""
+    await fake.send_text(GROUP, ALICE, f"{MENTION} How was last year?")
+    answer = (await fake.wait_for(lambda: replies(fake, GROUP["id"])))[0]
+    await fake.wait_for(lambda: [e for e in bot.store.exchanges() if e.reply_message_id])
+    await fake.send_text(GROUP, ADMIN, "/correct 2024 was great", reply_to_message=answer.message)
+    done = (await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 2
+                                and replies(fake, GROUP["id"])))[1]
+    assert done.text.startswith("Corrected and approved #1: How was last year? → 2024 was great")
+    with bot.store.session() as s:
+        pair = s.query(Pair).one()
+    assert (pair.question, pair.answer, pair.status) == ("How was last year?", "2024 was great",
+                                                         "approved")
+
+
+async def test_a_voice_note_accepted_after_the_timeout_is_sent_exactly_once(
+        tmp_path, fake, asr, llm, tts, caplog):
+    """Issue 14: a timeout after Telegram took the voice note sent it twice."""
+    fake.answer_after["sendVoice"] = answer = asyncio.Event()
+    app, adapter = await started(tg_settings(tmp_path, fake, telegram_text_voice=True), asr, llm,
+                                 tts, read_timeout=2.0)
+    try:
+        with caplog.at_level(logging.INFO, logger="adapters.telegram"):
+            await fake.send_text(private_chat(ALICE), ALICE, "What is the capital of Japan?")
+            # The adapter's last word on the turn: given up, not resent, not stored (or, were
+            # it to retry, a second voice note).
+            await fake.wait_for(lambda: "not sent again and not stored" in caplog.text
+                                or fake.calls.count("sendVoice") > 1)
+    finally:
+        answer.set()
+        await adapter.stop()
+        await app.stop()
+        app.close()
+    assert fake.calls.count("sendVoice") == 1 and len(replies(fake, ALICE["id"], "sendVoice")) == 1
+    assert "sendVoice may or may not have been delivered" in caplog.text
+    # No "sorry" after an answer that may well have arrived; nothing stored.
+    assert replies(fake, ALICE["id"]) == [] and app.store.exchanges() == []
+
+
+def _failure(exc: NetworkError, cause: BaseException | None) -> NetworkError:
+    try:
+        raise exc from cause
+    except NetworkError as raised:
+        return raised
+
+
+@pytest.mark.parametrize(("failure", "safe"), [
+    (_failure(NetworkError("Bad Gateway"), None), True),  # the Bot API's own error answer
+    (_failure(NetworkError("httpx.ConnectError: refused"), httpx.ConnectError("refused")), True),
+    (_failure(TimedOut(), httpx.ConnectTimeout("connect")), True),
+    (_failure(TimedOut("pool"), httpx.PoolTimeout("pool")), True),
+    (_failure(TimedOut(), httpx.ReadTimeout("read")), False),
+    (_failure(TimedOut(), httpx.WriteTimeout("write")), False),
+    (_failure(NetworkError("gone"), httpx.RemoteProtocolError("gone")), False),
+    (_failure(NetworkError("reset"), httpx.ReadError("reset")), False),
+    # A proxy's HTML error page: not the Bot API's answer, so it proves nothing.
+    (_failure(NetworkError("Bad Gateway (502)"), TelegramError("Invalid server response")), False),
+])
+def test_only_failures_that_delivered_nothing_are_resent(failure, safe):
+    assert resend_is_safe(failure) is safe
 
 
 async def test_rate_limits_and_server_errors_deliver_exactly_one_reply(fake, bot):

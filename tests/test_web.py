@@ -106,6 +106,24 @@ async def test_admin_api_curates_retrains_and_lists_versions(web):
     assert nothing.status_code == 400 and "Nothing to roll back" in nothing.json()["error"]
 
 
+async def test_admin_json_fields_reach_the_service_unparsed(web):
+    """Issue 14: an answer with "|" in it is one answer; the question stays as it was."""
+    web.app.curation.add("How do I find foo?", "No idea.", "test")
+    fixed = await web.post("/api/admin/pairs/1/correct", headers=ADMIN,
+                           json={"answer": "ls | grep foo"})
+    assert fixed.status_code == 200 and fixed.json()["pairs"][0]["answer"] == "ls | grep foo"
+    both = await web.post("/api/admin/pairs/1/correct", headers=ADMIN,
+                          json={"answer": "find . -name foo", "question": "Where is foo | bar?"})
+    assert both.json()["pairs"][0]["question"] == "Where is foo | bar?"
+    empty = await web.post("/api/admin/pairs/1/correct", headers=ADMIN, json={"answer": "  "})
+    assert empty.status_code == 400
+    with web.app.store.session() as s:
+        pair = s.get(Pair, 1)
+        assert (pair.question, pair.answer) == ("Where is foo | bar?", "find . -name foo")
+    actions = [e.after["answer"] for e in web.app.curation.audit_log(1) if e.action == "correct"]
+    assert actions == ["ls | grep foo", "find . -name foo"]
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 

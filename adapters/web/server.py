@@ -18,6 +18,7 @@ import re
 import secrets
 import uuid
 from collections import deque
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -209,9 +210,7 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
     async def forget(body: ForgetBody) -> dict:
         """Delete this conversation: its messages, pairs and reply audio (the user's /forget)."""
         actor = Actor(PLATFORM, body.conversation_id, "Web visitor")
-        result: CommandResult = await asyncio.to_thread(
-            app.admin.execute, actor, "/forget", None, ChatRef(PLATFORM, body.conversation_id))
-        return result.to_dict()
+        return (await asyncio.to_thread(app.admin.forget, actor)).to_dict()
 
     @api.get("/api/audio/{name}")
     async def reply_audio(name: str) -> FileResponse:
@@ -221,65 +220,62 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
         return FileResponse(path, media_type="audio/ogg")
 
     # --- admin ------------------------------------------------------------------------
-    async def run(text: str) -> dict:
-        result: CommandResult = await asyncio.to_thread(
-            app.admin.execute, ADMIN, text, None, ChatRef(PLATFORM, "admin"))
-        return result.to_dict()
+    # Every route calls the admin service's typed method with the request's fields as they
+    # are: nothing is rebuilt into command text and parsed again.
+    async def run(method: Callable[..., CommandResult], *args) -> dict:
+        return (await asyncio.to_thread(method, ADMIN, *args)).to_dict()
 
     @api.get("/api/admin/pending")
     async def pending(page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1) -> dict:
-        return (await asyncio.to_thread(app.admin.pending, ADMIN, page)).to_dict()
+        return await run(app.admin.pending, page)
 
     @api.post("/api/admin/pairs/{pair_id}/approve")
     async def approve(pair_id: PairId) -> dict:
-        return (await asyncio.to_thread(app.admin.approve, ADMIN, pair_id)).to_dict()
+        return await run(app.admin.approve, pair_id)
 
     @api.post("/api/admin/pairs/{pair_id}/reject")
     async def reject(pair_id: PairId) -> dict:
-        return (await asyncio.to_thread(app.admin.reject, ADMIN, pair_id)).to_dict()
+        return await run(app.admin.reject, pair_id)
 
     @api.post("/api/admin/pairs/{pair_id}/correct")
     async def correct(pair_id: PairId, body: CorrectBody) -> dict:
-        # Typed fields straight to the service: an answer with "|" in it stays one answer.
-        answer, question = body.answer.strip(), (body.question or "").strip() or None
-        if not answer:
+        # The fields as given: an answer with "|" in it stays one answer, the question stays.
+        if not body.answer.strip():
             raise HTTPException(400, "The answer is empty.")
-        return (await asyncio.to_thread(app.admin.correct, ADMIN, pair_id, answer,
-                                        question)).to_dict()
+        return await run(app.admin.correct, pair_id, body.answer, body.question)
 
     @api.get("/api/admin/dataset")
     async def dataset() -> dict:
-        return await run("/dataset")
+        return await run(app.admin.dataset)
 
     @api.post("/api/admin/retrain")
     async def retrain(body: Annotated[RetrainBody | None, Body()] = None) -> dict:
         steps = body.max_steps if body else None
-        return (await asyncio.to_thread(app.admin.retrain, ADMIN, ChatRef(PLATFORM, "admin"),
-                                        steps)).to_dict()
+        return await run(app.admin.retrain, ChatRef(PLATFORM, "admin"), steps)
 
     @api.post("/api/admin/train/cancel")
     async def cancel_training(body: Annotated[CancelBody | None, Body()] = None) -> dict:
         """Cancel the queued job, or stop the running one (waits for the runner to confirm)."""
         job_id = body.job_id if body else None
-        return (await asyncio.to_thread(app.admin.cancel_training, ADMIN, job_id)).to_dict()
+        return await run(app.admin.cancel_training, job_id)
 
     @api.get("/api/admin/trainstatus")
     async def trainstatus() -> dict:
-        result = await run("/trainstatus")
+        result = await run(app.admin.train_status)
         result["notices"] = list(notices)[-20:]
         return result
 
     @api.get("/api/admin/models")
     async def models() -> dict:
-        return await run("/models")
+        return await run(app.admin.models)
 
     @api.post("/api/admin/models/{version}/activate")
     async def activate(version: Annotated[str, PathParam(max_length=128)]) -> dict:
-        return (await asyncio.to_thread(app.admin.activate, ADMIN, version)).to_dict()
+        return await run(app.admin.activate, version)
 
     @api.post("/api/admin/rollback")
     async def rollback() -> dict:
-        return await run("/rollback")
+        return await run(app.admin.rollback)
 
     @api.get("/api/admin/models/{version}/loss.png")
     async def loss_plot(version: Annotated[str, PathParam(max_length=128)]) -> FileResponse:

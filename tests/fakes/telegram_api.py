@@ -3,7 +3,9 @@
 Requests are ``POST /bot<token>/<method>`` with form or multipart fields (JSON-encoded when
 not strings); responses are ``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code",
 "description", "parameters"}``. Files download from ``GET /file/bot<token>/<file_path>``.
-Tests inject updates and read what the bot sent; ``fail_next`` queues error replies.
+Tests inject updates and read what the bot sent; ``fail_next`` queues error replies;
+``answer_after`` makes a method do its work (a message is sent) but hold its answer until an
+event is set, as a slow server whose answer comes after the client gave up waiting.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class FakeTelegram(LocalServer):
         # (chat id, user id) → "creator" | "administrator"; everyone else is a "member".
         self.chat_admins: dict[tuple[int, int], str] = {}
         self.fail_next: dict[str, list[tuple[int, dict]]] = {}
+        # method → event: the call is carried out at once, its answer sent once the event is set.
+        self.answer_after: dict[str, asyncio.Event] = {}
         self._update_ids = itertools.count(1)
         self._message_ids = itertools.count(1000)
         self._file_ids = itertools.count(1)
@@ -68,6 +72,11 @@ class FakeTelegram(LocalServer):
     def routes(self, app: web.Application) -> None:
         app.router.add_post("/bot{token}/{method}", self._api)
         app.router.add_get("/file/bot{token}/{path:.+}", self._download)
+
+    async def stop(self) -> None:
+        for held in self.answer_after.values():
+            held.set()
+        await super().stop()
 
     @property
     def base_url(self) -> str:
@@ -165,7 +174,11 @@ class FakeTelegram(LocalServer):
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return self._error(404, f"Not Found: method {method} not found")
-        return await handler(params, files)
+        response = await handler(params, files)
+        held = self.answer_after.get(method)
+        if held is not None:
+            await held.wait()
+        return response
 
     async def _m_getMe(self, params, files):
         return self._ok(BOT)
