@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.chatman-setup
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo test check bench clean-venv
 
 setup: $(STAMP)
 
@@ -22,7 +22,13 @@ demo: setup
 	$(BIN)/chatman run
 
 test: setup
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
+
+# The fast tier: lint, then every test outside the model tier (see tests/conftest.py).
+check: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -m "not model"
 
 bench: setup
 	$(BIN)/python bench/pipeline.py

@@ -25,7 +25,7 @@ import httpx
 # Durations and retry_after as timedelta now, as PTB will have them in its next major version.
 os.environ.setdefault("PTB_TIMEDELTA", "1")
 
-from telegram import (  # noqa: E402
+from telegram import (
     BotCommand,
     BotCommandScopeChat,
     BotCommandScopeDefault,
@@ -33,14 +33,14 @@ from telegram import (  # noqa: E402
     ReplyParameters,
     Update,
 )
-from telegram.constants import (  # noqa: E402
+from telegram.constants import (
     ChatAction,
     ChatMemberStatus,
     ChatType,
     MessageEntityType,
     MessageLimit,
 )
-from telegram.error import (  # noqa: E402
+from telegram.error import (
     BadRequest,
     Forbidden,
     NetworkError,
@@ -48,13 +48,13 @@ from telegram.error import (  # noqa: E402
     TelegramError,
     TimedOut,
 )
-from telegram.ext import Application, ContextTypes, MessageHandler, filters  # noqa: E402
+from telegram.ext import Application, ContextTypes, MessageHandler, filters
 
-from bot.admin import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget  # noqa: E402
-from bot.app import ChatmanApp  # noqa: E402
-from bot.errors import Busy, NotDelivered, UserFacingError  # noqa: E402
-from bot.types import ChatKind, ChatRef, Incoming, Turn, UserRef  # noqa: E402
-from training.jobs import Notice  # noqa: E402
+from bot.admin import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget
+from bot.app import ChatmanApp
+from bot.errors import Busy, NotDelivered, UserFacingError
+from bot.types import ChatKind, ChatRef, Incoming, Turn, UserRef
+from training.jobs import Notice
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.app import ChatmanApp, build_llm  # noqa: E402
-from bot.config import Settings  # noqa: E402
-from bot.logs import configure_logging  # noqa: E402
-from training.evaluate import Decoding, answer_general, evaluate, general_items  # noqa: E402
-from training.run import run_training  # noqa: E402
-from training.sft import TrainConfig  # noqa: E402
+from bot.app import ChatmanApp, build_llm
+from bot.config import Settings
+from bot.logs import configure_logging
+from training.evaluate import Decoding, answer_general, evaluate, general_items
+from training.run import run_training
+from training.sft import TrainConfig
 
 
 def _peak_rss_mb() -> float:

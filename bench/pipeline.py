@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.app import ChatmanApp  # noqa: E402
-from bot.config import Settings  # noqa: E402
-from bot.logs import configure_logging  # noqa: E402
-from bot.types import ChatMessage, ChatRef, Incoming, Role, UserRef  # noqa: E402
+from bot.app import ChatmanApp
+from bot.config import Settings
+from bot.logs import configure_logging
+from bot.types import ChatMessage, ChatRef, Incoming, Role, UserRef
 
 QUESTIONS = [
     "Hello there! Who are you, and what do you do?",

@@ -26,12 +26,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.app import ChatmanApp  # noqa: E402
-from bot.config import Settings  # noqa: E402
-from bot.logs import configure_logging  # noqa: E402
-from training.evaluate import Decoding  # noqa: E402
-from training.run import run_training  # noqa: E402
-from training.sft import TrainConfig  # noqa: E402
+from bot.app import ChatmanApp
+from bot.config import Settings
+from bot.logs import configure_logging
+from training.evaluate import Decoding
+from training.run import run_training
+from training.sft import TrainConfig
 
 
 def recipes(max_steps: int, eval_every: int) -> dict[str, TrainConfig]:

@@ -380,8 +380,15 @@ def eval_command(
     from bot.app import build_llm
     from bot.persona import load_persona
     from training.evaluate import (
-        Decoding, EvalFileError, GeneralItem, Gate, ProbeItem, answer_general, evaluate,
-        general_items, load_jsonl,
+        Decoding,
+        EvalFileError,
+        Gate,
+        GeneralItem,
+        ProbeItem,
+        answer_general,
+        evaluate,
+        general_items,
+        load_jsonl,
     )
 
     settings = _settings()

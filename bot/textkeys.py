@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 from bot.types import ChatMessage, Role
 
-
 #: Kept in user text: line breaks and tabs; every other control or format character (NUL,
 #: zero-width spaces, bidi overrides) is dropped before anything else sees the text.
 _KEPT_CONTROLS = {"\n", "\t"}

@@ -7,7 +7,6 @@ import io
 import av
 import numpy as np
 
-
 # (container format, codec, sample rate) as phones and browsers produce them.
 FORMATS = {
     "ogg-opus": ("ogg", "libopus", 48_000),

@@ -11,24 +11,39 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import uuid  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
-from pathlib import Path  # noqa: E402
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
-import pytest  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 
-from bot.app import ChatmanApp  # noqa: E402
-from bot.asr import FasterWhisperASR  # noqa: E402
-from bot.audio.codec import PyAvCodec  # noqa: E402
-from bot.config import Settings  # noqa: E402
-from bot.llm.chat_model import GenerationSettings, TransformersChatModel  # noqa: E402
-from bot.tts.piper_tts import PiperTTS  # noqa: E402
+from bot.app import ChatmanApp
+from bot.asr import FasterWhisperASR
+from bot.audio.codec import PyAvCodec
+from bot.config import Settings
+from bot.llm.chat_model import GenerationSettings, TransformersChatModel
+from bot.tts.piper_tts import PiperTTS
 
 REPO = Path(__file__).resolve().parents[1]
 # Survives between local runs so the one-off GGUF de-quantisation is paid once per checkout.
 MODEL_CACHE = Path(os.environ.get("CHATMAN_TEST_MODEL_CACHE", REPO / ".cache" / "test-models"))
+
+
+# The model tier: tests that load a real model (directly or through a fixture that does) or
+# run the `chatman` CLI in a subprocess (which loads them). `make check` runs everything else.
+MODEL_FIXTURES = {"asr", "llm", "tts", "speak", "tiny_qwen2_dir", "chattts_dir"}
+SUBPROCESS_MODULES = {"test_cli", "test_admin_cli", "test_secrets", "test_startup_errors",
+                      "test_training", "test_evaluate", "test_starter", "test_tts", "test_chattts"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        if (MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SUBPROCESS_MODULES
+                or "chatman_run" in item.name):
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(autouse=True)

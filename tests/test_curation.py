@@ -62,7 +62,7 @@ async def test_pipeline_turns_become_pending_pairs_with_history_and_provenance(a
     with app.store.session() as s:
         row = s.get(Pair, second.id)
         assert (row.platform, row.platform_chat_id, row.incoming_message_id) == ("telegram", "-100", "2")
-    assert "2 (page 1/1" in result.message and "#%d — Carol" % first.id in result.message
+    assert "2 (page 1/1" in result.message and f"#{first.id} — Carol" in result.message
 
 
 def test_full_cycle_approve_correct_reject_add_pending(app):

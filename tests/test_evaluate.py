@@ -6,13 +6,20 @@ import json
 
 import pytest
 
+from bot.llm.chat_model import Generated
 from bot.persona import load_persona
 from bot.textkeys import question_key
-from bot.llm.chat_model import Generated
-from training.evaluate import (
-    Decoding, EvalFileError, GeneralItem, Gate, ProbeItem, answer_general, evaluate, load_jsonl,
-)
 from tests.test_cli import chatman
+from training.evaluate import (
+    Decoding,
+    EvalFileError,
+    Gate,
+    GeneralItem,
+    ProbeItem,
+    answer_general,
+    evaluate,
+    load_jsonl,
+)
 
 PERSONA = load_persona("manman")
 SYSTEM = PERSONA.prompt_for("en")

@@ -20,6 +20,7 @@ import pytest
 from bot.audio.codec import PyAvCodec
 from bot.errors import UserFacingError
 from bot.types import Pcm
+from tests.audio_files import ADTS_AAC, FORMATS, encode, tone
 from tests.hostile_corpus import (
     REFERENCE_BAIT,
     REPO,
@@ -28,7 +29,6 @@ from tests.hostile_corpus import (
     by_name,
     corpus,
 )
-from tests.audio_files import ADTS_AAC, FORMATS, encode, tone
 from tests.test_codec import dominant_hz
 
 MAX_SECONDS = 120

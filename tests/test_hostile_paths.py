@@ -124,11 +124,10 @@ def test_chatman_ask_refuses_every_hostile_file_with_one_line(cli, tmp_path):
 async def test_a_decoder_process_that_dies_costs_one_upload_not_the_bot(codec, speak):
     import signal
 
-    from bot.audio.isolated import IsolatedDecoder
-    from bot.errors import UnsupportedAudio
-
     import psutil
 
+    from bot.audio.isolated import IsolatedDecoder
+    from bot.errors import UnsupportedAudio
     from tests.fakes import eventually
     from tests.hostile_corpus import by_name
 

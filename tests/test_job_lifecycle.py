@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -251,7 +252,7 @@ def together(*calls: Callable[[], object]) -> list[object]:
         barrier.wait()
         try:
             results[i] = call()
-        except Exception as exc:  # noqa: BLE001 - reported to the test
+        except Exception as exc:
             results[i] = exc
 
     threads = [threading.Thread(target=run_one, args=(i, c)) for i, c in enumerate(calls)]
@@ -296,7 +297,8 @@ def test_two_bots_queue_one_job_and_a_cancel_is_never_lost_to_a_claim(two_bots):
         assert len(jobs) == 1 and len(refused) == 1, f"round {n}: {queued}"
         assert [j.id for j in a.open_jobs()] == [jobs[0].id]
 
-        claim, cancel = together(a.claim_next, lambda: b.cancel(jobs[0].id, "test:ops"))
+        claim, cancel = together(a.claim_next,
+                                 functools.partial(b.cancel, jobs[0].id, "test:ops"))
         assert isinstance(cancel, JobView), cancel
         job = a.get(jobs[0].id)
         if claim is None:  # the cancel came first: it never runs

@@ -159,7 +159,7 @@ async def test_bad_input_gets_its_message_and_stores_nothing(app, payload, error
     codec = PyAvCodec(max_seconds=500, max_bytes=10**9)
     rate = 16_000
     if payload == "text-as-ogg":
-        payload = "Dear diary, today I renamed a text file to voice.ogg.\n".encode() * 10
+        payload = b"Dear diary, today I renamed a text file to voice.ogg.\n" * 10
     elif payload == "silence":
         payload = codec.encode_voice_note(Pcm(np.zeros(rate * 3, np.float32), rate)).data
     elif payload == "noise-floor":

@@ -166,7 +166,8 @@ async def test_chatman_run_with_a_rejected_token_says_so_without_the_token(
                if not k.startswith(("CHATMAN_", "TELEGRAM_", "DISCORD_"))}
     environ.update(CHATMAN_DATA_DIR=str(tmp_path / "data"),
                    CHATMAN_MODEL_CACHE_DIR=str(MODEL_CACHE), CHATMAN_WEB_ENABLED="false",
-                   CHATMAN_LOG_LEVEL=level, TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_API_BASE_URL=f"{refusing_api}/bot",
+                   CHATMAN_LOG_LEVEL=level, TELEGRAM_BOT_TOKEN=TOKEN,
+                   TELEGRAM_API_BASE_URL=f"{refusing_api}/bot",
                    TELEGRAM_FILE_BASE_URL=f"{refusing_api}/file/bot",
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", COLUMNS="200")
     process = await asyncio.create_subprocess_exec(

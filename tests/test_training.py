@@ -7,8 +7,8 @@ import json
 import pytest
 
 from bot.app import ChatmanApp
-from bot.types import ChatKind, ChatRef, Incoming, UserRef
 from bot.config import Settings
+from bot.types import ChatKind, ChatRef, Incoming, UserRef
 from tests.conftest import MODEL_CACHE, make_settings
 from tests.test_cli import chatman
 from training.evaluate import Decoding

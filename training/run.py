@@ -18,7 +18,12 @@ from bot.llm.chat_model import TransformersChatModel
 from bot.persona import PersonaProfile
 from training.dataset import snapshot_dataset
 from training.evaluate import (
-    Answered, Decoding, EvalReport, ModelAnswerer, answer_general, general_items,
+    Answered,
+    Decoding,
+    EvalReport,
+    ModelAnswerer,
+    answer_general,
+    general_items,
 )
 from training.export import export_merged
 from training.sft import StepLog, TrainConfig, TrainResult, replay_pairs, train_persona

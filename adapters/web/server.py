@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Annotated
 
 import uvicorn
-from fastapi import Body, FastAPI, Form, HTTPException, Path as PathParam, Query, Request, UploadFile
+from fastapi import Body, FastAPI, Form, HTTPException, Query, Request, UploadFile
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt

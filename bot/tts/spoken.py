@@ -1,7 +1,8 @@
 """Turn a chat reply into text a TTS model can say: ChatTTS silently drops what it can't read.
 
 Numbers, dates, times, percentages and money are spelled out in the reply's language (Chinese via
-cn2an, English via num2words); URLs, code, markdown and emoji are dropped or named (see :func:`bot.tts.text.strip_markup`); long replies
+cn2an, English via num2words); URLs, code, markdown and emoji are dropped or named (see
+:func:`bot.tts.text.strip_markup`); long replies
 are cut at sentence boundaries so they can be synthesised in batches.
 """
 

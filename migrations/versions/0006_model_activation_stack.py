@@ -20,17 +20,16 @@ The data is read before and written after the ALTERs: on SQLite a batch ALTER co
 model_versions into a new table, which must not happen while rows of model_activations
 point into it (the store turns foreign keys on).
 """
-from datetime import datetime, timezone
-from typing import Sequence, Union
+from collections.abc import Sequence
+from datetime import UTC, datetime
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision: str = '0006'
-down_revision: Union[str, None] = '0005'
-branch_labels: Union[str, Sequence[str], None] = None
-depends_on: Union[str, Sequence[str], None] = None
+down_revision: str | None = '0005'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
 
 # The tables as this migration knows them (the models will change later; this must not).
 versions = sa.table(
@@ -54,7 +53,7 @@ def _stacks_from_chains(bind) -> list[dict]:
     for r in sorted(rows.values(), key=lambda r: r.id):
         if r.status == 'active':
             active[r.persona] = r  # one per persona; were there more, the newest
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     entries = []
     for persona, top in sorted(active.items()):
         chain, seen, cur = [], set(), top

@@ -273,7 +273,8 @@ class FakeDiscord(LocalServer):
         return [p for p in self.posted if p.payload.get("_token") == token]
 
     async def wait_for(self, predicate, timeout: float = 120.0):
-        return await eventually(predicate, timeout, lambda: f"posted: {[(p.kind, p.channel_id, p.content, p.flags) for p in self.posted]}")
+        return await eventually(predicate, timeout, lambda: "posted: " + repr(
+            [(p.kind, p.channel_id, p.content, p.flags) for p in self.posted]))
 
     # --- REST -------------------------------------------------------------------------
     @staticmethod

@@ -125,7 +125,8 @@ class FakeTelegram(LocalServer):
                 and (method is None or s.method == method)]
 
     async def wait_for(self, predicate, timeout: float = 120.0):
-        return await eventually(predicate, timeout, lambda: f"sent so far: {[(s.method, s.chat_id, s.text) for s in self.sent]}")
+        return await eventually(predicate, timeout, lambda: "sent so far: " + repr(
+            [(s.method, s.chat_id, s.text) for s in self.sent]))
 
     # --- the Bot API ------------------------------------------------------------------
     @staticmethod
