@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+from collections import deque
 from collections.abc import Callable
 from pathlib import PurePosixPath
 
@@ -70,6 +71,7 @@ class DiscordAdapter:
         self.app = app
         self.settings = s
         self.queues = app.queues
+        self.handled: deque[tuple[str, str]] = deque(maxlen=1000)  # (channel id, message id)
         # discord.py has no per-client endpoint settings; these class attributes are the
         # documented way to point it elsewhere (a proxy, the tests' fake).
         if s.discord_api_base_url:
@@ -152,6 +154,14 @@ class DiscordAdapter:
 
     # --- messages -------------------------------------------------------------------
     async def on_message(self, message: discord.Message) -> None:
+        try:
+            await self._on_message(message)
+        finally:
+            # What was fully handled (answered, refused or ignored), for operators' debugging
+            # and for tests that must know nothing (more) came of a message.
+            self.handled.append((str(message.channel.id), str(message.id)))
+
+    async def _on_message(self, message: discord.Message) -> None:
         if message.author.bot:
             return
         audio = self._audio(message)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import secrets
+from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
@@ -48,7 +49,7 @@ from telegram.error import (
     TelegramError,
     TimedOut,
 )
-from telegram.ext import Application, ContextTypes, MessageHandler, filters
+from telegram.ext import Application, ContextTypes, MessageHandler, TypeHandler, filters
 
 from bot.admin import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget
 from bot.app import ChatmanApp
@@ -144,10 +145,20 @@ class TelegramAdapter:
         self.application.add_handler(MessageHandler(filters.TEXT & ~filters.COMMAND,
                                                      self.on_text))
         self.application.add_error_handler(self.on_error)
+        # After every other handler of an update (groups run in order within one update):
+        # a record of what was fully handled, for operators' debugging and for tests that
+        # must know "this message was processed and nothing (more) came of it".
+        self.handled: deque[tuple[str, str]] = deque(maxlen=1000)  # (chat id, message id)
+        self.application.add_handler(TypeHandler(Update, self._mark_handled), group=1)
 
     @property
     def bot(self):
         return self.application.bot
+
+    async def _mark_handled(self, update: Update, context) -> None:
+        message = update.effective_message
+        if message is not None:
+            self.handled.append((str(message.chat_id), str(message.message_id)))
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:

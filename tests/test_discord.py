@@ -66,11 +66,18 @@ async def started(tmp_path, fake, asr, llm, tts, **overrides):
     return app, adapter
 
 
+
+async def handled(fake, bot, message: dict) -> None:
+    """Until the bot has finished with ``message``: answered, retried, refused or ignored."""
+    key = (str(message["channel_id"]), str(message["id"]))
+    await fake.wait_for(lambda: key in bot.discord.handled)
+
 @pytest.fixture
 async def bot(tmp_path, fake, asr, llm, tts):
     # Ada is a bot admin (CHATMAN_ADMIN_IDS) as well as an Administrator of the guild.
     app, adapter = await started(tmp_path, fake, asr, llm, tts,
                                  admin_ids=f"discord:{ADMIN['id']}")
+    app.discord = adapter  # tests wait on adapter.handled: "processed, nothing more to come"
     yield app
     await adapter.stop()
     await app.stop()
@@ -104,8 +111,7 @@ async def test_guild_messages_need_a_mention_or_a_reply(fake, bot):
     follow = await fake.send_message(TEXT_CHANNEL, ALICE, "And what is it famous for?",
                                      reply_to=first.message)
     await fake.wait_for(lambda: len(fake.replies_in(TEXT_CHANNEL)) == 2)
-    await fake.send_message(TEXT_CHANNEL, BOB, "thanks")
-    await asyncio.sleep(1.0)
+    await handled(fake, bot, await fake.send_message(TEXT_CHANNEL, BOB, "thanks"))
     assert [p.reply_to for p in fake.replies_in(TEXT_CHANNEL)] == [asked["id"], follow["id"]]
 
 
@@ -206,8 +212,7 @@ async def test_a_429_then_success_delivers_exactly_one_reply(fake, bot):
                                                                  (500, None)]
     asked = await fake.send_message(OTHER_CHANNEL, ALICE, f"{MENTION} capital of Japan?",
                                     mentions=[BOT_USER])
-    await fake.wait_for(lambda: fake.replies_in(OTHER_CHANNEL))
-    await asyncio.sleep(1.0)
+    await handled(fake, bot, asked)
     sent = fake.replies_in(OTHER_CHANNEL)
     assert len(sent) == 1 and sent[0].reply_to == asked["id"]
     assert fake.calls.count(f"POST channels/{OTHER_CHANNEL}/messages") == 3

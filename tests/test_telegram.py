@@ -71,10 +71,17 @@ async def started(settings, asr, llm, tts, **adapter_options) -> tuple[ChatmanAp
 @pytest.fixture
 async def bot(tmp_path, fake, asr, llm, tts):
     app, adapter = await started(tg_settings(tmp_path, fake), asr, llm, tts)
+    app.telegram = adapter  # tests wait on adapter.handled: "processed, nothing more to come"
     yield app
     await adapter.stop()
     await app.stop()
     app.close()
+
+
+async def handled(fake: FakeTelegram, bot: ChatmanApp, message: dict) -> None:
+    """Until the bot has finished with ``message``: answered, retried, refused or ignored."""
+    key = (str(message["chat"]["id"]), str(message["message_id"]))
+    await fake.wait_for(lambda: key in bot.telegram.handled)
 
 
 def replies(fake: FakeTelegram, chat_id: int, method: str = "sendMessage"):
@@ -109,8 +116,7 @@ async def test_groups_answer_mentions_and_replies_only(fake, bot):
     follow = await fake.send_text(GROUP, ALICE, "And what is it famous for?",
                                   reply_to_message=first.message)
     await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 2)
-    await fake.send_text(GROUP, BOB, "thanks!")
-    await asyncio.sleep(1.0)
+    await handled(fake, bot, await fake.send_text(GROUP, BOB, "thanks!"))
     answered = replies(fake, GROUP["id"])
     assert [s.reply_to for s in answered] == [mention["message_id"], follow["message_id"]]
     # One shared memory, with each speaker's name in it, and the mention removed.
@@ -246,8 +252,7 @@ def test_only_failures_that_delivered_nothing_are_resent(failure, safe):
 async def test_rate_limits_and_server_errors_deliver_exactly_one_reply(fake, bot):
     fake.fail_next["sendMessage"] = [(429, {"retry_after": 1}), (502, None)]
     asked = await fake.send_text(private_chat(ALICE), ALICE, "What is the capital of Japan?")
-    await fake.wait_for(lambda: replies(fake, ALICE["id"]))
-    await asyncio.sleep(1.5)
+    await handled(fake, bot, asked)
     sent = replies(fake, ALICE["id"])
     assert len(sent) == 1 and sent[0].reply_to == asked["message_id"]
     assert fake.calls.count("sendMessage") == 3
@@ -256,9 +261,8 @@ async def test_rate_limits_and_server_errors_deliver_exactly_one_reply(fake, bot
 async def test_a_user_who_blocked_the_bot_is_logged_not_retried(fake, bot, caplog):
     fake.fail_next["sendMessage"] = [(403, None)]
     with caplog.at_level(logging.WARNING, logger="adapters.telegram"):
-        await fake.send_text(private_chat(BOB), BOB, "What is the capital of Japan?")
-        await fake.wait_for(lambda: "sendMessage" in fake.calls)
-        await asyncio.sleep(1.0)
+        await handled(fake, bot, await fake.send_text(private_chat(BOB), BOB,
+                                                      "What is the capital of Japan?"))
     assert fake.calls.count("sendMessage") == 1 and replies(fake, BOB["id"]) == []
     assert "not allowed to send" in caplog.text
     # Nothing reached the user, so nothing was stored.
