@@ -220,3 +220,37 @@ def chattts_dir() -> Path:
     from tests.chattts_assets import build_random_chattts
 
     return build_random_chattts(MODEL_CACHE / "chattts-random")
+
+
+@pytest.fixture
+def job_app(tmp_path, llm, tiny_qwen2_dir):
+    """The app training the tiny Qwen2 in a real worker process; notices are collected in
+    ``app.notices`` as (chat, notice)."""
+    from bot.types import ChatRef
+    from training.jobs import Notice
+
+    settings = make_settings(tmp_path / "data", train_base_model=str(tiny_qwen2_dir),
+                             train_progress_seconds=0, registry_poll_seconds=0.2)
+    application = ChatmanApp.from_settings(settings, llm=llm)
+    notices: list[tuple[ChatRef, Notice]] = []
+
+    async def collect(chat: ChatRef, notice: Notice) -> None:
+        notices.append((chat, notice))
+
+    application.notifiers["test"] = collect
+    application.notices = notices
+    yield application
+    application.close()
+
+
+@pytest.fixture
+def registry(database_url):
+    """A migrated, empty model registry for persona manman on each database."""
+    from bot.registry import ModelRegistry
+    from bot.storage import migrate
+    from bot.storage.store import SqlStore, make_engine
+
+    engine = make_engine(database_url)
+    migrate.upgrade(engine)
+    yield ModelRegistry(SqlStore(engine), "manman")
+    engine.dispose()

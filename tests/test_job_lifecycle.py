@@ -104,20 +104,6 @@ def test_a_run_trains_on_exactly_the_rows_it_froze(tmp_path, tiny_qwen2_dir, mon
 
 
 # --- 2. a runner error stops the trainer ------------------------------------------------------
-@pytest.fixture
-def job_app(tmp_path, llm, tiny_qwen2_dir):
-    settings = make_settings(tmp_path / "data", train_base_model=str(tiny_qwen2_dir),
-                             train_progress_seconds=0, registry_poll_seconds=0.2)
-    application = ChatmanApp.from_settings(settings, llm=llm)
-    notices: list[tuple[ChatRef, Notice]] = []
-
-    async def collect(chat: ChatRef, notice: Notice) -> None:
-        notices.append((chat, notice))
-
-    application.notifiers["test"] = collect
-    application.notices = notices
-    yield application
-    application.close()
 
 
 async def test_a_runner_error_mid_job_stops_the_trainer_before_the_job_fails(job_app):

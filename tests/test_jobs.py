@@ -21,28 +21,12 @@ from bot.admin import Actor
 from bot.app import ChatmanApp
 from bot.storage.models import JobStatus, ModelStatus, TrainingJob
 from bot.types import ChatKind, ChatRef, Incoming, UserRef
-from tests.conftest import make_settings
-from training.jobs import Notice
 
 ADMIN = Actor("test", "1", "Ada", granted_admin=True)
 ADMIN_CHAT = ChatRef("test", "admin-chat")
 CAROL = UserRef("test", "2", "Carol")
 
 
-@pytest.fixture
-def job_app(tmp_path, llm, tiny_qwen2_dir):
-    settings = make_settings(tmp_path / "data", train_base_model=str(tiny_qwen2_dir),
-                             train_progress_seconds=0, registry_poll_seconds=0.2)
-    application = ChatmanApp.from_settings(settings, llm=llm)
-    notices: list[tuple[ChatRef, Notice]] = []
-
-    async def collect(chat: ChatRef, notice: Notice) -> None:
-        notices.append((chat, notice))
-
-    application.notifiers["test"] = collect
-    application.notices = notices
-    yield application
-    application.close()
 
 
 async def ask(app: ChatmanApp, text: str, chat: str = "c1"):

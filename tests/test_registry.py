@@ -14,14 +14,6 @@ from bot.storage.store import SqlStore, make_engine
 from tests.test_cli import chatman
 
 
-@pytest.fixture
-def registry(database_url):
-    engine = make_engine(database_url)
-    migrate.upgrade(engine)
-    yield ModelRegistry(SqlStore(engine), "manman")
-    engine.dispose()
-
-
 def trained(registry: ModelRegistry, folder, passed: bool = True, retention: float = 1.0) -> str:
     """A version as a finished training run leaves it (merged folder only when it passed)."""
     v = registry.create_candidate(base_model="starter", config={"max_steps": 30}, job_id=None,

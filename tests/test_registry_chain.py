@@ -21,12 +21,6 @@ from tests.test_registry import statuses, trained
 GUARD_SECONDS = 20.0
 
 
-@pytest.fixture
-def registry(database_url):
-    engine = make_engine(database_url)
-    migrate.upgrade(engine)
-    yield ModelRegistry(SqlStore(engine), "manman")
-    engine.dispose()
 
 
 def bounded(fn, *args, **kwargs):

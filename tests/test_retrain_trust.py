@@ -223,22 +223,6 @@ def test_a_cancel_nobody_confirms_says_so_and_a_restart_honours_it(app):
 
 
 # --- a real trainer, cancelled from another process -----------------------------------------
-@pytest.fixture
-def job_app(tmp_path, llm, tiny_qwen2_dir):
-    settings = make_settings(tmp_path / "data", train_base_model=str(tiny_qwen2_dir),
-                             train_progress_seconds=0, registry_poll_seconds=0.2)
-    application = ChatmanApp.from_settings(settings, llm=llm)
-    # What bot/app.py passes from CHATMAN_TRAIN_BASE_MODEL (the base in the duplicate key).
-    application.admin.train_base_model = settings.train_base_model
-    notices: list[tuple[ChatRef, Notice]] = []
-
-    async def collect(chat: ChatRef, notice: Notice) -> None:
-        notices.append((chat, notice))
-
-    application.notifiers["test"] = collect
-    application.notices = notices
-    yield application
-    application.close()
 
 
 def process_exists(pid: int) -> bool:
