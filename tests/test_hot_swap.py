@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import shutil
+import threading
 
 from bot.admin import Actor
 from bot.app import ChatmanApp
 from bot.storage.models import Exchange, ModelStatus
 from bot.types import ChatKind, ChatRef, Incoming, UserRef
 from tests.conftest import make_settings
+from tests.fakes import eventually
 
 STARTER = "SmolLM2-135M-Instruct.Q4_1"
 ADMIN = Actor("test", "1", "Ada", granted_admin=True)
@@ -34,12 +37,20 @@ def incoming(chat: int, n: int) -> Incoming:
 
 
 async def test_hot_swap_under_concurrent_requests_drops_none(tmp_path, llm, tiny_qwen2_dir):
-    app = ChatmanApp.from_settings(make_settings(tmp_path / "data"), llm=llm)
+    starter = copy.copy(llm)
+    generating = threading.Event()  # set once a turn is inside the starter's generate()
+
+    def generate(prompt):
+        generating.set()
+        return llm.generate(prompt)
+
+    starter.generate = generate
+    app = ChatmanApp.from_settings(make_settings(tmp_path / "data"), llm=starter)
     await app.start(load_models=False)
     version = register(app, tiny_qwen2_dir)
     try:
         first = [asyncio.create_task(app.pipeline.handle(incoming(c, 1))) for c in range(4)]
-        await asyncio.sleep(0.3)  # the first turns are generating on the starter now
+        assert await asyncio.to_thread(generating.wait, 120)  # they are on the starter now
         app.registry.activate(version, "test:ada")
         await app.sync_model()
         assert app.llm.version == version and app.served.version == version
@@ -93,21 +104,16 @@ async def test_the_bot_follows_versions_activated_elsewhere_and_rollback(
         version = register(app, tiny_qwen2_dir)
         # As `chatman models activate` in another process would: only the database changes.
         app.registry.activate(version, "cli:ops")
-        for _ in range(100):
-            if app.llm.version == version:
-                break
-            await asyncio.sleep(0.1)
-        assert app.llm.version == version
+        await eventually(lambda: app.llm.version == version, 10,
+                         lambda: f"still answering with {app.llm.version}")
         status = app.admin.execute(ADMIN, "/trainstatus")
         assert status.message.startswith(f"Answering: {version} — persona 1.00, retention 1.00")
         rolled = app.admin.execute(ADMIN, "/rollback")
         assert rolled.message == (f"Rolled back from {version} to the base model; switching "
                                   "between requests.")
-        for _ in range(100):
-            if app.llm.version == STARTER:
-                break
-            await asyncio.sleep(0.1)
-        assert app.llm.version == STARTER and app.served.version is None
+        await eventually(lambda: app.llm.version == STARTER, 10,
+                         lambda: f"still answering with {app.llm.version}")
+        assert app.served.version is None
         info = app.admin.execute(ADMIN, "/persona").data
         assert info["model_version"] == STARTER
         assert json.dumps(app.admin.execute(ADMIN, "/models").data)  # serialisable
