@@ -110,12 +110,9 @@ def run_training(
     markers = [persona.display_name, *persona.training.leak_markers]
     shipped = shipped_cache(persona)
 
-    def counting(what: str) -> Callable[[int, int], None]:
-        # Computed once per base model, then cached: say so, and how far along it is.
-        return lambda done, total: stage(f"{what} {done}/{total} (once per base model)")
-
-    def counting_draws(what: str, draws: int) -> Callable[[int, int], None]:
-        # One generation call per seeded draw: count them as one run, not restarts.
+    def counting(what: str, draws: int = 1) -> Callable[[int, int], None]:
+        # Computed once per base model, then cached: say so, and how far along it is. One
+        # generation call per seeded draw: count them as one run, not restarts.
         state = {"offset": 0, "last": 0}
 
         def report(done: int, total: int) -> None:
@@ -130,8 +127,7 @@ def run_training(
                           progress=counting("base model replay answers"), shipped=shipped)
     base_general = base_general_answers(
         ModelAnswerer(model, tokenizer, base.version,
-                      progress=counting_draws("base model evaluation answers",
-                                              decoding.draws)),
+                      progress=counting("base model evaluation answers", decoding.draws)),
         system, markers, cache_dir, decoding, persona, language, shipped=shipped)
     stage("training")
     peft_model, result = train_persona(
