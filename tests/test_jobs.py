@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -21,6 +20,7 @@ from bot.admin import Actor
 from bot.app import ChatmanApp
 from bot.storage.models import JobStatus, ModelStatus, TrainingJob
 from bot.types import ChatKind, ChatRef, Incoming, UserRef
+from tests.fakes import eventually
 
 ADMIN = Actor("test", "1", "Ada", granted_admin=True)
 ADMIN_CHAT = ChatRef("test", "admin-chat")
@@ -34,19 +34,20 @@ async def ask(app: ChatmanApp, text: str, chat: str = "c1"):
                                               text=text, want_voice=False))
 
 
-async def wait_for(predicate, timeout: float = 240.0, every: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await asyncio.to_thread(predicate)
-        if value:
-            return value
-        await asyncio.sleep(every)
-    raise AssertionError("timed out waiting")
+async def wait_for(app: ChatmanApp, job_id: int, predicate, timeout: float = 240.0):
+    """The job once ``predicate(job)`` holds: the project's eventually() on the job's row."""
+    def matching():
+        job = app.jobs.get(job_id)
+        return job if predicate(job) else None
+
+    return await eventually(matching, timeout, lambda: f"job #{job_id}: {app.jobs.get(job_id)}")
 
 
-def finished(app: ChatmanApp, job_id: int):
-    job = app.jobs.get(job_id)
-    return job if job.status not in JobStatus.OPEN else None
+async def finished(app: ChatmanApp, job_id: int, timeout: float = 240.0):
+    """The job once it ended: the queue signals it (JobQueue.wait_ended), no polling here."""
+    job = await asyncio.to_thread(app.jobs.wait_ended, job_id, timeout)
+    assert job.status not in JobStatus.OPEN, f"job #{job_id} still {job.status}"
+    return job
 
 
 async def test_a_rejected_candidate_reports_and_keeps_the_model(job_app):
@@ -61,14 +62,14 @@ async def test_a_rejected_candidate_reports_and_keeps_the_model(job_app):
             app.admin.execute(ADMIN, "/retrain", origin=ADMIN_CHAT)
         assert "already waiting" in refused.value.user_message
 
-        running = await wait_for(lambda: app.jobs.get(job_id).status == JobStatus.RUNNING)
+        running = await wait_for(app, job_id, lambda j: j.status == JobStatus.RUNNING)
         assert running
         # The bot answers and text commands respond while the worker trains.
         turn = await ask(app, "What is the capital of Japan?")
         assert turn.model_version == "SmolLM2-135M-Instruct.Q4_1" and turn.reply
         assert "#1 running" in app.admin.execute(ADMIN, "/trainstatus").message
 
-        job = await wait_for(lambda: finished(app, job_id))
+        job = await finished(app, job_id)
     finally:
         await app.stop()
 
@@ -99,10 +100,10 @@ async def test_killing_the_trainer_fails_the_job_and_the_model_keeps_serving(job
     await app.start(load_models=False, background=True)
     try:
         job_id = app.admin.execute(ADMIN, "/retrain 5000", origin=ADMIN_CHAT).data["job"]["id"]
-        job = await wait_for(lambda: (j := app.jobs.get(job_id)).progress.get("step") and j)
+        job = await wait_for(app, job_id, lambda j: j.progress.get("step"))
         assert job.pid and "step" in job.progress and job.progress["max_steps"] == 5000
         os.kill(job.pid, signal.SIGKILL)
-        job = await wait_for(lambda: finished(app, job_id), timeout=30)
+        job = await finished(app, job_id, timeout=30)
         turn = await ask(app, "What is the capital of Japan?")
     finally:
         await app.stop()
@@ -139,7 +140,7 @@ async def test_a_worker_that_cannot_train_reports_why(job_app, tmp_path):
     await app.start(load_models=False, background=True)
     try:
         job_id = app.admin.execute(ADMIN, "/retrain", origin=ADMIN_CHAT).data["job"]["id"]
-        job = await wait_for(lambda: finished(app, job_id), timeout=120)
+        job = await finished(app, job_id, timeout=120)
     finally:
         await app.stop()
     assert job.status == JobStatus.FAILED
@@ -152,7 +153,7 @@ async def test_stopping_the_bot_mid_job_fails_the_job_and_stops_the_trainer(job_
     app = job_app
     await app.start(load_models=False, background=True)
     job_id = app.admin.execute(ADMIN, "/retrain 5000", origin=ADMIN_CHAT).data["job"]["id"]
-    job = await wait_for(lambda: (j := app.jobs.get(job_id)).pid and j)
+    job = await wait_for(app, job_id, lambda j: j.pid)
     await app.stop()
     assert app.jobs.get(job_id).status == JobStatus.FAILED
     assert app.jobs.get(job_id).error == "the bot shut down during training"
