@@ -22,10 +22,10 @@ from discord import app_commands
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
-from bot.admin import Actor, CommandResult, ReplyTarget
-from bot.app import ChatmanApp
-from bot.errors import Busy, NotDelivered, UserFacingError
-from bot.types import ChatKind, ChatRef, Incoming, Turn, UserRef, VoiceNote
+from adapters.app import ChatmanApp
+from bot.core.errors import Busy, NotDelivered, UserFacingError
+from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef, VoiceNote
+from bot.services.admin import Actor, CommandResult, ReplyTarget
 from training.jobs import Notice
 
 log = logging.getLogger(__name__)

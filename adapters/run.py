@@ -12,8 +12,8 @@ import logging
 import signal
 from typing import Protocol
 
-from bot.app import ChatmanApp
-from bot.config import Settings
+from adapters.app import ChatmanApp
+from bot.core.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -51,10 +51,10 @@ from telegram.error import (
 )
 from telegram.ext import Application, ContextTypes, MessageHandler, TypeHandler, filters
 
-from bot.admin import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget
-from bot.app import ChatmanApp
-from bot.errors import Busy, NotDelivered, UserFacingError
-from bot.types import ChatKind, ChatRef, Incoming, Turn, UserRef
+from adapters.app import ChatmanApp
+from bot.core.errors import Busy, NotDelivered, UserFacingError
+from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef
+from bot.services.admin import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget
 from training.jobs import Notice
 
 log = logging.getLogger(__name__)

@@ -66,8 +66,8 @@ def child(repeat: int) -> None:
     data = sys.stdin.buffer.read()
     # Relative paths in scripts and playlists then name real files of the checkout.
     os.chdir(REPO)
-    from bot.audio.codec import PyAvCodec
-    from bot.errors import UserFacingError
+    from bot.core.errors import UserFacingError
+    from bot.infra.audio.codec import PyAvCodec
 
     codec = PyAvCodec(max_seconds=MAX_SECONDS, max_bytes=MAX_BYTES)
     before = memory_mb("VmRSS")
@@ -252,17 +252,17 @@ async def loaded_phase(url: str, user, attackers: int, rounds: int, idle: dict) 
 async def web_section(entries, rounds: int) -> dict:
     import httpx
 
+    from adapters.app import ChatmanApp
     from adapters.web.server import WebAdapter
-    from bot.app import ChatmanApp
-    from bot.config import Settings
-    from bot.logs import configure_logging
+    from bot.core.config import Settings
+    from bot.infra.logs import configure_logging
 
     tmp = Path(tempfile.mkdtemp(prefix="chatman-hostile-"))
     settings = Settings(_env_file=None, data_dir=tmp / "data", web_port=0,
                         web_admin_token=ADMIN_TOKEN, model_cache_dir=MODEL_CACHE,
                         llm_temperature=0.0, llm_max_new_tokens=16)
     configure_logging("ERROR", settings.secret_values())  # each refusal logs otherwise
-    # from_settings builds the real starter models with bot.app.build_asr/build_llm/build_tts.
+    # from_settings builds the real starter models with adapters.app.build_asr/build_llm/build_tts.
     app = ChatmanApp.from_settings(settings)
     load = time.perf_counter()
     await app.start()

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.app import ChatmanApp
-from bot.config import Settings
-from bot.logs import configure_logging
-from bot.types import ChatMessage, ChatRef, Incoming, Role, UserRef
+from adapters.app import ChatmanApp
+from bot.core.config import Settings
+from bot.core.types import ChatMessage, ChatRef, Incoming, Role, UserRef
+from bot.infra.logs import configure_logging
 
 QUESTIONS = [
     "Hello there! Who are you, and what do you do?",

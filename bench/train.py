@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.app import ChatmanApp
-from bot.config import Settings
-from bot.logs import configure_logging
+from adapters.app import ChatmanApp
+from bot.core.config import Settings
+from bot.infra.logs import configure_logging
 from training.evaluate import Decoding
 from training.run import run_training
 from training.sft import TrainConfig

@@ -35,8 +35,8 @@ TEXTS = {
 
 
 def run_one(backend: str, path: str | None, max_new_tokens: int) -> dict:
-    from bot.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
-    from bot.tts.piper_tts import PiperTTS
+    from bot.infra.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
+    from bot.infra.tts.piper_tts import PiperTTS
 
     if backend == "piper":
         tts = PiperTTS()

@@ -1,11 +1,11 @@
-"""Alembic environment. The URL comes from the caller (bot.storage.migrate) or from settings."""
+"""Alembic environment. The URL comes from the caller (bot.infra.storage.migrate) or from settings."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from bot.storage.models import Base
+from bot.infra.storage.models import Base
 
 config = context.config
 target_metadata = Base.metadata
@@ -15,7 +15,7 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from bot.config import Settings
+    from bot.core.config import Settings
 
     return Settings().resolved_database_url
 

@@ -1,1 +1,1 @@
-"""Persona profiles (one folder each) and their seed data; loaded by :mod:`bot.persona`."""
+"""Persona profiles (one folder each) and their seed data; loaded by :mod:`bot.core.persona`."""

@@ -19,12 +19,12 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from bot.app import ChatmanApp
-from bot.asr import FasterWhisperASR
-from bot.audio.codec import PyAvCodec
-from bot.config import Settings
-from bot.llm.chat_model import GenerationSettings, TransformersChatModel
-from bot.tts.piper_tts import PiperTTS
+from adapters.app import ChatmanApp
+from bot.core.config import Settings
+from bot.infra.asr import FasterWhisperASR
+from bot.infra.audio.codec import PyAvCodec
+from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
+from bot.infra.tts.piper_tts import PiperTTS
 
 REPO = Path(__file__).resolve().parents[1]
 # Survives between local runs so the one-off GGUF de-quantisation is paid once per checkout.
@@ -197,7 +197,7 @@ def tiny_qwen2_dir(tmp_path_factory, llm) -> Path:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from bot.llm.source import resolve_llm
+    from bot.infra.llm.source import resolve_llm
 
     out = tmp_path_factory.mktemp("models") / "tiny-qwen2"
     tokenizer = AutoTokenizer.from_pretrained(resolve_llm("starter", MODEL_CACHE).load_from)
@@ -226,7 +226,7 @@ def chattts_dir() -> Path:
 def job_app(tmp_path, llm, tiny_qwen2_dir):
     """The app training the tiny Qwen2 in a real worker process; notices are collected in
     ``app.notices`` as (chat, notice)."""
-    from bot.types import ChatRef
+    from bot.core.types import ChatRef
     from training.jobs import Notice
 
     settings = make_settings(tmp_path / "data", train_base_model=str(tiny_qwen2_dir),
@@ -246,9 +246,9 @@ def job_app(tmp_path, llm, tiny_qwen2_dir):
 @pytest.fixture
 def registry(database_url):
     """A migrated, empty model registry for persona manman on each database."""
-    from bot.registry import ModelRegistry
-    from bot.storage import migrate
-    from bot.storage.store import SqlStore, make_engine
+    from bot.infra.storage import migrate
+    from bot.infra.storage.store import SqlStore, make_engine
+    from bot.services.registry import ModelRegistry
 
     engine = make_engine(database_url)
     migrate.upgrade(engine)

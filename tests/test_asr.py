@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bot.types import Pcm
+from bot.core.types import Pcm
 from tests.speech_checks import recall
 
 

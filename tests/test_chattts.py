@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bot.app import build_tts
-from bot.persona import load_persona
-from bot.tts.chattts_tts import SAMPLE_RATE, ChatTTSSpeech, ChatTTSVoice
-from bot.tts.fallback import FallbackSpeech
-from bot.types import Pcm
+from adapters.app import build_tts
+from bot.core.persona import load_persona
+from bot.core.types import Pcm
+from bot.infra.tts.chattts_tts import SAMPLE_RATE, ChatTTSSpeech, ChatTTSVoice
+from bot.infra.tts.fallback import FallbackSpeech
 from tests.conftest import make_settings
 
 # Random weights never say "stop": a small token budget keeps each synthesis short.

@@ -32,7 +32,7 @@ def chatman(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProce
         **env,
     )
     return subprocess.run(
-        [sys.executable, "-m", "bot", *args], cwd=tmp_path, env=environ,
+        [sys.executable, "-m", "adapters", *args], cwd=tmp_path, env=environ,
         capture_output=True, text=True, timeout=300,
     )
 

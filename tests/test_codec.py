@@ -8,10 +8,10 @@ import av
 import numpy as np
 import pytest
 
-from bot.audio import codec as codec_module
-from bot.audio.codec import PyAvCodec, is_silent, waveform
-from bot.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio
-from bot.types import Pcm
+from bot.core.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio
+from bot.core.types import Pcm
+from bot.infra.audio import codec as codec_module
+from bot.infra.audio.codec import PyAvCodec, is_silent, waveform
 from tests.audio_files import FORMATS, encode, tone
 
 __all__ = ["FORMATS", "dominant_hz", "encode", "tone"]

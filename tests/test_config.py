@@ -7,8 +7,8 @@ import logging
 import pytest
 from pydantic import ValidationError
 
-from bot.config import Settings
-from bot.logs import SecretMaskingFilter
+from bot.core.config import Settings
+from bot.infra.logs import SecretMaskingFilter
 
 
 def test_defaults(tmp_path, monkeypatch):

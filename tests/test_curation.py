@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from bot.admin import Actor, CommandError, PermissionDenied, ReplyTarget
-from bot.errors import UserFacingError
-from bot.storage.models import AuditEntry, Exchange, HistoryMessage, Pair, User
-from bot.types import ChatKind, ChatMessage, ChatRef, Incoming, Role, Turn, UserRef
+from bot.core.errors import UserFacingError
+from bot.core.types import ChatKind, ChatMessage, ChatRef, Incoming, Role, Turn, UserRef
+from bot.infra.storage.models import AuditEntry, Exchange, HistoryMessage, Pair, User
+from bot.services.admin import Actor, CommandError, PermissionDenied, ReplyTarget
 
 OPS = Actor("cli", "ops", "Ops", granted_admin=True)
 TG_ADMIN = Actor("telegram", "123", "Ada")
@@ -21,7 +21,7 @@ CHAT = ChatRef("telegram", "-100", ChatKind.GROUP, "Friends")
 
 @pytest.fixture
 def app(settings, asr, llm, tts):
-    from bot.app import ChatmanApp
+    from adapters.app import ChatmanApp
 
     application = ChatmanApp.from_settings(
         settings.model_copy(update={"admin_ids": "telegram:123, discord:456"}),
@@ -126,7 +126,7 @@ def test_pending_pages_oldest_first(app):
 def test_non_admins_are_refused_and_nothing_changes(app, caplog, command):
     ask(app, "Who are you?", "I am a bot.")
     before = snapshot(app)
-    with caplog.at_level(logging.WARNING, logger="bot.admin"):
+    with caplog.at_level(logging.WARNING, logger="bot.services.admin"):
         with pytest.raises(PermissionDenied) as info:
             app.admin.execute(STRANGER, command)
     assert info.value.user_message == "Only admins can do that."
@@ -215,7 +215,7 @@ def test_telegram_style_bot_suffix_is_understood(app):
 
 
 def test_history_pairs_from_context():
-    from bot.textkeys import history_pairs, question_key
+    from bot.core.textkeys import history_pairs, question_key
 
     msgs = [ChatMessage(Role.USER, "a"), ChatMessage(Role.ASSISTANT, "b"),
             ChatMessage(Role.USER, "c"), ChatMessage(Role.ASSISTANT, "d")]

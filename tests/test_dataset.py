@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from bot.admin import Actor
-from bot.app import ChatmanApp
-from bot.types import ChatKind, ChatMessage, ChatRef, Role, Turn, UserRef
+from adapters.app import ChatmanApp
+from bot.core.types import ChatKind, ChatMessage, ChatRef, Role, Turn, UserRef
+from bot.services.admin import Actor
 from tests.conftest import make_settings
 from training.dataset import export_dataset, import_dataset, snapshot_dataset
 
@@ -219,8 +219,8 @@ def test_a_snapshot_reads_the_dataset_once(app, tmp_path):
     file or rows: the folder name, the recorded hash and the rows are those of the bytes."""
     import hashlib
 
+    from bot.core.formats import dump_alpaca
     from tests.test_job_lifecycle import approvals_racing_each_read
-    from training.formats import dump_alpaca
 
     landed = approvals_racing_each_read(app.curation)
     snap = snapshot_dataset(app.curation, app.persona, app.language, tmp_path / "snaps")

@@ -10,10 +10,10 @@ import pytest
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
+from adapters.app import ChatmanApp
 from adapters.discord_bot import DiscordAdapter
-from bot.app import ChatmanApp
-from bot.llm.chat_model import GenerationSettings
-from bot.storage.models import Pair
+from bot.infra.llm.chat_model import GenerationSettings
+from bot.infra.storage.models import Pair
 from tests.conftest import make_settings
 from tests.fakes.discord_api import (
     BOT_USER,
@@ -159,7 +159,7 @@ async def test_slash_commands_check_admins_and_approve_stores_the_pair(fake, bot
 
 async def test_a_guild_administrator_is_no_bot_admin(fake, bot):
     """Issue 12, item 6: any guild's Administrator could run the persona everybody shares."""
-    bot.curation.add("What is ChatMan?", "A voice bot.", "test")
+    bot.services.curation.add("What is ChatMan?", "A voice bot.", "test")
     asked = []
     for name, options in (("pending", None), ("retrain", None), ("rollback", None),
                           ("approve", [{"name": "pair_id", "type": 4, "value": 1}]),
@@ -180,13 +180,13 @@ async def test_a_guild_administrator_is_no_bot_admin(fake, bot):
                                                            "value": False}])
     no = (await fake.wait_for(lambda: fake.interaction_replies(refused)))[0]
     assert no.content == "Only admins can do that."
-    from bot.types import ChatKind, ChatRef
+    from bot.core.types import ChatKind, ChatRef
 
     assert bot.store.answers_every_voice(ChatRef("discord", TEXT_CHANNEL, ChatKind.GROUP))
 
 
 async def test_typed_options_reach_the_service_unparsed(fake, bot):
-    bot.curation.add("How do I find foo?", "No idea.", "test")
+    bot.services.curation.add("How do I find foo?", "No idea.", "test")
     fixed = await fake.slash("correct", ADMIN, admin=True, options=[
         {"name": "pair_id", "type": 4, "value": 1},
         {"name": "answer", "type": 3, "value": "Run ls | grep foo."}])
@@ -261,7 +261,7 @@ async def test_listed_admins_may_use_admin_commands_without_the_guild_permission
 
 
 async def test_training_notices_reach_the_channel(fake, bot, tmp_path):
-    from bot.types import ChatRef
+    from bot.core.types import ChatRef
     from training.jobs import Notice
 
     png = tmp_path / "loss.png"

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from bot.llm.chat_model import Generated
-from bot.persona import load_persona
-from bot.textkeys import question_key
+from bot.core.persona import load_persona
+from bot.core.textkeys import question_key
+from bot.infra.llm.chat_model import Generated
 from tests.test_cli import chatman
 from training.evaluate import (
     Decoding,

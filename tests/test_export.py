@@ -7,7 +7,7 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from bot.persona import load_persona
+from bot.core.persona import load_persona
 from training.export import export_merged, with_default_system
 from training.sft import TrainConfig, lora_model
 

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from bot.curation import FORGOTTEN_TEXT, Curation, Forgotten, ForgottenExchange
-from bot.storage.migrate import upgrade
-from bot.storage.models import AuditEntry, Base, Chat, Pair
-from bot.storage.store import SqlStore, make_engine
-from bot.types import ChatKind, ChatMessage, ChatRef, Role, Turn, UserRef
+from bot.core.types import ChatKind, ChatMessage, ChatRef, Role, Turn, UserRef
+from bot.infra.storage.migrate import upgrade
+from bot.infra.storage.models import AuditEntry, Base, Chat, Pair
+from bot.infra.storage.store import SqlStore, make_engine
+from bot.services.curation import FORGOTTEN_TEXT, Curation, Forgotten, ForgottenExchange
 
 GROUP = ChatRef("telegram", "-100", ChatKind.GROUP, "Friends")
 OTHER_GROUP = ChatRef("telegram", "-200", ChatKind.GROUP, "Others")

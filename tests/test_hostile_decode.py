@@ -17,9 +17,9 @@ import av
 import numpy as np
 import pytest
 
-from bot.audio.codec import PyAvCodec
-from bot.errors import UserFacingError
-from bot.types import Pcm
+from bot.core.errors import UserFacingError
+from bot.core.types import Pcm
+from bot.infra.audio.codec import PyAvCodec
 from tests.audio_files import ADTS_AAC, FORMATS, encode, tone
 from tests.hostile_corpus import (
     REFERENCE_BAIT,

@@ -16,10 +16,10 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from bot.app import ChatmanApp
-from bot.errors import UserFacingError
-from bot.storage.models import Pair
-from bot.types import ChatRef, Incoming, UserRef
+from adapters.app import ChatmanApp
+from bot.core.errors import UserFacingError
+from bot.core.types import ChatRef, Incoming, UserRef
+from bot.infra.storage.models import Pair
 from tests.conftest import MODEL_CACHE, start_web, stop_web
 from tests.hostile_corpus import corpus
 
@@ -83,7 +83,7 @@ async def test_the_adapters_decode_path_refuses_every_hostile_file(app):
 @pytest.fixture
 def cli(tmp_path, monkeypatch):
     """`chatman` in this process (one interpreter start, not a hundred), logging restored."""
-    from bot.cli import app as cli_app
+    from adapters.cli import app as cli_app
 
     monkeypatch.setenv("CHATMAN_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("CHATMAN_MODEL_CACHE_DIR", str(MODEL_CACHE))
@@ -126,8 +126,8 @@ async def test_a_decoder_process_that_dies_costs_one_upload_not_the_bot(codec, s
 
     import psutil
 
-    from bot.audio.isolated import IsolatedDecoder
-    from bot.errors import UnsupportedAudio
+    from bot.core.errors import UnsupportedAudio
+    from bot.infra.audio.isolated import IsolatedDecoder
     from tests.fakes import eventually
     from tests.hostile_corpus import by_name
 

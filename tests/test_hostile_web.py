@@ -16,8 +16,8 @@ import httpx
 import psutil
 import pytest
 
-from bot.app import ChatmanApp
-from bot.storage.models import Pair
+from adapters.app import ChatmanApp
+from bot.infra.storage.models import Pair
 from tests.conftest import REPO, start_web, stop_web
 from tests.test_codec import encode, tone
 
@@ -110,7 +110,7 @@ async def test_3_an_oversized_text_is_refused_before_the_model(web):
 
 
 def test_3_a_user_turn_longer_than_the_context_is_cut_to_fit(llm, caplog):
-    from bot.types import ChatMessage, Role
+    from bot.core.types import ChatMessage, Role
 
     narrow = copy.copy(llm)
     narrow.context_tokens = 120
@@ -201,7 +201,7 @@ async def test_9_a_reply_that_cannot_be_written_stores_nothing(web, monkeypatch)
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("bot.reply_audio.os.fsync", disk_full)
+    monkeypatch.setattr("bot.infra.reply_audio.os.fsync", disk_full)
     response = await web.post("/api/chat", headers=CSRF, data={"text": "Hello there"})
     assert response.status_code == 500 and response.json() == {
         "error": "Something went wrong on my side."}

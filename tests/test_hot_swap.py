@@ -8,10 +8,10 @@ import json
 import shutil
 import threading
 
-from bot.admin import Actor
-from bot.app import ChatmanApp
-from bot.storage.models import Exchange, ModelStatus
-from bot.types import ChatKind, ChatRef, Incoming, UserRef
+from adapters.app import ChatmanApp
+from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
+from bot.infra.storage.models import Exchange, ModelStatus
+from bot.services.admin import Actor
 from tests.conftest import make_settings
 from tests.fakes import eventually
 

@@ -23,17 +23,17 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from bot.admin import Actor
-from bot.app import ChatmanApp
-from bot.storage import migrate
-from bot.storage.models import JobStatus, ModelStatus, TrainingJob
-from bot.storage.store import SqlStore, make_engine
-from bot.types import ChatRef
+from adapters.app import ChatmanApp
+from bot.core.formats import dump_alpaca
+from bot.core.types import ChatRef
+from bot.infra.storage import migrate
+from bot.infra.storage.models import JobStatus, ModelStatus, TrainingJob
+from bot.infra.storage.store import SqlStore, make_engine
+from bot.services.admin import Actor
 from tests.conftest import MODEL_CACHE, make_settings
 from tests.fakes import eventually
 from training import run
 from training.evaluate import Decoding
-from training.formats import dump_alpaca
 from training.jobs import JobError, JobQueue, JobView, Notice, TrainingRunner
 from training.sft import TrainConfig
 
@@ -148,9 +148,9 @@ async def test_a_runner_error_mid_job_stops_the_trainer_before_the_job_fails(job
 # the worker) and reports it; no model is trained.
 FAKE_PASSING_WORKER = r"""
 import json, sys
-from bot.config import Settings
-from bot.registry import ModelRegistry
-from bot.storage.store import SqlStore, make_engine
+from bot.core.config import Settings
+from bot.services.registry import ModelRegistry
+from bot.infra.storage.store import SqlStore, make_engine
 
 request = json.loads(sys.stdin.read())
 settings = Settings(_env_file=None, **request["settings"])

@@ -16,10 +16,10 @@ import sys
 import psutil
 import pytest
 
-from bot.admin import Actor
-from bot.app import ChatmanApp
-from bot.storage.models import JobStatus, ModelStatus, TrainingJob
-from bot.types import ChatKind, ChatRef, Incoming, UserRef
+from adapters.app import ChatmanApp
+from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
+from bot.infra.storage.models import JobStatus, ModelStatus, TrainingJob
+from bot.services.admin import Actor
 from tests.fakes import eventually
 
 ADMIN = Actor("test", "1", "Ada", granted_admin=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
-from bot.llm.chat_model import GenerationSettings, TransformersChatModel, to_template_messages
-from bot.llm.source import resolve_llm
-from bot.persona import load_persona
-from bot.types import ChatMessage, Role
+from bot.core.persona import load_persona
+from bot.core.types import ChatMessage, Role
+from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel, to_template_messages
+from bot.infra.llm.source import resolve_llm
 from tests.conftest import MODEL_CACHE
 
 SYSTEM = load_persona("manman").prompt_for("en")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.app import ChatmanApp
-from bot.persona import PersonaError, load_persona
+from adapters.app import ChatmanApp
+from bot.core.persona import PersonaError, load_persona
 from tests.conftest import make_settings
 
 
@@ -51,8 +51,8 @@ def test_language_setting_overrides_the_personas_own(tmp_path):
 def test_persona_voice_settings_apply_unless_the_environment_sets_them(tmp_path, monkeypatch):
     import shutil
 
-    from bot.app import build_tts
-    from bot.persona import bundled_persona_dir
+    from adapters.app import build_tts
+    from bot.core.persona import bundled_persona_dir
 
     root = tmp_path / "personas"
     shutil.copytree(bundled_persona_dir() / "manman", root / "manman")
@@ -62,5 +62,5 @@ def test_persona_voice_settings_apply_unless_the_environment_sets_them(tmp_path,
 
     assert build_tts(make_settings(tmp_path), persona).speed == 1.25
     monkeypatch.setenv("CHATMAN_TTS_SPEED", "0.9")
-    from bot.config import Settings
+    from bot.core.config import Settings
     assert build_tts(Settings(_env_file=None), persona).speed == 0.9

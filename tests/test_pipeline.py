@@ -7,11 +7,11 @@ import asyncio
 import numpy as np
 import pytest
 
-from bot.app import ChatmanApp
-from bot.audio.codec import PyAvCodec
-from bot.errors import AudioTooLarge, AudioTooLong, EmptyInput, NoSpeech, UnsupportedAudio
-from bot.storage.models import Chat, Exchange, HistoryMessage, User
-from bot.types import ChatKind, ChatRef, Incoming, Pcm, Role, UserRef
+from adapters.app import ChatmanApp
+from bot.core.errors import AudioTooLarge, AudioTooLong, EmptyInput, NoSpeech, UnsupportedAudio
+from bot.core.types import ChatKind, ChatRef, Incoming, Pcm, Role, UserRef
+from bot.infra.audio.codec import PyAvCodec
+from bot.infra.storage.models import Chat, Exchange, HistoryMessage, User
 from tests.conftest import make_settings
 from tests.speech_checks import recall
 

@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from bot.errors import UserFacingError
-from bot.registry import ModelRegistry
-from bot.storage import migrate
-from bot.storage.models import ModelStatus
-from bot.storage.store import SqlStore, make_engine
+from bot.core.errors import UserFacingError
+from bot.infra.storage import migrate
+from bot.infra.storage.models import ModelStatus
+from bot.infra.storage.store import SqlStore, make_engine
+from bot.services.registry import ModelRegistry
 from tests.test_cli import chatman
 
 
@@ -66,7 +66,7 @@ def test_activate_and_roll_back_through_the_history(registry, tmp_path):
 def registry_audit(registry):
     from sqlalchemy import select
 
-    from bot.storage.models import AuditEntry
+    from bot.infra.storage.models import AuditEntry
 
     with registry.store.session() as s:
         return list(s.scalars(select(AuditEntry).order_by(AuditEntry.id)))

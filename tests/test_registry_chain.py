@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 import pytest
 import sqlalchemy as sa
 
-from bot.errors import UserFacingError
-from bot.registry import ModelRegistry
-from bot.storage import migrate
-from bot.storage.models import ModelActivation, ModelStatus, ModelVersion
-from bot.storage.store import SqlStore, make_engine
+from bot.core.errors import UserFacingError
+from bot.infra.storage import migrate
+from bot.infra.storage.models import ModelActivation, ModelStatus, ModelVersion
+from bot.infra.storage.store import SqlStore, make_engine
+from bot.services.registry import ModelRegistry
 from tests.test_registry import statuses, trained
 
 GUARD_SECONDS = 20.0

@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from bot.admin import Actor, PermissionDenied
-from bot.app import ChatmanApp
-from bot.errors import UserFacingError
-from bot.llm.chat_model import GenerationSettings, TransformersChatModel
-from bot.registry import ModelRegistry
-from bot.storage import migrate
-from bot.storage.models import JobStatus, ModelStatus
-from bot.storage.store import SqlStore, make_engine
-from bot.types import ChatKind, ChatMessage, ChatRef, Incoming, Role, UserRef
+from adapters.app import ChatmanApp
+from bot.core.errors import UserFacingError
+from bot.core.types import ChatKind, ChatMessage, ChatRef, Incoming, Role, UserRef
+from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
+from bot.infra.storage import migrate
+from bot.infra.storage.models import JobStatus, ModelStatus
+from bot.infra.storage.store import SqlStore, make_engine
+from bot.services.admin import Actor, PermissionDenied
+from bot.services.registry import ModelRegistry
 from tests.conftest import MODEL_CACHE, make_settings
 from tests.fakes import eventually
 from tests.test_cli import chatman

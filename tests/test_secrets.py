@@ -14,8 +14,8 @@ from urllib.parse import quote, quote_plus
 import pytest
 from aiohttp import web
 
-from bot import logs
-from bot.logs import LIBRARY_LOGGERS, configure_logging, mask
+from bot.infra import logs
+from bot.infra.logs import LIBRARY_LOGGERS, configure_logging, mask
 from tests.conftest import MODEL_CACHE
 
 # Shaped like a real bot token: the colon is what URL encoding changes.
@@ -171,7 +171,7 @@ async def test_chatman_run_with_a_rejected_token_says_so_without_the_token(
                    TELEGRAM_FILE_BASE_URL=f"{refusing_api}/file/bot",
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", COLUMNS="200")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", cwd=tmp_path, env=environ,
+        sys.executable, "-m", "adapters", "run", cwd=tmp_path, env=environ,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         output = (await asyncio.wait_for(process.communicate(), 280))[0].decode()
@@ -192,7 +192,7 @@ async def test_chatman_run_with_a_rejected_token_says_so_without_the_token(
 
 
 def test_an_unexpected_cli_error_is_one_masked_line_and_a_hint(output, monkeypatch):
-    from bot import cli
+    from adapters import cli
 
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.persona import load_persona
-from bot.speech_budget import SpeechBudget, ends_sentence, shape_reply, split_sentences
+from bot.core.persona import load_persona
+from bot.core.speech_budget import SpeechBudget, ends_sentence, shape_reply, split_sentences
 
 BUDGET = SpeechBudget(max_sentences=3, max_seconds=12)
 
@@ -90,9 +90,9 @@ async def test_a_reply_cut_by_the_cap_ends_on_a_sentence_and_the_voice_says_the_
         tmp_path, asr, llm, tts):
     import copy
 
-    from bot.app import ChatmanApp
-    from bot.llm.chat_model import GenerationSettings
-    from bot.types import ChatKind, ChatRef, Incoming, UserRef
+    from adapters.app import ChatmanApp
+    from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
+    from bot.infra.llm.chat_model import GenerationSettings
     from tests.conftest import make_settings
 
     short = copy.copy(llm)

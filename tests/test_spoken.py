@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.tts.spoken import sentences, spoken
+from bot.infra.tts.spoken import sentences, spoken
 
 
 @pytest.mark.parametrize(("text", "language", "said"), [

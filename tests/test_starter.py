@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from bot.admin import Actor
-from bot.app import ChatmanApp
-from bot.config import Settings
-from bot.persona import load_persona
-from bot.registry import ModelStatus
-from bot.types import ChatKind, ChatRef, Incoming, UserRef
+from adapters.app import ChatmanApp
+from bot.core.config import Settings
+from bot.core.persona import load_persona
+from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
+from bot.services.admin import Actor
+from bot.services.registry import ModelStatus
 from tests.conftest import REPO, make_settings
 from training.evaluate import Decoding
 from training.sft import TrainConfig

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from bot.startup import ConfigError, explain_failure, preflight
+from bot.infra.startup import ConfigError, explain_failure, preflight
 from tests.conftest import MODEL_CACHE, make_settings
 
 PASSWORD = "s3cretpw"
@@ -38,7 +38,7 @@ def chatman(tmp_path: Path, *args: str, unprivileged: bool = False,
                    CHATMAN_MODEL_CACHE_DIR=str(MODEL_CACHE), HF_HUB_OFFLINE="1")
     environ.update(env)
     prefix = WITHOUT_OVERRIDE if unprivileged and RUNS_AS_ROOT else []
-    return subprocess.run([*prefix, sys.executable, "-m", "bot", *args], cwd=tmp_path,
+    return subprocess.run([*prefix, sys.executable, "-m", "adapters", *args], cwd=tmp_path,
                           env=environ, capture_output=True, text=True, timeout=120)
 
 

@@ -6,10 +6,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from bot.storage import migrate
-from bot.storage.models import Base
-from bot.storage.store import SqlStore, make_engine
-from bot.types import ChatKind, ChatRef, Role, Turn, UserRef, VoiceNote
+from bot.core.types import ChatKind, ChatRef, Role, Turn, UserRef, VoiceNote
+from bot.infra.storage import migrate
+from bot.infra.storage.models import Base
+from bot.infra.storage.store import SqlStore, make_engine
 
 TABLES = {"users", "chats", "exchanges", "history_messages", "pairs", "audit_log",
           "dataset_snapshots", "model_versions", "model_activations", "training_jobs"}

@@ -15,11 +15,11 @@ import httpx
 import pytest
 from telegram.error import NetworkError, TelegramError, TimedOut
 
+from adapters.app import ChatmanApp
 from adapters.telegram import TelegramAdapter, resend_is_safe
-from bot.app import ChatmanApp
-from bot.llm.chat_model import GenerationSettings
-from bot.storage.models import Pair
-from bot.types import ChatKind, ChatRef
+from bot.core.types import ChatKind, ChatRef
+from bot.infra.llm.chat_model import GenerationSettings
+from bot.infra.storage.models import Pair
 from tests.conftest import MODEL_CACHE, make_settings
 from tests.fakes.telegram_api import (
     BOT,
@@ -408,7 +408,7 @@ async def test_chatman_run_serves_telegram_until_sigterm(tmp_path, fake):
                    TELEGRAM_FILE_BASE_URL=fake.base_file_url, HF_HUB_OFFLINE="1",
                    CHATMAN_WEB_PORT="0")
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", "run", cwd=tmp_path, env=environ,
+        sys.executable, "-m", "adapters", "run", cwd=tmp_path, env=environ,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
     try:
         await fake.wait_for(lambda: "getUpdates" in fake.calls, timeout=180)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from bot.app import ChatmanApp
-from bot.config import Settings
-from bot.types import ChatKind, ChatRef, Incoming, UserRef
+from adapters.app import ChatmanApp
+from bot.core.config import Settings
+from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
 from tests.conftest import MODEL_CACHE, make_settings
 from tests.test_cli import chatman
 from training.evaluate import Decoding

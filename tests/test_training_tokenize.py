@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer
 
-from bot.types import ChatMessage, Role
+from bot.core.types import ChatMessage, Role
 from training.tokenize import IGNORE, encode_conversation
 
 CONVERSATION = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bot.tts.text import clean_for_speech
+from bot.infra.tts.text import clean_for_speech
 from tests.speech_checks import recall
 
 

@@ -8,7 +8,7 @@ import shutil
 import httpx
 import pytest
 
-from bot.storage.models import Pair
+from bot.infra.storage.models import Pair
 from tests.conftest import REPO, start_web, stop_web
 from tests.fakes import eventually
 from tests.speech_checks import recall

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from bot.curation import Curation
-from bot.persona import PersonaProfile
-from bot.storage.models import DatasetSnapshot
-from bot.textkeys import question_key
-from bot.types import ChatMessage, Role
-from training.formats import AlpacaRow, Format, ShareGptRow, dataset_info_entry, dump_alpaca
+from bot.core.formats import AlpacaRow, Format, ShareGptRow, dataset_info_entry, dump_alpaca
+from bot.core.persona import PersonaProfile
+from bot.core.textkeys import question_key
+from bot.core.types import ChatMessage, Role
+from bot.infra.storage.models import DatasetSnapshot
+from bot.services.curation import Curation
 
 
 def collect_rows(curation: Curation, persona: PersonaProfile, language: str) -> list[AlpacaRow]:

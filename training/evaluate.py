@@ -29,10 +29,10 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bot.llm.chat_model import Generated, GenerationSettings, generate_batch
-from bot.persona import PersonaProfile, ProbeKind
-from bot.speech_budget import SpeechBudget, shape_reply
-from bot.types import ChatMessage, Role
+from bot.core.persona import PersonaProfile, ProbeKind
+from bot.core.speech_budget import SpeechBudget, shape_reply
+from bot.core.types import ChatMessage, Role
+from bot.infra.llm.chat_model import Generated, GenerationSettings, generate_batch
 from training.general_qa import GENERAL_QA
 
 PROBE_KINDS: tuple[str, ...] = ("identity", "fact", "consistency", "injection")

@@ -25,14 +25,14 @@ from pathlib import Path
 
 from sqlalchemy import func, select, text
 
-from bot.config import Settings
-from bot.curation import Curation
-from bot.errors import UserFacingError
-from bot.persona import PersonaProfile
-from bot.registry import ModelRegistry, same_config_form
-from bot.storage.models import JobStatus, ModelStatus, TrainingJob, utcnow
-from bot.storage.store import SqlStore
-from bot.types import ChatRef
+from bot.core.config import Settings
+from bot.core.errors import UserFacingError
+from bot.core.persona import PersonaProfile
+from bot.core.types import ChatRef
+from bot.infra.storage.models import JobStatus, ModelStatus, TrainingJob, utcnow
+from bot.infra.storage.store import SqlStore
+from bot.services.curation import Curation
+from bot.services.registry import ModelRegistry, same_config_form
 from training.dataset import collect_rows, render
 
 log = logging.getLogger(__name__)
@@ -490,7 +490,7 @@ class TrainingRunner:
 
     def _key_now(self, max_steps: int | None) -> TrainingKey:
         """What the worker is about to train on, derived as it derives it."""
-        from bot.persona import load_persona
+        from bot.core.persona import load_persona
 
         s = self.settings
         persona = load_persona(s.persona, s.persona_dir)

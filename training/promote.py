@@ -14,11 +14,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bot.errors import UserFacingError
-from bot.llm.source import resolve_llm
-from bot.persona import PersonaProfile
-from bot.registry import VersionView
-from bot.storage.models import ModelStatus
+from bot.core.errors import UserFacingError
+from bot.core.persona import PersonaProfile
+from bot.infra.llm.source import resolve_llm
+from bot.infra.storage.models import ModelStatus
+from bot.services.registry import VersionView
 from training.export import export_merged
 
 log = logging.getLogger(__name__)

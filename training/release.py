@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.curation import Curation
-from bot.persona import PersonaProfile
-from bot.registry import ModelRegistry
-from bot.storage.models import ModelStatus
+from bot.core.persona import PersonaProfile
+from bot.infra.storage.models import ModelStatus
+from bot.services.curation import Curation
+from bot.services.registry import ModelRegistry
 from training.evaluate import Decoding, EvalReport
 from training.run import RunOutput, run_training
 from training.sft import StepLog, TrainConfig, TrainResult

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bot.curation import Curation
-from bot.llm.chat_model import TransformersChatModel
-from bot.persona import PersonaProfile
+from bot.core.persona import PersonaProfile
+from bot.infra.llm.chat_model import TransformersChatModel
+from bot.services.curation import Curation
 from training.dataset import snapshot_dataset
 from training.evaluate import (
     Answered,

@@ -29,9 +29,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.config import STARTER, Settings
-from bot.persona import PersonaProfile, load_persona
-from bot.registry import ModelRegistry
+from bot.core.config import STARTER, Settings
+from bot.core.persona import PersonaProfile, load_persona
+from bot.services.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def merge_adapter(adapter_dir: Path, base_ref: str, cache_dir: Path, out: Path, 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from bot.llm.source import resolve_llm
+    from bot.infra.llm.source import resolve_llm
     from training.export import export_merged
 
     load_from = resolve_llm(base_ref, cache_dir).load_from
@@ -121,9 +121,9 @@ def merge_adapter(adapter_dir: Path, base_ref: str, cache_dir: Path, out: Path, 
 # --- building it (the reproduction recipe) ------------------------------------------------
 def build(persona_name: str, language: str | None = None, out: Path | None = None) -> dict:
     """Train the starter version from the seed data alone, with TrainConfig's defaults."""
-    from bot.curation import Curation
-    from bot.storage import migrate
-    from bot.storage.store import SqlStore, make_engine
+    from bot.infra.storage import migrate
+    from bot.infra.storage.store import SqlStore, make_engine
+    from bot.services.curation import Curation
     from training.evaluate import Decoding
     from training.release import metrics_of
     from training.run import run_training

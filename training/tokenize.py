@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.llm.chat_model import to_template_messages
-from bot.types import ChatMessage, Role
+from bot.core.types import ChatMessage, Role
+from bot.infra.llm.chat_model import to_template_messages
 
 IGNORE = -100
 

@@ -59,8 +59,8 @@ def main() -> int:
     _exit_with_parent(parent)
 
     request = WorkerRequest.model_validate_json(sys.stdin.read())
-    from bot.config import Settings
-    from bot.logs import configure_logging, mask, route_uncaught_exceptions
+    from bot.core.config import Settings
+    from bot.infra.logs import configure_logging, mask, route_uncaught_exceptions
 
     settings = Settings(_env_file=None, **request.settings)
     # The secrets came on stdin: masked from here on in the job's log file (stderr), thread
@@ -78,10 +78,10 @@ def main() -> int:
 
 
 def _train(request: WorkerRequest, settings, events: Events) -> int:
-    from bot.curation import Curation
-    from bot.persona import load_persona
-    from bot.registry import ModelRegistry
-    from bot.storage.store import SqlStore, make_engine
+    from bot.core.persona import load_persona
+    from bot.infra.storage.store import SqlStore, make_engine
+    from bot.services.curation import Curation
+    from bot.services.registry import ModelRegistry
     from training.evaluate import Decoding
     from training.release import train_and_release
     from training.sft import TrainConfig

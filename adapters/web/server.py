@@ -31,12 +31,12 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from adapters.app import ChatmanApp
 from adapters.web.limits import HeaderTimeoutH11, RequestLimits, allowed_hosts
-from bot.admin import MAX_ID, MAX_PAGE, Actor, CommandResult
-from bot.app import ChatmanApp
-from bot.chat_queue import InFlight
-from bot.errors import AudioTooLarge, Busy, ServerBusy, UserFacingError
-from bot.types import ChatKind, ChatRef, Incoming, Turn, UserRef
+from bot.core.errors import AudioTooLarge, Busy, ServerBusy, UserFacingError
+from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef
+from bot.services.admin import MAX_ID, MAX_PAGE, Actor, CommandResult
+from bot.services.chat_queue import InFlight
 from training.jobs import Notice
 
 log = logging.getLogger(__name__)

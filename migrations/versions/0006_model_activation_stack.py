@@ -7,7 +7,7 @@ Create Date: 2026-12-03 10:00:00
 ``model_versions.previous_id`` (who was active when a version was activated) formed a cycle
 once a version was activated twice (v1, v2, v1), and walking it back never ended. The history
 becomes an explicit stack per persona, in activation order; see
-``bot.storage.models.ModelActivation``.
+``bot.infra.storage.models.ModelActivation``.
 
 Upgrade: each persona's stack is built from its active version's ``previous_id`` chain,
 stopping where the chain comes back to a version already seen; failed and rejected versions

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
-from bot.types import ChatMessage, ChatRef, LlmReply, Pcm, Transcript, Turn, UserRef, VoiceNote
+from bot.core.types import ChatMessage, ChatRef, LlmReply, Pcm, Transcript, Turn, UserRef, VoiceNote
 
 
 @runtime_checkable

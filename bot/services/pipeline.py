@@ -2,7 +2,7 @@
 
 Every model call runs in a worker thread, so the event loop (and the text commands it serves)
 stays responsive; user files are decoded in worker processes of their own
-(:mod:`bot.audio.isolated`), so hostile uploads queue among themselves at a lower CPU priority
+(:mod:`bot.infra.audio.isolated`), so hostile uploads queue among themselves at a lower CPU priority
 and never compete with the models for the GIL. Two bounds
 hold for everybody: uploads being decoded, and turns in flight (counted from a decoded
 question, so refused files never take a turn's place). Different chats proceed
@@ -22,14 +22,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from bot.audio.codec import PyAvCodec, is_silent
-from bot.audio.isolated import IsolatedDecoder
-from bot.chat_queue import InFlight
-from bot.errors import EmptyInput, NoSpeech, ServerBusy, TextTooLong, UserFacingError
-from bot.protocols import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer, Store
-from bot.speech_budget import SpeechBudget, shape_reply
-from bot.textkeys import clean_user_text
-from bot.types import ChatKind, ChatMessage, Incoming, Pcm, Role, Transcript, Turn
+from bot.core.errors import EmptyInput, NoSpeech, ServerBusy, TextTooLong, UserFacingError
+from bot.core.ports import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer, Store
+from bot.core.speech_budget import SpeechBudget, shape_reply
+from bot.core.textkeys import clean_user_text
+from bot.core.types import ChatKind, ChatMessage, Incoming, Pcm, Role, Transcript, Turn
+from bot.infra.audio.codec import PyAvCodec, is_silent
+from bot.infra.audio.isolated import IsolatedDecoder
+from bot.services.chat_queue import InFlight
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ import logging
 import os
 import threading
 
-from bot.config import STARTER
-from bot.devices import resolve_device
-from bot.types import Pcm, Transcript
+from bot.core.config import STARTER
+from bot.core.types import Pcm, Transcript
+from bot.infra.devices import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.devices import resolve_device
-from bot.llm.source import resolve_llm
-from bot.types import ChatMessage, LlmReply, Role
+from bot.core.types import ChatMessage, LlmReply, Role
+from bot.infra.devices import resolve_device
+from bot.infra.llm.source import resolve_llm
 
 log = logging.getLogger(__name__)
 

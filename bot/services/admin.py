@@ -14,13 +14,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bot.curation import Change, Curation, PairView
-from bot.errors import UserFacingError
-from bot.persona import PersonaProfile
-from bot.registry import ModelRegistry, VersionView
-from bot.reply_audio import ReplyAudioStore
-from bot.storage.models import JobStatus, ModelStatus
-from bot.types import ChatKind, ChatMessage, ChatRef
+from bot.core.errors import UserFacingError
+from bot.core.persona import PersonaProfile
+from bot.core.types import ChatKind, ChatMessage, ChatRef
+from bot.infra.reply_audio import ReplyAudioStore
+from bot.infra.storage.models import JobStatus, ModelStatus
+from bot.services.curation import Change, Curation, PairView
+from bot.services.registry import ModelRegistry, VersionView
 from training.dataset import collect_rows, training_messages
 from training.jobs import DuplicateJob, JobQueue, TrainingKey, training_key
 

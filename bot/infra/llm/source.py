@@ -15,7 +15,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.config import STARTER
+from bot.core.config import STARTER
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.config import STARTER
-from bot.devices import resolve_device
-from bot.tts.text import clean_for_speech
-from bot.types import Pcm
+from bot.core.config import STARTER
+from bot.core.types import Pcm
+from bot.infra.devices import resolve_device
+from bot.infra.tts.text import clean_for_speech
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,7 @@ class LlmReply:
     new_tokens: int
     prompt_tokens: int
     model_version: str
-    # Generation hit the token cap: the text may end mid-sentence (see bot/speech_budget.py).
+    # Generation hit the token cap: the text may end mid-sentence (see bot/core/speech_budget.py).
     truncated: bool = False
 
 

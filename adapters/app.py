@@ -10,25 +10,25 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
-from bot.admin import AdminService
-from bot.asr import FasterWhisperASR
-from bot.audio.codec import PyAvCodec
-from bot.chat_queue import ChatQueues
-from bot.config import STARTER, Settings
-from bot.curation import Curation
-from bot.llm.chat_model import GenerationSettings, TransformersChatModel
-from bot.persona import PersonaProfile, load_persona
-from bot.pipeline import PipelineConfig, VoicePipeline
-from bot.protocols import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer
-from bot.registry import ModelRegistry, Served
-from bot.reply_audio import ReplyAudioStore
-from bot.speech_budget import SpeechBudget
-from bot.storage import migrate
-from bot.storage.store import SqlStore, make_engine
-from bot.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
-from bot.tts.fallback import FallbackSpeech
-from bot.tts.piper_tts import PiperTTS
-from bot.types import ChatRef
+from bot.core.config import STARTER, Settings
+from bot.core.persona import PersonaProfile, load_persona
+from bot.core.ports import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer
+from bot.core.speech_budget import SpeechBudget
+from bot.core.types import ChatRef
+from bot.infra.asr import FasterWhisperASR
+from bot.infra.audio.codec import PyAvCodec
+from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
+from bot.infra.reply_audio import ReplyAudioStore
+from bot.infra.storage import migrate
+from bot.infra.storage.store import SqlStore, make_engine
+from bot.infra.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
+from bot.infra.tts.fallback import FallbackSpeech
+from bot.infra.tts.piper_tts import PiperTTS
+from bot.services.admin import AdminService
+from bot.services.chat_queue import ChatQueues
+from bot.services.curation import Curation
+from bot.services.pipeline import PipelineConfig, VoicePipeline
+from bot.services.registry import ModelRegistry, Served
 from training.jobs import JobQueue, Notice, TrainingRunner
 
 log = logging.getLogger(__name__)

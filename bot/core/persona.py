@@ -9,8 +9,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bot.speech_budget import SpeechBudget
-from training.formats import AlpacaRow
+from bot.core.formats import AlpacaRow
+from bot.core.speech_budget import SpeechBudget
 
 
 class PersonaError(ValueError):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.devices import resolve_device
-from bot.tts.spoken import sentences, spoken
-from bot.types import Pcm
+from bot.core.types import Pcm
+from bot.infra.devices import resolve_device
+from bot.infra.tts.spoken import sentences, spoken
 
 log = logging.getLogger(__name__)
 

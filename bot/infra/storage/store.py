@@ -9,9 +9,9 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from bot.storage.models import Chat, Exchange, HistoryMessage, Pair, PairStatus, User
-from bot.textkeys import history_pairs, question_key
-from bot.types import ChatMessage, ChatRef, Role, Turn, UserRef
+from bot.core.textkeys import history_pairs, question_key
+from bot.core.types import ChatMessage, ChatRef, Role, Turn, UserRef
+from bot.infra.storage.models import Chat, Exchange, HistoryMessage, Pair, PairStatus, User
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Model versions of a persona: which one answers, what each scored, and how to go back.
 
 The registry only records; the application loads whatever is active (see
-:meth:`bot.app.ChatmanApp.sync_model`), so the CLI, a training job and an admin command can
+:meth:`adapters.app.ChatmanApp.sync_model`), so the CLI, a training job and an admin command can
 all change the active version and a running bot follows.
 """
 
@@ -17,9 +17,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.errors import UserFacingError
-from bot.storage.models import AuditEntry, ModelActivation, ModelStatus, ModelVersion, utcnow
-from bot.storage.store import SqlStore
+from bot.core.errors import UserFacingError
+from bot.infra.storage.models import AuditEntry, ModelActivation, ModelStatus, ModelVersion, utcnow
+from bot.infra.storage.store import SqlStore
 
 log = logging.getLogger(__name__)
 

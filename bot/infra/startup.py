@@ -19,8 +19,8 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.config import Settings, mask_url
-from bot.logs import mask
+from bot.core.config import Settings, mask_url
+from bot.infra.logs import mask
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def _check_server(url: URL) -> str:
 
 # --- persona --------------------------------------------------------------------------
 def check_persona(settings: Settings) -> str:
-    from bot.persona import load_persona
+    from bot.core.persona import load_persona
 
     try:
         persona = load_persona(settings.persona, settings.persona_dir)

@@ -2,7 +2,7 @@
 
 All state changes happen here, each in one transaction with its audit entries, so every
 adapter and the CLI get identical semantics. Permissions are checked by the caller
-(:mod:`bot.admin`).
+(:mod:`bot.services.admin`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from datetime import datetime
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from bot.storage.models import (
+from bot.core.textkeys import question_key
+from bot.core.types import ChatKind, Role
+from bot.infra.storage.models import (
     AuditEntry,
     Chat,
     DatasetSnapshot,
@@ -25,9 +27,7 @@ from bot.storage.models import (
     User,
     utcnow,
 )
-from bot.storage.store import SqlStore
-from bot.textkeys import question_key
-from bot.types import ChatKind, Role
+from bot.infra.storage.store import SqlStore
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def _words_by_chat(s: Session, user: User) -> dict[tuple[str, str], set[str]]:
 
     Pair.history holds exactly these texts: the pipeline's context is built from stored
     history messages, and the "Name: " speaker prefix is only added when rendering the
-    chat template (bot.llm.chat_model.to_template_messages), never stored.
+    chat template (bot.infra.llm.chat_model.to_template_messages), never stored.
     """
     rows = s.execute(
         select(Chat.platform, Chat.platform_chat_id, HistoryMessage.content)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Sequence
 
-from bot.types import ChatMessage, Role
+from bot.core.types import ChatMessage, Role
 
 #: Kept in user text: line breaks and tabs; every other control or format character (NUL,
 #: zero-width spaces, bidi overrides) is dropped before anything else sees the text.

@@ -18,11 +18,11 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from bot.config import Settings, describe_validation_error
-from bot.errors import UserFacingError
-from bot.logs import configure_logging, mask, route_uncaught_exceptions
-from bot.reply_audio import write_atomically
-from bot.types import ChatRef, Incoming, Turn, UserRef
+from bot.core.config import Settings, describe_validation_error
+from bot.core.errors import UserFacingError
+from bot.core.types import ChatRef, Incoming, Turn, UserRef
+from bot.infra.logs import configure_logging, mask, route_uncaught_exceptions
+from bot.infra.reply_audio import write_atomically
 
 # Typer's pretty tracebacks print local variables (settings, tokens) in clear; main() prints
 # one masked line instead and logs the traceback at DEBUG through the masking handler.
@@ -55,7 +55,7 @@ def _settings() -> Settings:
 
 def _preflight(settings: Settings, *, persona: bool = True) -> None:
     """Configuration mistakes end here in one line (exit 2), before any model loads."""
-    from bot.startup import ConfigError, preflight
+    from bot.infra.startup import ConfigError, preflight
 
     try:
         preflight(settings, persona=persona)
@@ -96,7 +96,7 @@ def ask(
             raise _fail(f"cannot read {audio}: {exc.strerror or exc}") from exc
     settings = _settings()
     _preflight(settings)
-    from bot.app import ChatmanApp
+    from adapters.app import ChatmanApp
 
     chat_id = chat_id or uuid.uuid4().hex[:12]
     user = getpass.getuser()
@@ -189,11 +189,11 @@ def doctor() -> None:
         table.add_row(key, value)
     console.print(table)
 
-    from bot import app as app_module
-    from bot import startup
-    from bot.persona import load_persona
-    from bot.storage import migrate
-    from bot.storage.store import make_engine
+    from adapters import app as app_module
+    from bot.core.persona import load_persona
+    from bot.infra import startup
+    from bot.infra.storage import migrate
+    from bot.infra.storage.store import make_engine
 
     failures = 0
 
@@ -252,7 +252,7 @@ def doctor() -> None:
 @contextmanager
 def _admin_app(persona: str | None = None):
     """The application without loading models: admin and dataset work needs none."""
-    from bot.app import ChatmanApp
+    from adapters.app import ChatmanApp
 
     settings = _settings()
     if persona:
@@ -282,7 +282,7 @@ def admin_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Run an admin command as a shell operator, e.g. `chatman admin add "Q | A" --as ops`."""
-    from bot.admin import Actor
+    from bot.services.admin import Actor
 
     name = operator or getpass.getuser()
     actor = Actor("cli", name, name, granted_admin=True)
@@ -377,8 +377,8 @@ def eval_command(
     """
     from dataclasses import replace
 
-    from bot.app import build_llm
-    from bot.persona import load_persona
+    from adapters.app import build_llm
+    from bot.core.persona import load_persona
     from training.evaluate import (
         Decoding,
         EvalFileError,
@@ -448,9 +448,9 @@ def _resolve_model(settings: Settings, persona: str,
     what a bot would serve now."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bot.registry import ModelRegistry
-    from bot.storage import migrate
-    from bot.storage.store import SqlStore, make_engine
+    from bot.infra.storage import migrate
+    from bot.infra.storage.store import SqlStore, make_engine
+    from bot.services.registry import ModelRegistry
 
     engine = make_engine(settings.resolved_database_url)
     try:
@@ -562,7 +562,7 @@ def train_cancel(
     Waits for the runner to confirm: up to CHATMAN_REGISTRY_POLL_SECONDS plus the trainer's
     grace period. Exit code 1 if it has not confirmed by then.
     """
-    from bot.admin import Actor
+    from bot.services.admin import Actor
     from training.jobs import STOP_GRACE_SECONDS
 
     name = operator or getpass.getuser()
@@ -670,7 +670,7 @@ def db_downgrade(revision: Annotated[str, typer.Argument(help="e.g. -1 or base")
 @db_app.command("current")
 def db_current() -> None:
     """Print the schema revision of the database and the newest one the code knows."""
-    from bot.storage import migrate
+    from bot.infra.storage import migrate
 
     with _engine() as engine:
         current, head = migrate.current_revision(engine), migrate.head_revision(engine)
@@ -679,7 +679,7 @@ def db_current() -> None:
 
 
 def _migrate(direction: str, revision: str) -> None:
-    from bot.storage import migrate
+    from bot.infra.storage import migrate
 
     with _engine() as engine:
         getattr(migrate, direction)(engine, revision)
@@ -691,8 +691,8 @@ def _engine():
     """An engine for the configured database; database errors become one-line CLI errors."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from bot.config import mask_url
-    from bot.storage.store import make_engine
+    from bot.core.config import mask_url
+    from bot.infra.storage.store import make_engine
 
     settings = _settings()
     _preflight(settings, persona=False)  # schema work needs no persona
@@ -719,7 +719,7 @@ def main() -> None:
 
 def _report(exc: Exception) -> int:
     """Print what went wrong in one line; the traceback only at DEBUG, masked. The exit code."""
-    from bot.startup import explain_failure
+    from bot.infra.startup import explain_failure
 
     log.debug("the command failed", exc_info=exc)
     known = explain_failure(exc, _loaded)

@@ -4,7 +4,7 @@ In: what users send (OGG/Opus, MP3, M4A/AAC, WAV, WebM/Opus, FLAC, the audio tra
 video note) → 16 kHz mono float32 for ASR. Out: an OGG/Opus voice note at 48 kHz mono.
 
 Anyone can send the bot any bytes, so decoding is fenced in: the container is recognised from
-the bytes (:mod:`bot.audio.sniff`) and opened with that one demuxer, only listed codecs run,
+the bytes (:mod:`bot.infra.audio.sniff`) and opened with that one demuxer, only listed codecs run,
 FFmpeg may open nothing but the bytes it was given (no files, no network), and each decode has
 a budget of CPU time and decoded duration.
 """
@@ -19,9 +19,9 @@ import av
 import av.error
 import numpy as np
 
-from bot.audio.sniff import SUPPORTED, Container, codec_family, decoder_names, sniff
-from bot.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio, UserFacingError
-from bot.types import Pcm, VoiceNote
+from bot.core.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio, UserFacingError
+from bot.core.types import Pcm, VoiceNote
+from bot.infra.audio.sniff import SUPPORTED, Container, codec_family, decoder_names, sniff
 
 log = logging.getLogger(__name__)
 

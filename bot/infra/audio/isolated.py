@@ -19,9 +19,9 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
-from bot.audio.codec import DecodeBudgetExceeded, PyAvCodec
-from bot.errors import UnsupportedAudio
-from bot.types import Pcm
+from bot.core.errors import UnsupportedAudio
+from bot.core.types import Pcm
+from bot.infra.audio.codec import DecodeBudgetExceeded, PyAvCodec
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ _worker_codec: PyAvCodec | None = None
 
 def _start_worker(max_seconds: float, max_bytes: int, max_cpu_seconds: float) -> None:
     global _worker_codec
-    from bot.logs import configure_logging
+    from bot.infra.logs import configure_logging
 
     configure_logging("WARNING")  # the codec's warnings, in our format (no secrets here)
     try:

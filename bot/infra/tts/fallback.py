@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from bot.protocols import SpeechSynthesizer
-from bot.types import Pcm
+from bot.core.ports import SpeechSynthesizer
+from bot.core.types import Pcm
 
 log = logging.getLogger(__name__)
 

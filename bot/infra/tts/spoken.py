@@ -2,7 +2,7 @@
 
 Numbers, dates, times, percentages and money are spelled out in the reply's language (Chinese via
 cn2an, English via num2words); URLs, code, markdown and emoji are dropped or named (see
-:func:`bot.tts.text.strip_markup`); long replies
+:func:`bot.infra.tts.text.strip_markup`); long replies
 are cut at sentence boundaries so they can be synthesised in batches.
 """
 
@@ -13,7 +13,7 @@ import re
 import cn2an
 from num2words import num2words
 
-from bot.tts.text import strip_markup
+from bot.infra.tts.text import strip_markup
 
 MD_PREFIX = re.compile(r"^\s{0,3}(?:#{1,6}\s+|>\s?|[-*+]\s+|\d+[.)]\s+)", re.M)
 MD_EMPHASIS = re.compile(r"(\*\*|__|\*|_|~~)(?=\S)(.+?)(?<=\S)\1")

@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 
-from bot.errors import Busy, ServerBusy, UserFacingError
+from bot.core.errors import Busy, ServerBusy, UserFacingError
 
 __all__ = ["Busy", "ChatQueues", "InFlight", "ServerBusy"]
 
