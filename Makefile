@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.chatman-setup
 
-.PHONY: setup demo test check bench clean-venv
+.PHONY: setup demo lint test check bench clean-venv
 
 setup: $(STAMP)
 
@@ -21,14 +21,22 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/chatman run
 
-test: setup
+# Static checks: lint, import layering (contracts in pyproject.toml), strict types.
+lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
-# The fast tier: lint, then every test outside the model tier (see tests/conftest.py).
+# The fast tier: the static checks and every test outside the model tier (see
+# tests/conftest.py). mypy runs beside the tests (its cache makes a rerun take seconds).
 check: setup
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -m "not model"
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy & mypy=$$!; $(BIN)/python -m pytest -m "not model"; tests=$$?; \
+	  wait $$mypy && exit $$tests
 
 bench: setup
 	$(BIN)/python bench/pipeline.py
