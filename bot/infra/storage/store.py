@@ -14,9 +14,10 @@ from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.core.curation import PairStatus
 from bot.core.textkeys import history_pairs, question_key
 from bot.core.types import ChatMessage, ChatRef, Role, Turn, UserRef
-from bot.infra.storage.models import Chat, Exchange, HistoryMessage, Pair, PairStatus, User
+from bot.infra.storage.models import Chat, Exchange, HistoryMessage, Pair, User
 
 log = logging.getLogger(__name__)
 
