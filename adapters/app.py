@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 
 from bot.core.config import STARTER, Settings
+from bot.core.curation import CurationRepository
 from bot.core.persona import PersonaProfile, load_persona
 from bot.core.ports import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer
 from bot.core.speech_budget import SpeechBudget
@@ -20,13 +21,13 @@ from bot.infra.audio.codec import PyAvCodec
 from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
 from bot.infra.reply_audio import ReplyAudioStore
 from bot.infra.storage import migrate
+from bot.infra.storage.curation import SqlCuration
 from bot.infra.storage.store import SqlStore, make_engine
 from bot.infra.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
 from bot.infra.tts.fallback import FallbackSpeech
 from bot.infra.tts.piper_tts import PiperTTS
 from bot.services.admin import AdminService
 from bot.services.chat_queue import ChatQueues
-from bot.services.curation import Curation
 from bot.services.pipeline import PipelineConfig, VoicePipeline
 from bot.services.registry import ModelRegistry, Served
 from training.jobs import JobQueue, Notice, TrainingRunner
@@ -111,7 +112,7 @@ class ChatmanApp:
     asr: SpeechRecognizer
     tts: SpeechSynthesizer
     pipeline: VoicePipeline
-    curation: Curation
+    curation: CurationRepository
     admin: AdminService
     language: str
     registry: ModelRegistry
@@ -171,11 +172,11 @@ class ChatmanApp:
             ),
         )
         reply_audio = ReplyAudioStore(settings.data_dir / "replies")
-        curation = Curation(store, persona.name)
+        curation = SqlCuration(store, persona.name)
         registry = ModelRegistry(store, persona.name)
         jobs = JobQueue(store, persona.name)
         admin = AdminService(
-            curation, persona, language=language, admin_ids=settings.admin_id_set,
+            curation, persona, store=store, language=language, admin_ids=settings.admin_id_set,
             model_version=lambda: pipeline.llm.version,
             count_tokens=lambda messages: pipeline.llm.count_conversation_tokens(messages),
             registry=registry, jobs=jobs, default_max_steps=settings.train_max_steps,

@@ -225,7 +225,7 @@ def test_history_pairs_from_context():
 
 
 def test_dataset_tokens_are_counted_with_the_models_chat_template(app, llm):
-    from training.dataset import collect_rows, training_messages
+    from bot.core.dataset import collect_rows, training_messages
 
     app.admin.execute(OPS, "/add Favourite colour? | Green, like tea leaves.")
     rows = collect_rows(app.curation, app.persona, app.language)

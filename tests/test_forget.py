@@ -11,11 +11,12 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+from bot.core.curation import FORGOTTEN_TEXT, Forgotten, ForgottenExchange
 from bot.core.types import ChatKind, ChatMessage, ChatRef, Role, Turn, UserRef
+from bot.infra.storage.curation import SqlCuration
 from bot.infra.storage.migrate import upgrade
 from bot.infra.storage.models import AuditEntry, Base, Chat, Pair
 from bot.infra.storage.store import SqlStore, make_engine
-from bot.services.curation import FORGOTTEN_TEXT, Curation, Forgotten, ForgottenExchange
 
 GROUP = ChatRef("telegram", "-100", ChatKind.GROUP, "Friends")
 OTHER_GROUP = ChatRef("telegram", "-200", ChatKind.GROUP, "Others")
@@ -78,7 +79,7 @@ def test_forget_removes_a_users_words_everywhere(store):
     _, pair_b2 = say(store, GROUP, BOB, "And dessert?", "Cake.", a1 + b1 + a2, persona="other")
     ex_a3, _ = say(store, ALICE_DM, ALICE, f"{SECRET}, privately", "Shh.", [])
 
-    manman = Curation(store, "manman")
+    manman = SqlCuration(store, "manman")
     manman.reject(pair_a1, ADMIN)
     manman.approve(pair_a2, ADMIN, answer=KEPT_CORRECTED)
     manman.approve(pair_b1, ADMIN)
@@ -142,7 +143,7 @@ def test_same_words_in_another_chat_are_not_hers(store):
     _, bob_elsewhere = say(store, OTHER_GROUP, BOB, "Hi", "Hello.",
                            turn_messages(CAROL, words, "Morning!"))
 
-    result = Curation(store, "manman").forget_user("telegram", ALICE.user_id)
+    result = SqlCuration(store, "manman").forget_user("telegram", ALICE.user_id)
 
     assert result.counts["history_redacted"] == 1
     with store.session() as s:
@@ -154,7 +155,7 @@ def test_forgetting_an_unknown_user_changes_nothing(store):
     say(store, GROUP, BOB, "Hi", "Hello.", [])
     before = database_text(store)
 
-    result = Curation(store, "manman").forget_user("telegram", "nobody")
+    result = SqlCuration(store, "manman").forget_user("telegram", "nobody")
 
     assert result == Forgotten({"exchanges": 0, "pairs_deleted": 0, "pairs_anonymised": 0,
                                 "history_redacted": 0, "audit_redacted": 0}, [])
@@ -164,7 +165,7 @@ def test_forgetting_an_unknown_user_changes_nothing(store):
 def test_words_in_a_pair_an_earlier_forget_anonymised_are_found(store):
     """Bob's approved pair keeps Alice's words in its history; Bob forgets himself first (his
     pair loses its chat id), then Alice: her words must still go."""
-    curation = Curation(store, "manman")
+    curation = SqlCuration(store, "manman")
     say(store, GROUP, ALICE, SECRET, SECRET_REPLY, [])
     _, bob_pair = say(store, GROUP, BOB, "Hi", "Hello.",
                       turn_messages(ALICE, SECRET, SECRET_REPLY))

@@ -14,42 +14,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from bot.core.formats import AlpacaRow, Format, ShareGptRow, dataset_info_entry, dump_alpaca
+from bot.core.curation import CurationRepository
+from bot.core.dataset import collect_rows, render
+from bot.core.formats import AlpacaRow, Format, ShareGptRow, dataset_info_entry
 from bot.core.persona import PersonaProfile
-from bot.core.textkeys import question_key
-from bot.core.types import ChatMessage, Role
-from bot.infra.storage.models import DatasetSnapshot
-from bot.services.curation import Curation
-
-
-def collect_rows(curation: Curation, persona: PersonaProfile, language: str) -> list[AlpacaRow]:
-    """Seeds first, then approved pairs; an approved pair replaces a seed with its question."""
-    system = persona.prompt_for(language)
-    rows: dict[str, AlpacaRow] = {}
-    for seed in persona.seed_pairs(language):
-        rows[question_key(seed.question)] = seed.model_copy(update={"system": system})
-    for p in curation.approved():
-        rows[question_key(p.question)] = AlpacaRow(
-            instruction=p.question, output=p.answer, system=system,
-            history=[tuple(h) for h in p.history],
-        )
-    return list(rows.values())
-
-
-def training_messages(row: AlpacaRow) -> list[ChatMessage]:
-    """One row as the conversation the model is trained on."""
-    messages = [ChatMessage(Role.SYSTEM, row.system)] if row.system else []
-    for q, a in row.history:
-        messages += [ChatMessage(Role.USER, q), ChatMessage(Role.ASSISTANT, a)]
-    return messages + [ChatMessage(Role.USER, row.question), ChatMessage(Role.ASSISTANT, row.output)]
-
-
-def render(rows: list[AlpacaRow], fmt: Format) -> bytes:
-    if fmt == "alpaca":
-        payload = [dump_alpaca(r) for r in rows]
-    else:
-        payload = [ShareGptRow.from_alpaca(r).dump() for r in rows]
-    return (json.dumps(payload, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -63,13 +31,13 @@ class ExportResult:
     records: tuple[AlpacaRow, ...] = ()
 
 
-def export_dataset(curation: Curation, persona: PersonaProfile, language: str, fmt: Format,
+def export_dataset(curation: CurationRepository, persona: PersonaProfile, language: str, fmt: Format,
                    out_dir: Path, *, kind: str = "export") -> ExportResult:
     rows = collect_rows(curation, persona, language)
     return _write(curation, persona, rows, render(rows, fmt), fmt, out_dir, kind)
 
 
-def _write(curation: Curation, persona: PersonaProfile, rows: list[AlpacaRow], data: bytes,
+def _write(curation: CurationRepository, persona: PersonaProfile, rows: list[AlpacaRow], data: bytes,
            fmt: Format, out_dir: Path, kind: str) -> ExportResult:
     """Write ``data`` (``rows`` rendered) as a LLaMA-Factory folder and record it."""
     if not rows:
@@ -86,13 +54,12 @@ def _write(curation: Curation, persona: PersonaProfile, rows: list[AlpacaRow], d
     info.update(dataset_info_entry(name, data_file.name, fmt))
     info_path.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     digest = hashlib.sha256(data).hexdigest()
-    with curation.store.session() as s, s.begin():
-        s.add(DatasetSnapshot(persona=name, kind=kind, format=fmt, path=str(data_file.resolve()),
-                              sha256=digest, rows=len(rows)))
+    curation.record_snapshot(kind=kind, fmt=fmt, path=str(data_file.resolve()), sha256=digest,
+                             rows=len(rows))
     return ExportResult(out_dir, data_file, name, len(rows), digest, tuple(rows))
 
 
-def snapshot_dataset(curation: Curation, persona: PersonaProfile, language: str,
+def snapshot_dataset(curation: CurationRepository, persona: PersonaProfile, language: str,
                      root: Path, fmt: Format = "alpaca") -> ExportResult:
     """Freeze the dataset as it is now, in a folder named by its content hash.
 
@@ -175,7 +142,7 @@ def parse_rows(text: str) -> tuple[list[AlpacaRow], list[tuple[int, str]], int]:
     return rows, errors, total
 
 
-def import_dataset(curation: Curation, path: Path, actor: str, *,
+def import_dataset(curation: CurationRepository, path: Path, actor: str, *,
                    skip_invalid: bool = False) -> ImportReport:
     """Imported pairs count as approved by ``actor``; an identical approved pair is skipped."""
     try:

@@ -26,14 +26,15 @@ from pathlib import Path
 from sqlalchemy import func, select, text
 
 from bot.core.config import Settings
+from bot.core.curation import CurationRepository
+from bot.core.dataset import collect_rows, render
 from bot.core.errors import UserFacingError
 from bot.core.persona import PersonaProfile
 from bot.core.types import ChatRef
+from bot.infra.storage.curation import SqlCuration
 from bot.infra.storage.models import JobStatus, ModelStatus, TrainingJob, utcnow
 from bot.infra.storage.store import SqlStore
-from bot.services.curation import Curation
 from bot.services.registry import ModelRegistry, same_config_form
-from training.dataset import collect_rows, render
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class TrainingKey:
     config: dict  # the full TrainConfig, in the form the database hands back
 
 
-def training_key(curation: Curation, persona: PersonaProfile, language: str, base_model: str,
+def training_key(curation: CurationRepository, persona: PersonaProfile, language: str, base_model: str,
                  overrides: dict) -> TrainingKey:
     """The key of a run started now: the dataset hashed as ``snapshot_dataset`` would freeze
     it, the base, and TrainConfig with ``overrides`` (as the worker and ``chatman train``
@@ -494,7 +495,7 @@ class TrainingRunner:
 
         s = self.settings
         persona = load_persona(s.persona, s.persona_dir)
-        return training_key(Curation(self.queue.store, persona.name), persona,
+        return training_key(SqlCuration(self.queue.store, persona.name), persona,
                             s.language or persona.language,
                             s.train_base_model or persona.training.base_model,
                             s.train_overrides(max_steps))

@@ -11,9 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.core.curation import CurationRepository
 from bot.core.persona import PersonaProfile
 from bot.infra.storage.models import ModelStatus
-from bot.services.curation import Curation
 from bot.services.registry import ModelRegistry
 from training.evaluate import Decoding, EvalReport
 from training.run import RunOutput, run_training
@@ -92,7 +92,7 @@ def _short(text: str, limit: int = 70) -> str:
 def train_and_release(
     *,
     registry: ModelRegistry,
-    curation: Curation,
+    curation: CurationRepository,
     persona: PersonaProfile,
     language: str,
     base_model: str,

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bot.core.curation import CurationRepository
 from bot.core.persona import PersonaProfile
 from bot.infra.llm.chat_model import TransformersChatModel
-from bot.services.curation import Curation
 from training.dataset import snapshot_dataset
 from training.evaluate import (
     Answered,
@@ -72,7 +72,7 @@ def shipped_cache(persona: PersonaProfile) -> Path | None:
 
 def run_training(
     *,
-    curation: Curation,
+    curation: CurationRepository,
     persona: PersonaProfile,
     language: str,
     base_model: str,

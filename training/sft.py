@@ -29,13 +29,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from bot.core.dataset import training_messages
 from bot.core.formats import AlpacaRow
 from bot.core.persona import PersonaProfile
 from bot.core.speech_budget import shape_reply
 from bot.core.textkeys import question_key
 from bot.core.types import ChatMessage, Role
 from bot.infra.llm.chat_model import GenerationSettings, generate_batch
-from training.dataset import training_messages
 from training.evaluate import Answered, Decoding, EvalReport, Gate, ModelAnswerer, evaluate
 from training.general_qa import REPLAY_PROMPTS
 from training.tokenize import IGNORE, Example, encode_conversation

@@ -64,7 +64,7 @@ def starter_release(persona: PersonaProfile) -> StarterRelease | None:
 
 def seed_dataset_sha256(persona: PersonaProfile, language: str) -> str:
     """The hash training records for the persona's seed pairs alone (a fresh database)."""
-    from training.dataset import render
+    from bot.core.dataset import render
 
     system = persona.prompt_for(language)
     rows = [r.model_copy(update={"system": system}) for r in persona.seed_pairs(language)]
@@ -122,8 +122,8 @@ def merge_adapter(adapter_dir: Path, base_ref: str, cache_dir: Path, out: Path, 
 def build(persona_name: str, language: str | None = None, out: Path | None = None) -> dict:
     """Train the starter version from the seed data alone, with TrainConfig's defaults."""
     from bot.infra.storage import migrate
+    from bot.infra.storage.curation import SqlCuration
     from bot.infra.storage.store import SqlStore, make_engine
-    from bot.services.curation import Curation
     from training.evaluate import Decoding
     from training.release import metrics_of
     from training.run import run_training
@@ -143,7 +143,7 @@ def build(persona_name: str, language: str | None = None, out: Path | None = Non
         # A fresh cache too, so exactly the base answers this run used get shipped.
         cache = Path(tmp) / "cache"
         run = run_training(
-            curation=Curation(SqlStore(engine), persona.name), persona=persona,
+            curation=SqlCuration(SqlStore(engine), persona.name), persona=persona,
             language=language, base_model=STARTER, cache_dir=cache,
             data_dir=Path(tmp), config=config, run_name=f"{persona.name}-starter",
             decoding=decoding,

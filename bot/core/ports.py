@@ -68,3 +68,9 @@ class Store(Protocol):
     def record_turn(self, chat: ChatRef, user: UserRef, message_id: str | None, turn: Turn,
                     input_kind: str, reply_message_id: str | None = None) -> int:
         """Persist the exchange and its history messages atomically; returns the exchange id."""
+
+    def answers_every_voice(self, chat: ChatRef) -> bool:
+        """Whether an admin set this chat to have every voice note answered (/answerall on)."""
+
+    def set_answer_every_voice(self, chat: ChatRef, on: bool) -> bool:
+        """Set it (the chat is created if new); returns whether it changed."""

@@ -14,14 +14,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bot.core.curation import Change, CurationRepository, PairView
+from bot.core.dataset import collect_rows, training_messages
 from bot.core.errors import UserFacingError
 from bot.core.persona import PersonaProfile
+from bot.core.ports import Store
 from bot.core.types import ChatKind, ChatMessage, ChatRef
 from bot.infra.reply_audio import ReplyAudioStore
 from bot.infra.storage.models import JobStatus, ModelStatus
-from bot.services.curation import Change, Curation, PairView
 from bot.services.registry import ModelRegistry, VersionView
-from training.dataset import collect_rows, training_messages
 from training.jobs import DuplicateJob, JobQueue, TrainingKey, training_key
 
 log = logging.getLogger(__name__)
@@ -103,15 +104,16 @@ def estimate_tokens(messages: list[ChatMessage]) -> int:
 class AdminService:
     def __init__(
         self,
-        curation: Curation,
+        curation: CurationRepository,
         persona: PersonaProfile,
         *,
+        store: Store,
         language: str,
         admin_ids: frozenset[str],
         model_version: Callable[[], str],
         count_tokens: Callable[[list[ChatMessage]], int] = estimate_tokens,
-        registry: ModelRegistry | None = None,
-        jobs: JobQueue | None = None,
+        registry: ModelRegistry,
+        jobs: JobQueue,
         default_max_steps: int | None = None,
         train_base_model: str | None = None,
         reply_audio: ReplyAudioStore | None = None,
@@ -120,8 +122,9 @@ class AdminService:
         """``train_base_model`` is CHATMAN_TRAIN_BASE_MODEL (default: the persona's base);
         ``cancel_wait_seconds`` bounds how long /canceltrain waits for the runner to confirm."""
         self.reply_audio = reply_audio
-        self.registry = registry or ModelRegistry(curation.store, persona.name)
-        self.jobs = jobs or JobQueue(curation.store, persona.name)
+        self.store = store
+        self.registry = registry
+        self.jobs = jobs
         self.default_max_steps = default_max_steps
         self.train_base_model = train_base_model
         self.cancel_wait_seconds = cancel_wait_seconds
@@ -475,7 +478,7 @@ class AdminService:
             raise CommandError("answerall outside a group", user_message=(
                 "Use /answerall in the group or channel it should apply to; in private chats I "
                 "answer every voice note anyway."))
-        self.curation.store.set_answer_every_voice(origin, on)
+        self.store.set_answer_every_voice(origin, on)
         log.info("%s set answer-every-voice %s in %s/%s", actor.key, on, origin.platform,
                  origin.chat_id)
         message = ("I'll answer every voice note here now." if on else

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -18,6 +19,10 @@ from sqlalchemy import (
     false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Pair.status holds a PairStatus value. The enum lives with the curation records in core;
+# re-exported here for code that reads the schema.
+from bot.core.curation import PairStatus as PairStatus
 
 
 def utcnow() -> datetime:
@@ -79,7 +84,7 @@ class Exchange(Base):
     language: Mapped[str] = mapped_column(String(16))
     audio_duration_s: Mapped[float | None] = mapped_column(Float)
     reply_duration_s: Mapped[float | None] = mapped_column(Float)
-    timings_ms: Mapped[dict] = mapped_column(JSON, default=dict)
+    timings_ms: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     model_version: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
@@ -101,15 +106,6 @@ class HistoryMessage(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class PairStatus:
-    PENDING = "pending"
-    APPROVED = "approved"
-    REJECTED = "rejected"
-    # An approved pair whose question was approved again later: newest approval wins.
-    SUPERSEDED = "superseded"
-    ALL = (PENDING, APPROVED, REJECTED, SUPERSEDED)
-
-
 class Pair(Base):
     """A question/answer pair: a candidate from a conversation, or written/imported by an admin."""
 
@@ -117,12 +113,12 @@ class Pair(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     persona: Mapped[str] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(16), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # a PairStatus value
     source: Mapped[str] = mapped_column(String(16))  # exchange | admin | import
     question: Mapped[str] = mapped_column(Text)
     answer: Mapped[str] = mapped_column(Text)
     question_key: Mapped[str] = mapped_column(String(512), index=True)
-    history: Mapped[list] = mapped_column(JSON, default=list)  # [[question, answer], ...]
+    history: Mapped[list[list[str]]] = mapped_column(JSON, default=list)  # [[question, answer], ...]
     exchange_id: Mapped[int | None] = mapped_column(ForeignKey("exchanges.id"), unique=True)
     platform: Mapped[str | None] = mapped_column(String(32))
     platform_chat_id: Mapped[str | None] = mapped_column(String(128))
@@ -146,8 +142,8 @@ class AuditEntry(Base):
     actor: Mapped[str] = mapped_column(String(160))
     action: Mapped[str] = mapped_column(String(32))
     pair_id: Mapped[int | None] = mapped_column(Integer, index=True)
-    before: Mapped[dict | None] = mapped_column(JSON)
-    after: Mapped[dict | None] = mapped_column(JSON)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class DatasetSnapshot(Base):

@@ -1,17 +1,23 @@
-"""The SQL store: users, chats, exchanges and conversation history."""
+"""The SQL store: users, chats, exchanges and conversation history.
+
+:class:`SqlStore` implements :class:`bot.core.ports.Store`; only the composition root, the
+other storage modules and tests use its concrete type (its sessions and ORM rows stay here).
+"""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from bot.core.curation import PairStatus
 from bot.core.textkeys import history_pairs, question_key
 from bot.core.types import ChatMessage, ChatRef, Role, Turn, UserRef
-from bot.infra.storage.models import Chat, Exchange, HistoryMessage, Pair, PairStatus, User
+from bot.infra.storage.models import Chat, Exchange, HistoryMessage, Pair, User
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +30,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn, _record):  # pragma: no cover - trivial
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:  # pragma: no cover - trivial
             cur = dbapi_conn.cursor()
             # WAL lets readers (history) proceed while a turn is written; FKs are off by default.
             cur.execute("PRAGMA journal_mode=WAL")
@@ -43,16 +49,20 @@ class SqlStore:
     def session(self) -> Session:
         return self._sessions()
 
-    def _chat(self, s: Session, chat: ChatRef, create: bool) -> Chat | None:
-        row = s.scalar(
+    def _find_chat(self, s: Session, chat: ChatRef) -> Chat | None:
+        return s.scalar(
             select(Chat).where(Chat.platform == chat.platform, Chat.platform_chat_id == chat.chat_id)
         )
-        if row is None and create:
+
+    def _chat(self, s: Session, chat: ChatRef) -> Chat:
+        """The chat's row, created if new; its kind and title refreshed if not."""
+        row = self._find_chat(s, chat)
+        if row is None:
             row = Chat(platform=chat.platform, platform_chat_id=chat.chat_id, kind=chat.kind.value,
                        title=chat.title)
             s.add(row)
             s.flush()
-        elif row is not None and create:
+        else:
             row.kind, row.title = chat.kind.value, chat.title or row.title
         return row
 
@@ -73,7 +83,7 @@ class SqlStore:
         if limit <= 0:
             return []
         with self.session() as s:
-            row = self._chat(s, chat, create=False)
+            row = self._find_chat(s, chat)
             if row is None:
                 return []
             rows = s.scalars(
@@ -87,7 +97,7 @@ class SqlStore:
     def record_turn(self, chat: ChatRef, user: UserRef, message_id: str | None, turn: Turn,
                     input_kind: str, reply_message_id: str | None = None) -> int:
         with self.session() as s, s.begin():
-            chat_row = self._chat(s, chat, create=True)
+            chat_row = self._chat(s, chat)
             user_row = self._user(s, user)
             exchange = Exchange(
                 chat_id=chat_row.id,
@@ -131,18 +141,19 @@ class SqlStore:
 
     def answers_every_voice(self, chat: ChatRef) -> bool:
         with self.session() as s:
-            row = self._chat(s, chat, create=False)
+            row = self._find_chat(s, chat)
             return bool(row and row.answer_all_voice)
 
     def set_answer_every_voice(self, chat: ChatRef, on: bool) -> bool:
         """Returns whether it changed."""
         with self.session() as s, s.begin():
-            row = self._chat(s, chat, create=True)
+            row = self._chat(s, chat)
             changed = bool(row.answer_all_voice) != on
             row.answer_all_voice = on
             return changed
 
     def exchanges(self, chat: ChatRef | None = None) -> list[Exchange]:
+        """ORM rows, for tests and storage code (not part of the Store port)."""
         with self.session() as s:
             q = select(Exchange).order_by(Exchange.id)
             if chat is not None:

@@ -1,19 +1,29 @@
-"""Curating question/answer pairs: approve, correct, reject, add, forget — with an audit trail.
+"""The SQL side of curation: pairs, their audit trail, /forget and dataset snapshots.
 
-All state changes happen here, each in one transaction with its audit entries, so every
-adapter and the CLI get identical semantics. Permissions are checked by the caller
-(:mod:`bot.services.admin`).
+Each action is one transaction with its audit entries. Callers see only the records and the
+:class:`~bot.core.curation.CurationRepository` protocol of :mod:`bot.core.curation`; ORM rows
+never leave this module.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from bot.core.curation import (
+    FORGET_COUNTS,
+    FORGOTTEN_TEXT,
+    AuditView,
+    Change,
+    Forgotten,
+    ForgottenExchange,
+    PairStatus,
+    PairView,
+    SnapshotView,
+)
 from bot.core.textkeys import question_key
 from bot.core.types import ChatKind, Role
 from bot.infra.storage.models import (
@@ -23,7 +33,6 @@ from bot.infra.storage.models import (
     Exchange,
     HistoryMessage,
     Pair,
-    PairStatus,
     User,
     utcnow,
 )
@@ -34,67 +43,19 @@ log = logging.getLogger(__name__)
 AUDITED_FIELDS = ("status", "question", "answer", "superseded_by_id")
 
 
-@dataclass(frozen=True)
-class PairView:
-    id: int
-    status: str
-    source: str
-    question: str
-    answer: str
-    history: list[list[str]]
-    asked_by: str | None
-    model_version: str | None
-    created_at: datetime
-    decided_by: str | None
-
-    def to_dict(self) -> dict:
-        d = self.__dict__.copy()
-        d["created_at"] = self.created_at.isoformat()
-        return d
+#: A pair's audited fields, as the audit log stores them (JSON).
+State = dict[str, Any]
 
 
-@dataclass(frozen=True)
-class Change:
-    """The outcome of one curation action."""
-
-    pair: PairView
-    changed: bool
-    superseded: list[int]
-
-
-def _state(p: Pair) -> dict:
+def _state(p: Pair) -> State:
     return {f: getattr(p, f) for f in AUDITED_FIELDS}
 
 
 def _view(s: Session, p: Pair) -> PairView:
-    asked_by = s.get(User, p.asked_by_id).display_name if p.asked_by_id else None
+    asker = s.get(User, p.asked_by_id) if p.asked_by_id else None
+    asked_by = asker.display_name if asker is not None else None
     return PairView(p.id, p.status, p.source, p.question, p.answer, list(p.history or []),
                     asked_by, p.model_version, p.created_at, p.decided_by)
-
-
-FORGET_COUNTS = ("exchanges", "pairs_deleted", "pairs_anonymised", "history_redacted",
-                 "audit_redacted")
-# What a forgotten user's question/answer becomes in the audit log: the entry stays (who
-# approved what, when), the words go.
-FORGOTTEN_TEXT = "[forgotten]"
-
-
-@dataclass(frozen=True)
-class ForgottenExchange:
-    """A deleted exchange, for the adapter that stored its reply audio (named after it)."""
-
-    id: int
-    platform: str
-    chat_id: str
-    reply_message_id: str | None
-
-
-@dataclass(frozen=True)
-class Forgotten:
-    """What /forget removed: counts per kind (see FORGET_COUNTS) and the deleted exchanges."""
-
-    counts: dict[str, int]
-    exchanges: list[ForgottenExchange]
 
 
 def _user_exchanges(s: Session, user: User) -> list[ForgottenExchange]:
@@ -142,7 +103,7 @@ def _drop_emptied_chats(s: Session, chat_ids: list[int]) -> None:
         ))
 
 
-def _redacted(values: dict | None) -> dict | None:
+def _redacted(values: State | None) -> State | None:
     if not values or not any(k in values for k in ("question", "answer")):
         return values
     # A new dict, not an in-place edit: SQLAlchemy's JSON type does not track mutation.
@@ -188,7 +149,24 @@ def _redact_histories(s: Session, words: dict[tuple[str, str], set[str]], user_p
     return removed
 
 
-class Curation:
+def _audit_view(e: AuditEntry) -> AuditView:
+    return AuditView(e.id, e.at, e.actor, e.action, e.pair_id, e.before, e.after)
+
+
+def _snapshot_view(row: DatasetSnapshot) -> SnapshotView:
+    return SnapshotView(row.id, row.persona, row.kind, row.format, row.path, row.sha256,
+                        row.rows, row.created_at)
+
+
+def _rowcount(result: object) -> int:
+    """Rows a bulk DELETE/UPDATE touched (Session.execute types its result loosely)."""
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
+class SqlCuration:
+    """:class:`~bot.core.curation.CurationRepository` over the SQL store, for one persona."""
+
     def __init__(self, store: SqlStore, persona: str) -> None:
         self.store = store
         self.persona = persona
@@ -231,11 +209,12 @@ class Curation:
 
     # --- changing pairs -------------------------------------------------------------
     def _audit(self, s: Session, actor: str, action: str, pair: Pair | None,
-               before: dict | None, after: dict | None) -> None:
+               before: State | None, after: State | None) -> None:
         s.add(AuditEntry(actor=actor, action=action, pair_id=pair.id if pair else None,
                          before=before, after=after))
 
-    def _approve(self, s: Session, p: Pair, actor: str, action: str, before: dict | None) -> list[int]:
+    def _approve(self, s: Session, p: Pair, actor: str, action: str,
+                 before: State | None) -> list[int]:
         p.status = PairStatus.APPROVED
         p.decided_at, p.decided_by = utcnow(), actor
         p.question_key = question_key(p.question)
@@ -342,14 +321,14 @@ class Curation:
             # which chat's history a pair holds.
             audit_redacted = _redact_audit(s, pair_ids)
             history_redacted = _redact_histories(s, _words_by_chat(s, user), user.id, kept)
-            deleted = s.execute(
+            deleted = _rowcount(s.execute(
                 delete(Pair).where(Pair.asked_by_id == user.id, Pair.status.not_in(kept))
-            ).rowcount
-            anonymised = s.execute(
+            ))
+            anonymised = _rowcount(s.execute(
                 update(Pair).where(Pair.asked_by_id == user.id).values(
                     asked_by_id=None, exchange_id=None, incoming_message_id=None,
                     reply_message_id=None, platform_chat_id=None)
-            ).rowcount
+            ))
             private_chats = _private_chats(s, user)
             exchange_ids = [e.id for e in exchanges]
             if exchange_ids:
@@ -371,7 +350,7 @@ class Curation:
                 select(Pair.status, func.count()).where(Pair.persona == self.persona)
                 .group_by(Pair.status)
             ).all()
-        counts = dict.fromkeys(PairStatus.ALL, 0)
+        counts = {status.value: 0 for status in PairStatus}
         counts.update({status: n for status, n in rows})
         return counts
 
@@ -383,7 +362,16 @@ class Curation:
             ).all()
         return {persona: n for persona, n in rows}
 
-    def last_snapshots(self) -> dict[str, DatasetSnapshot]:
+    def record_snapshot(self, *, kind: str, fmt: str, path: str, sha256: str,
+                        rows: int) -> SnapshotView:
+        with self.store.session() as s, s.begin():
+            row = DatasetSnapshot(persona=self.persona, kind=kind, format=fmt, path=path,
+                                  sha256=sha256, rows=rows)
+            s.add(row)
+            s.flush()
+            return _snapshot_view(row)
+
+    def last_snapshots(self) -> dict[str, SnapshotView]:
         with self.store.session() as s:
             out = {}
             for kind in ("export", "snapshot"):
@@ -393,12 +381,12 @@ class Curation:
                     .order_by(DatasetSnapshot.id.desc()).limit(1)
                 )
                 if row is not None:
-                    out[kind] = row
+                    out[kind] = _snapshot_view(row)
             return out
 
-    def audit_log(self, pair_id: int | None = None) -> list[AuditEntry]:
+    def audit_log(self, pair_id: int | None = None) -> list[AuditView]:
         with self.store.session() as s:
             q = select(AuditEntry).order_by(AuditEntry.id)
             if pair_id is not None:
                 q = q.where(AuditEntry.pair_id == pair_id)
-            return list(s.scalars(q).all())
+            return [_audit_view(e) for e in s.scalars(q)]
