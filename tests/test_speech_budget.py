@@ -9,8 +9,8 @@ import pytest
 
 from bot.core.persona import load_persona
 from bot.core.ports import ChatModel, SpeechSynthesizer
-from bot.core.types import ChatMessage, LlmReply, Pcm
 from bot.core.speech_budget import SpeechBudget, ends_sentence, shape_reply, split_sentences
+from bot.core.types import ChatMessage, LlmReply, Pcm
 
 BUDGET = SpeechBudget(max_sentences=3, max_seconds=12)
 

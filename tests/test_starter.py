@@ -11,8 +11,8 @@ from adapters.app import ChatmanApp
 from bot.core.config import Settings
 from bot.core.persona import load_persona
 from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
-from bot.services.admin import Actor
 from bot.infra.storage.models import ModelStatus
+from bot.services.admin import Actor
 from tests.conftest import REPO, make_settings
 from training.evaluate import Decoding
 from training.sft import TrainConfig
