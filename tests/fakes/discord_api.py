@@ -203,7 +203,7 @@ class FakeDiscord(LocalServer):
                 guild: bool = True, attachments: list[Json] | None = None,
                 mentions: list[Json] | None = None, reply_to: Json | None = None,
                 flags: int = 0, admin: bool = False) -> Json:
-        data: dict[str, Any] = {
+        data: Json = {
             "id": self.snowflake(), "channel_id": channel_id, "author": author,
             "content": content, "timestamp": _now(), "edited_timestamp": None, "tts": False,
             "mention_everyone": False, "mentions": mentions or [], "mention_roles": [],
@@ -256,8 +256,8 @@ class FakeDiscord(LocalServer):
         """An application command invocation, as INTERACTION_CREATE delivers it."""
         registered = {c["name"]: c for cmds in self.commands.values() for c in cmds}
         command = registered[name]
-        data: dict[str, Any] = {"id": command["id"], "name": name, "type": command_type,
-                                "guild_id": GUILD_ID}
+        data: Json = {"id": command["id"], "name": name, "type": command_type,
+                    "guild_id": GUILD_ID}
         if options:
             data["options"] = options
         if target is not None:

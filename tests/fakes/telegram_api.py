@@ -41,7 +41,7 @@ Handler = Callable[[Json, dict[str, bytes]], Awaitable[web.Response]]
 class Sent:
     method: str
     chat_id: int
-    params: dict[str, Any]
+    params: Json
     message: Json | None = None
     file: bytes | None = None
     at: float = field(default_factory=time.monotonic)
@@ -65,7 +65,7 @@ class FakeTelegram(LocalServer):
         self.calls: list[str] = []
         self.files: dict[str, tuple[str, bytes]] = {}
         self.commands: dict[str, list[Json]] = {}
-        self.webhook: dict[str, Any] = {}
+        self.webhook: Json = {}
         # (chat id, user id) → "creator" | "administrator"; everyone else is a "member".
         self.chat_admins: dict[tuple[int, int], str] = {}
         self.fail_next: dict[str, list[tuple[int, Json]]] = {}
@@ -150,7 +150,7 @@ class FakeTelegram(LocalServer):
         return web.Response(status=code, text=json.dumps(body), content_type="application/json")
 
     async def _params(self, request: web.Request) -> tuple[Json, dict[str, bytes]]:
-        params: dict[str, Any] = {}
+        params: Json = {}
         files: dict[str, bytes] = {}
         if request.content_type == "application/json":
             return await request.json(), files
