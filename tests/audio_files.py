@@ -36,6 +36,7 @@ def encode(samples: np.ndarray, rate: int, fmt: str, codec_name: str, layout: st
         # Every stream must exist before the first packet is muxed.
         v = out.add_stream("mpeg4", rate=10) if video else None
         stream = out.add_stream(codec_name, rate=rate)
+        assert isinstance(stream, av.AudioStream), codec_name
         stream.layout = layout
         if bit_rate:
             stream.bit_rate = bit_rate
@@ -48,11 +49,12 @@ def encode(samples: np.ndarray, rate: int, fmt: str, codec_name: str, layout: st
                     out.mux(p)
             for p in v.encode(None):
                 out.mux(p)
-        frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=layout)
-        frame.sample_rate = rate
-        want = stream.codec_context.codec.audio_formats[0].name
-        resampler = av.AudioResampler(format=want, layout=layout, rate=rate)
-        for f in [*resampler.resample(frame), *resampler.resample(None)]:
+        audio = av.AudioFrame.from_ndarray(planar, format="fltp", layout=layout)
+        audio.sample_rate = rate
+        formats = stream.codec_context.codec.audio_formats
+        assert formats, codec_name  # an audio encoder lists the sample formats it takes
+        resampler = av.AudioResampler(format=formats[0].name, layout=layout, rate=rate)
+        for f in [*resampler.resample(audio), *resampler.resample(None)]:
             f.pts = None
             for p in stream.encode(f):
                 out.mux(p)

@@ -29,7 +29,7 @@ def build_random_chattts(out: Path, seed: int = 0) -> Path:
     from ChatTTS.model.dvae import DVAE
     from ChatTTS.model.embed import Embed
     from safetensors.torch import save_file
-    from transformers import BertTokenizerFast, LlamaConfig, LlamaModel
+    from transformers import BertTokenizer, LlamaConfig, LlamaModel
     from vocos import Vocos
 
     def save(module, name: str) -> None:
@@ -65,7 +65,7 @@ def build_random_chattts(out: Path, seed: int = 0) -> Path:
     tokenizer_dir = asset / "tokenizer"
     tokenizer_dir.mkdir(exist_ok=True)
     (tokenizer_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast(vocab=str(tokenizer_dir / "vocab.txt"), do_lower_case=True)
+    tokenizer = BertTokenizer(vocab=str(tokenizer_dir / "vocab.txt"), do_lower_case=True)
     tokenizer.add_special_tokens({"additional_special_tokens": CONTROL})
     tokenizer.save_pretrained(tokenizer_dir)
     (asset / "complete").write_text("random weights\n")

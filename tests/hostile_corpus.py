@@ -116,6 +116,7 @@ def _image(codec: str, fmt: str) -> bytes:
     buf = io.BytesIO()
     with av.open(buf, "w", format=fmt) as out:
         v = out.add_stream(codec, rate=1)
+        assert isinstance(v, av.VideoStream), codec
         v.width, v.height = 16, 16
         v.pix_fmt = "yuvj420p" if codec == "mjpeg" else "rgb8" if codec == "gif" else "rgb24"
         rgb = np.zeros((16, 16, 3), np.uint8)
@@ -151,7 +152,7 @@ class _Crc:
                 r = ((r << 1) ^ poly) if r & top else r << 1
             self.table.append(r & self.mask)
 
-    def __call__(self, data: bytes) -> int:
+    def __call__(self, data: bytes | bytearray) -> int:
         crc, shift = 0, self.width - 8
         for b in data:
             crc = ((crc << 8) & self.mask) ^ self.table[(crc >> shift) ^ b]
@@ -212,8 +213,11 @@ _OPUS_TAGS = b"OpusTags" + struct.pack("<I", 6) + b"hostil" + struct.pack("<I", 
 def _silent_packet(codec: str, rate: int, frame_size: int, bit_rate: int) -> bytes:
     """One steady-state packet of digital silence from a real encoder."""
     ctx = av.CodecContext.create(codec, "w")
+    assert isinstance(ctx, av.AudioCodecContext), codec
     ctx.sample_rate, ctx.layout, ctx.bit_rate = rate, "mono", bit_rate
-    ctx.format = ctx.codec.audio_formats[0].name
+    formats = ctx.codec.audio_formats
+    assert formats, codec  # an audio encoder lists the sample formats it takes
+    ctx.format = formats[0].name
     packets = []
     for _ in range(12):
         frame = av.AudioFrame(format=ctx.format.name, layout="mono", samples=frame_size)

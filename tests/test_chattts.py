@@ -90,7 +90,8 @@ def test_settings_and_persona_choose_the_backend(tmp_path):
     piper = build_tts(make_settings(tmp_path))
     assert piper.name == "piper:en_US-joe-medium"
     chosen = build_tts(make_settings(tmp_path, tts_backend="chattts", chattts_path="/x"), persona)
-    assert isinstance(chosen, FallbackSpeech) and chosen.preferred.voice.seed == 2222
+    assert isinstance(chosen, FallbackSpeech) and isinstance(chosen.preferred, ChatTTSSpeech)
+    assert chosen.preferred.voice.seed == 2222
     assert chosen.preferred.speaker_dirs[0] == persona.directory
     strict = build_tts(make_settings(tmp_path, tts_backend="chattts", tts_fallback=False), persona)
     assert isinstance(strict, ChatTTSSpeech) and strict.path is None  # the hub's 2Noise/ChatTTS

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 
 import pytest
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
+from pydantic.fields import FieldInfo
 
 from bot.core.config import Settings
 from bot.infra.logs import SecretMaskingFilter
@@ -57,6 +58,16 @@ def test_database_password_is_masked_in_display_and_logs(caplog):
     assert "bot:***@db" in caplog.text
 
 
+def _env_name(name: str, field: FieldInfo) -> str:
+    """The variable a setting reads: its first alias (the platform's own name), else CHATMAN_…."""
+    if not field.validation_alias:
+        return f"CHATMAN_{name.upper()}"
+    assert isinstance(field.validation_alias, AliasChoices), field.validation_alias
+    first = field.validation_alias.choices[0]
+    assert isinstance(first, str), first
+    return first
+
+
 def test_env_example_documents_every_setting_and_loads_as_the_defaults(tmp_path, monkeypatch):
     from tests.conftest import REPO
 
@@ -66,10 +77,7 @@ def test_env_example_documents_every_setting_and_loads_as_the_defaults(tmp_path,
         for line in example.splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     }
-    expected = {
-        field.validation_alias.choices[0] if field.validation_alias else f"CHATMAN_{name.upper()}"
-        for name, field in Settings.model_fields.items()
-    }
+    expected = {_env_name(name, field) for name, field in Settings.model_fields.items()}
     assert documented == expected
     for name in expected:  # each one has a comment right above it or above its group
         assert "\n# " in example.split(f"\n{name}=")[0][-400:], name
@@ -82,6 +90,7 @@ def test_env_example_documents_every_setting_and_loads_as_the_defaults(tmp_path,
 def test_platform_variables_use_the_platforms_names(monkeypatch):
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", "123:abc-secret")
     s = Settings(_env_file=None)
+    assert s.telegram_bot_token is not None
     assert s.telegram_bot_token.get_secret_value() == "123:abc-secret"
     assert s.masked()["telegram_bot_token"] == "***"
     assert "123:abc-secret" in s.secret_values()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import pytest
 
 from bot.core.persona import load_persona
 from bot.core.textkeys import question_key
-from bot.infra.llm.chat_model import Generated
+from bot.core.types import ChatMessage
+from bot.infra.llm.chat_model import Generated, GenerationSettings
 from tests.test_cli import chatman
 from training.evaluate import (
     Decoding,
@@ -35,7 +37,8 @@ class ScriptedAnswerer:
         self.truncated = truncated
         self.seeds: list[int | None] = []
 
-    def answer_many(self, conversations, settings, batch_size=8):
+    def answer_many(self, conversations: Sequence[Sequence[ChatMessage]],
+                    settings: GenerationSettings, batch_size: int = 8) -> list[Generated]:
         self.seeds.append(settings.seed)
         return [Generated(self.answers[c[-1].content], 5, c[-1].content in self.truncated)
                 for c in conversations]
@@ -86,8 +89,10 @@ def test_sampled_evaluation_takes_seeded_draws_and_reports_mean_and_worst():
     class Alternating(ScriptedAnswerer):
         """Draw 0 knows its name, draw 1 does not: the mean and the worst must differ."""
 
-        def answer_many(self, conversations, settings, batch_size=8):
+        def answer_many(self, conversations: Sequence[Sequence[ChatMessage]],
+                        settings: GenerationSettings, batch_size: int = 8) -> list[Generated]:
             out = super().answer_many(conversations, settings, batch_size)
+            assert settings.seed is not None  # sampled draws are seeded
             if settings.seed % 2:
                 out = [Generated("I'm an assistant.", 4, False) if "Name" in c[-1].content else g
                        for c, g in zip(conversations, out)]

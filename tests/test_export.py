@@ -51,10 +51,12 @@ def test_tiny_qwen2_merge_reloads_with_the_same_logits(tiny_qwen2_dir, tmp_path)
     tok = AutoTokenizer.from_pretrained(exported.model_dir)
     rendered = tok.apply_chat_template([{"role": "user", "content": "你是谁?"}], tokenize=False,
                                        add_generation_prompt=True)
+    assert isinstance(rendered, str)  # tokenize=False renders text
     assert rendered.startswith(f"<|im_start|>system\n{SYSTEM}<|im_end|>")
     assert "helpful assistant" not in rendered
     explicit = tok.apply_chat_template([{"role": "system", "content": "Custom."},
                                         {"role": "user", "content": "hi"}], tokenize=False)
+    assert isinstance(explicit, str)
     assert explicit.startswith("<|im_start|>system\nCustom.<|im_end|>") and SYSTEM not in explicit
 
 

@@ -93,7 +93,7 @@ def test_the_ffconcat_bait_is_live(monkeypatch):
     monkeypatch.chdir(REPO)
     assert (REPO / SAMPLE_RELATIVE).is_file()
     script = by_name()["ffconcat-relative-path"].data
-    with av.open(io.BytesIO(script)) as container:
+    with av.open(io.BytesIO(script), "r") as container:
         assert container.format.name == "concat"
         stream = container.streams.audio[0]
         frames = sum(1 for _ in container.decode(stream))
@@ -104,8 +104,8 @@ def test_the_ffconcat_bait_is_live(monkeypatch):
 
 @pytest.mark.parametrize("name", MID_STREAM_CHANGES)
 def test_mid_stream_entries_really_change_rate_or_layout(name):
-    shapes = set()
-    with av.open(io.BytesIO(by_name()[name].data)) as container:
+    shapes: set[tuple[int, str]] = set()
+    with av.open(io.BytesIO(by_name()[name].data), "r") as container:
         for packet in container.demux(audio=0):
             # The second file's ID3 tag and Info frame sit at the join: skip what won't decode.
             with contextlib.suppress(av.error.InvalidDataError):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
@@ -23,10 +24,30 @@ from bot.infra.storage.models import Pair
 from tests.conftest import MODEL_CACHE, start_web, stop_web
 from tests.hostile_corpus import corpus
 
+if TYPE_CHECKING:
+    from bot.infra.audio.isolated import IsolatedDecoder
+
 REFUSED = [f for f in corpus() if f.expect == "refused"]
 EITHER = [f for f in corpus() if f.expect == "either"]
 CSRF = {"X-ChatMan": "1"}
 TOKEN = "hostile-admin-token"
+
+
+class Console(httpx.AsyncClient):
+    """A client of the web console that also holds the app behind it."""
+
+    app: ChatmanApp
+
+
+def worker_pids(decoder: IsolatedDecoder) -> list[int]:
+    """The process ids of the decoder's running pool."""
+    pool = decoder._pool
+    assert pool is not None, "the decoder has no pool running"
+    pids = []
+    for process in pool._processes.values():
+        assert process.pid is not None, "a worker that never started"
+        pids.append(process.pid)
+    return pids
 
 
 def stored(app: ChatmanApp) -> int:
@@ -38,7 +59,7 @@ def stored(app: ChatmanApp) -> int:
 async def web(tmp_path, asr, llm, tts):
     app, adapter = await start_web(tmp_path, asr, llm, tts, max_new_tokens=8,
                                    web_admin_token=TOKEN)
-    async with httpx.AsyncClient(base_url=adapter.url, timeout=60) as client:
+    async with Console(base_url=adapter.url, timeout=60) as client:
         client.app = app
         yield client
     await stop_web(app, adapter)
@@ -134,7 +155,7 @@ async def test_a_decoder_process_that_dies_costs_one_upload_not_the_bot(codec, s
     decoder = IsolatedDecoder(codec)
     try:
         await decoder.warm_up()
-        workers = [psutil.Process(p.pid) for p in decoder._pool._processes.values()]
+        workers = [psutil.Process(pid) for pid in worker_pids(decoder)]
         busy_before = sum(w.cpu_times().user for w in workers)
         # The slowest file of the corpus: a worker is decoding it when it dies.
         pending = asyncio.ensure_future(decoder.decode(by_name()["flac-384khz-8ch-110s"].data))
@@ -147,9 +168,9 @@ async def test_a_decoder_process_that_dies_costs_one_upload_not_the_bot(codec, s
             worker.send_signal(signal.SIGKILL)
         with pytest.raises(UnsupportedAudio):
             await pending
-        workers = [w.pid for w in workers]
+        killed = {w.pid for w in workers}
         again = await decoder.decode(speak("Hello there."))
         assert again.sample_rate == 16_000 and again.duration_s > 0.3
-        assert not set(workers) & {p.pid for p in decoder._pool._processes.values()}
+        assert not killed & set(worker_pids(decoder))
     finally:
         decoder.close()

@@ -11,12 +11,17 @@ import errno
 import socket
 import tempfile
 import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
 from adapters.app import ChatmanApp
+from adapters.web.server import WebAdapter
+from bot.core.ports import ChatModel, SpeechRecognizer, SpeechSynthesizer
 from bot.infra.storage.models import Pair
 from tests.conftest import REPO, start_web, stop_web
 from tests.test_codec import encode, tone
@@ -30,22 +35,31 @@ SDP = (b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=voice\nc=IN IP4 127.0.0.1\nt=0 0\n"
        b"m=audio 5004 RTP/AVP 96\na=rtpmap:96 opus/48000/2\n")
 
 
-async def serve(tmp_path, asr, llm, tts, **overrides):
-    values = dict(web_admin_token=TOKEN, max_upload_mb=1)
+class Console(httpx.AsyncClient):
+    """A client of the web console that also holds the app and the adapter behind it."""
+
+    app: ChatmanApp
+    adapter: WebAdapter
+
+
+async def serve(tmp_path: Path, asr: SpeechRecognizer, llm: ChatModel, tts: SpeechSynthesizer,
+                **overrides: Any) -> tuple[ChatmanApp, WebAdapter]:
+    values: dict[str, Any] = dict(web_admin_token=TOKEN, max_upload_mb=1)
     values.update(overrides)
-    return await start_web(tmp_path, asr, llm, tts, max_new_tokens=12, **values)
+    app, adapter = await start_web(tmp_path, asr, llm, tts, max_new_tokens=12, **values)
+    return app, adapter
 
 
 @pytest.fixture
 async def web(tmp_path, asr, llm, tts):
     app, adapter = await serve(tmp_path, asr, llm, tts)
-    async with httpx.AsyncClient(base_url=adapter.url, timeout=120) as client:
+    async with Console(base_url=adapter.url, timeout=120) as client:
         client.app, client.adapter = app, adapter
         yield client
     await stop_web(app, adapter)
 
 
-def upload(data: bytes, name: str = "voice.ogg") -> dict:
+def upload(data: bytes, name: str = "voice.ogg") -> dict[str, Any]:
     return {"files": {"audio": (name, data, "audio/ogg")}}
 
 
@@ -69,9 +83,9 @@ async def test_1_an_ffconcat_upload_reads_no_local_file(web):
 
 
 # --- 2. SDP: no sockets, and nobody else waits -------------------------------------------
-def udp_ports() -> set:
+def udp_ports() -> set[tuple[str, int]]:
     """UDP sockets of this process and its children (the decoder workers)."""
-    ports = set()
+    ports: set[tuple[str, int]] = set()
     me = psutil.Process()
     for process in (me, *me.children(recursive=True)):
         try:
@@ -97,9 +111,14 @@ async def test_2_sdp_uploads_bind_no_ports_and_do_not_hold_up_others(web):
 
 # --- 3. text flood -----------------------------------------------------------------------
 async def test_3_an_oversized_text_is_refused_before_the_model(web):
-    calls = []
+    calls: list[int] = []
     real = web.app.pipeline.llm.generate
-    web.app.pipeline.llm.generate = lambda messages: calls.append(1) or real(messages)
+
+    def counted(messages):
+        calls.append(1)
+        return real(messages)
+
+    web.app.pipeline.llm.generate = counted
     for size in (2_001, 8 * 1024, 900 * 1024):
         response = await web.post("/api/chat", headers=CSRF, data={"text": "a" * size})
         assert response.status_code == 400, response.text
@@ -131,7 +150,7 @@ async def test_4_a_chunked_upload_is_stopped_at_the_limit_while_it_streams(web, 
 
     biggest = [0]
 
-    class Watched(tempfile.SpooledTemporaryFile):
+    class Watched(tempfile.SpooledTemporaryFile[bytes]):
         def write(self, data):
             written = super().write(data)
             biggest[0] = max(biggest[0], self.tell())
@@ -141,7 +160,7 @@ async def test_4_a_chunked_upload_is_stopped_at_the_limit_while_it_streams(web, 
     limit = web.app.settings.max_upload_bytes
     boundary = "chatmanboundary"
 
-    async def body():  # no Content-Length: httpx sends it chunked
+    async def body() -> AsyncIterator[bytes]:  # no Content-Length: httpx sends it chunked
         yield (f"--{boundary}\r\nContent-Disposition: form-data; name=\"audio\"; "
                f"filename=\"big.ogg\"\r\nContent-Type: audio/ogg\r\n\r\n").encode()
         for _ in range(40):  # 10 MB
@@ -251,7 +270,7 @@ async def test_10_half_open_connections_are_closed(tmp_path, asr, llm, tts):
         await stop_web(app, adapter)
 
 
-async def test_10_turns_in_flight_are_bounded_for_everybody(tmp_path, asr, llm, tts):
+async def test_10_turns_in_flight_are_bounded_for_everybody(tmp_path, asr, llm, tts, monkeypatch):
     app, adapter = await serve(tmp_path, asr, llm, tts, max_turns_in_flight=1)
     entered, release = threading.Event(), threading.Event()
     real = app.pipeline.llm.generate
@@ -261,7 +280,7 @@ async def test_10_turns_in_flight_are_bounded_for_everybody(tmp_path, asr, llm, 
         release.wait(60)
         return real(messages)
 
-    app.pipeline.llm.generate = held
+    monkeypatch.setattr(app.pipeline.llm, "generate", held)
     try:
         async with httpx.AsyncClient(base_url=adapter.url, timeout=120) as client:
             first = asyncio.create_task(client.post("/api/chat", headers=CSRF,

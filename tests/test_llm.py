@@ -14,9 +14,11 @@ SYSTEM = load_persona("manman").prompt_for("en")
 
 
 def _rendered(model: TransformersChatModel, messages) -> str:
-    return model.tokenizer.apply_chat_template(
+    rendered = model.tokenizer.apply_chat_template(
         to_template_messages(messages), add_generation_prompt=True, tokenize=False
     )
+    assert isinstance(rendered, str)  # tokenize=False renders text
+    return rendered
 
 
 def test_gguf_starter_is_dequantised_once_into_a_plain_folder(llm):

@@ -53,6 +53,7 @@ def test_persona_voice_settings_apply_unless_the_environment_sets_them(tmp_path,
 
     from adapters.app import build_tts
     from bot.core.persona import bundled_persona_dir
+    from bot.infra.tts.piper_tts import PiperTTS
 
     root = tmp_path / "personas"
     shutil.copytree(bundled_persona_dir() / "manman", root / "manman")
@@ -60,7 +61,9 @@ def test_persona_voice_settings_apply_unless_the_environment_sets_them(tmp_path,
     yaml_path.write_text(yaml_path.read_text().replace("speed: 1.0", "speed: 1.25"))
     persona = load_persona("manman", root)
 
-    assert build_tts(make_settings(tmp_path), persona).speed == 1.25
+    tts = build_tts(make_settings(tmp_path), persona)
+    assert isinstance(tts, PiperTTS) and tts.speed == 1.25
     monkeypatch.setenv("CHATMAN_TTS_SPEED", "0.9")
     from bot.core.config import Settings
-    assert build_tts(Settings(_env_file=None), persona).speed == 0.9
+    tts = build_tts(Settings(_env_file=None), persona)
+    assert isinstance(tts, PiperTTS) and tts.speed == 0.9

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
 from bot.core.persona import load_persona
+from bot.core.ports import ChatModel, SpeechSynthesizer
 from bot.core.speech_budget import SpeechBudget, ends_sentence, shape_reply, split_sentences
+from bot.core.types import ChatMessage, LlmReply, Pcm
 
 BUDGET = SpeechBudget(max_sentences=3, max_seconds=12)
 
@@ -60,13 +65,14 @@ def test_seconds_and_token_cap_follow_the_persona():
 class HeardText:
     """The real Piper voice, remembering what it was asked to say."""
 
-    def __init__(self, tts) -> None:
-        self.tts, self.said = tts, []
+    def __init__(self, tts: SpeechSynthesizer) -> None:
+        self.tts = tts
+        self.said: list[str] = []
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.tts, name)
 
-    def synthesize(self, text, language):
+    def synthesize(self, text: str, language: str) -> Pcm:
         self.said.append(text)
         return self.tts.synthesize(text, language)
 
@@ -74,13 +80,14 @@ class HeardText:
 class RawReplies:
     """The real starter LLM, remembering what it generated before the cut."""
 
-    def __init__(self, llm) -> None:
-        self.llm, self.raw = llm, []
+    def __init__(self, llm: ChatModel) -> None:
+        self.llm = llm
+        self.raw: list[LlmReply] = []
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self.llm, name)
 
-    def generate(self, prompt):
+    def generate(self, prompt: Sequence[ChatMessage]) -> LlmReply:
         reply = self.llm.generate(prompt)
         self.raw.append(reply)
         return reply

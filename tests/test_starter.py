@@ -11,8 +11,8 @@ from adapters.app import ChatmanApp
 from bot.core.config import Settings
 from bot.core.persona import load_persona
 from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
+from bot.infra.storage.models import ModelStatus
 from bot.services.admin import Actor
-from bot.services.registry import ModelStatus
 from tests.conftest import REPO, make_settings
 from training.evaluate import Decoding
 from training.sft import TrainConfig
@@ -46,6 +46,11 @@ def test_the_starter_release_states_the_recipe_that_reproduces_it():
 async def ask(app: ChatmanApp, text: str, chat: str = "c1"):
     return await app.pipeline.handle(Incoming(ChatRef("test", chat, ChatKind.PRIVATE), CAROL,
                                               text=text, want_voice=False))
+
+
+def served_version(app: ChatmanApp) -> str | None:
+    """The version the app serves now (a rollback and a sync change it)."""
+    return app.served.version
 
 
 def starter_app(data_dir, **overrides) -> ChatmanApp:
@@ -83,12 +88,13 @@ async def test_the_starter_rolls_back_to_the_base_and_is_not_installed_again(tmp
     app = starter_app(tmp_path / "data")
     try:
         await app.start(load_models=False)
-        assert app.served.version == "manman-starter"
+        assert served_version(app) == "manman-starter"
         starter = app.registry.get("manman-starter")
+        assert starter is not None
         assert starter.created_by == "shipped" and starter.metrics["persona_score"] >= 0.9
         app.registry.rollback("admin")
         await app.sync_model(load=False)
-        assert app.served.version is None  # the plain base answers
+        assert served_version(app) is None  # the plain base answers
         assert app.pipeline.system_prompt == PERSONA.prompt_for("en")
     finally:
         await app.stop()
@@ -97,8 +103,9 @@ async def test_the_starter_rolls_back_to_the_base_and_is_not_installed_again(tmp
     again = starter_app(tmp_path / "data")
     try:
         await again.start(load_models=False)
-        assert again.served.version is None, "a rolled-back starter stays rolled back"
-        assert again.registry.get("manman-starter").status == ModelStatus.RETIRED
+        assert served_version(again) is None, "a rolled-back starter stays rolled back"
+        retired = again.registry.get("manman-starter")
+        assert retired is not None and retired.status == ModelStatus.RETIRED
     finally:
         await again.stop()
         again.close()
@@ -116,5 +123,6 @@ def test_the_starter_is_not_installed_when_switched_off_or_on_another_base(tmp_p
 
 
 def test_the_readme_names_the_rebuild_command():
+    assert RELEASE is not None
     assert COMMAND.format(persona="manman") in (REPO / "README.md").read_text()
     assert json.loads((RELEASE.folder / "release.json").read_text())["steps"] >= 1

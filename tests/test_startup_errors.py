@@ -30,7 +30,7 @@ def permissions_apply() -> bool:
 
 
 def chatman(tmp_path: Path, *args: str, unprivileged: bool = False,
-            **env: str) -> subprocess.CompletedProcess:
+            **env: str) -> subprocess.CompletedProcess[str]:
     """The CLI as a user runs it, in tmp_path, with only the CHATMAN_* variables given here."""
     environ = {k: v for k, v in os.environ.items()
                if not k.startswith(("CHATMAN_", "TELEGRAM_", "DISCORD_"))}
@@ -42,7 +42,7 @@ def chatman(tmp_path: Path, *args: str, unprivileged: bool = False,
                           env=environ, capture_output=True, text=True, timeout=120)
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess, *named: str) -> str:
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *named: str) -> str:
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert "Traceback" not in output, output
@@ -56,7 +56,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess, *named: str) -> s
 
 
 @pytest.fixture
-def a_file(tmp_path) -> Path:
+def a_file(tmp_path: Path) -> Path:
     path = tmp_path / "not-a-folder"
     path.write_text("a regular file\n")
     return path
@@ -110,7 +110,7 @@ def test_a_model_cache_under_a_regular_file(tmp_path, a_file):
 
 # --- the database -----------------------------------------------------------------------------
 @pytest.fixture
-def corrupt_db(tmp_path) -> Path:
+def corrupt_db(tmp_path: Path) -> Path:
     db = tmp_path / "data" / "chatman.db"
     db.parent.mkdir()
     db.write_bytes(b"this is no SQLite file\x00\xff" * 200)
@@ -196,4 +196,5 @@ def test_a_late_database_error_is_explained_with_the_path(tmp_path):
                        "writable or set CHATMAN_DATABASE_URL")
     assert explain_failure(RuntimeError("something else"), settings) is None
     missing = FileNotFoundError(2, "No such file or directory", str(tmp_path / "voice.onnx"))
-    assert str(tmp_path / "voice.onnx") in explain_failure(missing, settings)
+    explained = explain_failure(missing, settings)
+    assert explained is not None and str(tmp_path / "voice.onnx") in explained

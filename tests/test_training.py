@@ -13,7 +13,7 @@ from tests.conftest import MODEL_CACHE, make_settings
 from tests.test_cli import chatman
 from training.evaluate import Decoding
 from training.release import train_and_release
-from training.sft import TrainConfig
+from training.sft import StepLog, TrainConfig
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ async def test_the_default_recipe_passes_the_real_gate(app, tmp_path):
     served = Settings(_env_file=None)
     decoding = Decoding.serving(served, app.persona, "en", config.eval_samples)
     assert decoding.temperature > 0 and decoding.draws == config.eval_samples
-    steps = []
+    steps: list[StepLog] = []
     await app.start(load_models=False)
     release = train_and_release(
         registry=app.registry, curation=app.curation, persona=app.persona, language="en",
@@ -42,6 +42,7 @@ async def test_the_default_recipe_passes_the_real_gate(app, tmp_path):
     report = output.result.final
     # The gate decides, with its real thresholds: a failing recipe fails this test.
     assert output.result.passed, release.summary
+    assert report is not None  # a run that passed the gate was evaluated
     assert config.gate.check(report) == []
     assert report.decoding["temperature"] == served.llm_temperature
     assert {a.draw for a in report.probes} == set(range(config.eval_samples))
@@ -60,7 +61,7 @@ async def test_the_default_recipe_passes_the_real_gate(app, tmp_path):
     assert saved["decoding"] == report.decoding
     assert (output.directory / "adapter" / "adapter_config.json").is_file()
     assert saved["model_dir"] is not None
-    assert release.plot.read_bytes()[:4] == b"\x89PNG"
+    assert release.plot is not None and release.plot.read_bytes()[:4] == b"\x89PNG"
 
     # Registered and active; the bot switches to it between requests and answers in persona.
     version = app.registry.get(release.version)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 T = TypeVar("T")
+
+#: A JSON object as the platforms' APIs send and receive it.
+Json = dict[str, Any]
 
 
 class LocalServer:
@@ -28,7 +31,7 @@ class LocalServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
+        self.port = site.port  # the bound port, once started
 
     async def stop(self) -> None:
         await self._runner.cleanup()

@@ -12,18 +12,21 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from aiohttp import WSMsgType, web
+from aiohttp import BodyPartReader, WSMsgType, web
 
-from tests.fakes import LocalServer, eventually
+from tests.fakes import Json, LocalServer, eventually
+
+T = TypeVar("T")
 
 TOKEN = "MTAxNTAwMDAwMDAwMDAwMDAwMQ.fake.discord-token-for-tests"
 APP_ID = "1015000000000000001"
-BOT_USER = {"id": APP_ID, "username": "manman", "discriminator": "0", "global_name": "Manman",
-            "avatar": None, "bot": True}
+BOT_USER: Json = {"id": APP_ID, "username": "manman", "discriminator": "0", "global_name": "Manman",
+                  "avatar": None, "bot": True}
 GUILD_ID = "1015000000000000100"
 TEXT_CHANNEL = "1015000000000000200"
 OTHER_CHANNEL = "1015000000000000201"
@@ -32,8 +35,11 @@ ADMIN_PERMISSIONS = str(1 << 3)
 VOICE_FLAG = 1 << 13
 EPHEMERAL = 1 << 6
 
+#: An uploaded file: (name, content type, data).
+Upload = tuple[str, str, bytes]
 
-def user(uid: str, name: str) -> dict:
+
+def user(uid: str, name: str) -> Json:
     return {"id": uid, "username": name.lower(), "discriminator": "0", "global_name": name,
             "avatar": None}
 
@@ -48,18 +54,19 @@ class Posted:
 
     kind: str  # message | callback | followup | edit
     channel_id: str | None
-    payload: dict
-    files: list[tuple[str, str, bytes]] = field(default_factory=list)  # (name, type, data)
-    message: dict | None = None
+    payload: Json
+    files: list[Upload] = field(default_factory=list)
+    message: Json | None = None
 
     @property
     def content(self) -> str:
-        data = self.payload.get("data", self.payload) if self.kind == "callback" else self.payload
-        return data.get("content") or ""
+        data: Json = self.payload.get("data", self.payload) if self.kind == "callback" else self.payload
+        content: str = data.get("content") or ""
+        return content
 
     @property
     def flags(self) -> int:
-        data = self.payload.get("data", self.payload) if self.kind == "callback" else self.payload
+        data: Json = self.payload.get("data", self.payload) if self.kind == "callback" else self.payload
         return int(data.get("flags") or 0)
 
     @property
@@ -73,17 +80,17 @@ class FakeDiscord(LocalServer):
         self.posted: list[Posted] = []
         self.calls: list[str] = []
         self.typing: list[str] = []
-        self.commands: dict[str, list[dict]] = {}
+        self.commands: dict[str, list[Json]] = {}
         self.cdn: dict[str, bytes] = {}
-        self.fail_next: dict[str, list[tuple[int, dict | None]]] = {}
+        self.fail_next: dict[str, list[tuple[int, Json | None]]] = {}
         self.refuse_voice_messages = False
         self._ids = itertools.count(1015000000000100000)
         self._seq = 0
-        self._events: list[dict] = []  # every dispatch, for RESUME replays
+        self._events: list[Json] = []  # every dispatch, for RESUME replays
         self._sockets: list[web.WebSocketResponse] = []
         self.identifies = 0
         self.resumes = 0
-        self.guild_members: dict[str, dict] = {}
+        self.guild_members: dict[str, Json] = {}
 
     def snowflake(self) -> str:
         return str(next(self._ids))
@@ -151,14 +158,14 @@ class FakeDiscord(LocalServer):
         self._seq += 1
         return self._seq
 
-    async def _send_event(self, ws: web.WebSocketResponse, name: str, data: dict) -> None:
-        event = {"op": 0, "t": name, "s": self._next_seq(), "d": data}
+    async def _send_event(self, ws: web.WebSocketResponse, name: str, data: Json) -> None:
+        event: Json = {"op": 0, "t": name, "s": self._next_seq(), "d": data}
         self._events.append(event)
         await ws.send_str(json.dumps(event))
 
-    async def dispatch(self, name: str, data: dict) -> None:
+    async def dispatch(self, name: str, data: Json) -> None:
         """Send an event to the connected bot (recorded for replay if nobody is connected)."""
-        event = {"op": 0, "t": name, "s": self._next_seq(), "d": data}
+        event: Json = {"op": 0, "t": name, "s": self._next_seq(), "d": data}
         self._events.append(event)
         for ws in list(self._sockets):
             if not ws.closed:
@@ -169,7 +176,7 @@ class FakeDiscord(LocalServer):
         for ws in list(self._sockets):
             await ws.close(code=4000, message=b"Unknown error")
 
-    def _guild(self) -> dict:
+    def _guild(self) -> Json:
         return {
             "id": GUILD_ID, "name": "Test Guild", "icon": None, "owner_id": "1015000000000000999",
             "unavailable": False, "member_count": 3, "large": False, "features": [],
@@ -192,11 +199,11 @@ class FakeDiscord(LocalServer):
         }
 
     # --- what tests inject -------------------------------------------------------------
-    def message(self, channel_id: str, author: dict, content: str = "", *,
-                guild: bool = True, attachments: list[dict] | None = None,
-                mentions: list[dict] | None = None, reply_to: dict | None = None,
-                flags: int = 0, admin: bool = False) -> dict:
-        data: dict[str, Any] = {
+    def message(self, channel_id: str, author: Json, content: str = "", *,
+                guild: bool = True, attachments: list[Json] | None = None,
+                mentions: list[Json] | None = None, reply_to: Json | None = None,
+                flags: int = 0, admin: bool = False) -> Json:
+        data: Json = {
             "id": self.snowflake(), "channel_id": channel_id, "author": author,
             "content": content, "timestamp": _now(), "edited_timestamp": None, "tts": False,
             "mention_everyone": False, "mentions": mentions or [], "mention_roles": [],
@@ -214,17 +221,17 @@ class FakeDiscord(LocalServer):
             data["referenced_message"] = reply_to
         return data
 
-    def _member(self, author: dict, admin: bool) -> dict:
+    def _member(self, author: Json, admin: bool) -> Json:
         return {"roles": [], "joined_at": _now(), "deaf": False, "mute": False,
                 "permissions": ADMIN_PERMISSIONS if admin else "0", "flags": 0}
 
     def voice_attachment(self, data: bytes, duration: float, *, voice: bool = True,
                          filename: str = "voice-message.ogg",
-                         declared_size: int | None = None) -> dict:
+                         declared_size: int | None = None) -> Json:
         att_id = self.snowflake()
         path = f"attachments/{att_id}/{filename}"
         self.cdn[path] = data
-        att = {"id": att_id, "filename": filename, "size": declared_size or len(data),
+        att: Json = {"id": att_id, "filename": filename, "size": declared_size or len(data),
                "url": f"http://127.0.0.1:{self.port}/cdn/{path}",
                "proxy_url": f"http://127.0.0.1:{self.port}/cdn/{path}",
                "content_type": "audio/ogg"}
@@ -233,25 +240,30 @@ class FakeDiscord(LocalServer):
             att["waveform"] = base64.b64encode(bytes(range(0, 256, 4))).decode()
         return att
 
-    async def send_message(self, *args, **kwargs) -> dict:
-        data = self.message(*args, **kwargs)
+    async def send_message(self, channel_id: str, author: Json, content: str = "", *,
+                           guild: bool = True, attachments: list[Json] | None = None,
+                           mentions: list[Json] | None = None, reply_to: Json | None = None,
+                           flags: int = 0, admin: bool = False) -> Json:
+        """A user's message, as :meth:`message` makes it, delivered as MESSAGE_CREATE."""
+        data = self.message(channel_id, author, content, guild=guild, attachments=attachments,
+                            mentions=mentions, reply_to=reply_to, flags=flags, admin=admin)
         await self.dispatch("MESSAGE_CREATE", data)
         return data
 
-    async def slash(self, name: str, author: dict, *, options: list[dict] | None = None,
+    async def slash(self, name: str, author: Json, *, options: list[Json] | None = None,
                     admin: bool = False, channel_id: str = TEXT_CHANNEL, command_type: int = 1,
-                    target: dict | None = None) -> dict:
+                    target: Json | None = None) -> Json:
         """An application command invocation, as INTERACTION_CREATE delivers it."""
         registered = {c["name"]: c for cmds in self.commands.values() for c in cmds}
         command = registered[name]
-        data: dict[str, Any] = {"id": command["id"], "name": name, "type": command_type,
-                                "guild_id": GUILD_ID}
+        data: Json = {"id": command["id"], "name": name, "type": command_type,
+                    "guild_id": GUILD_ID}
         if options:
             data["options"] = options
         if target is not None:
             data["target_id"] = target["id"]
             data["resolved"] = {"messages": {target["id"]: target}}
-        interaction = {
+        interaction: Json = {
             "id": self.snowflake(), "application_id": APP_ID, "type": 2, "data": data,
             "guild_id": GUILD_ID, "channel_id": channel_id,
             "channel": {"id": channel_id, "type": 0, "guild_id": GUILD_ID, "name": "general",
@@ -268,17 +280,17 @@ class FakeDiscord(LocalServer):
     def replies_in(self, channel_id: str) -> list[Posted]:
         return [p for p in self.posted if p.kind == "message" and p.channel_id == channel_id]
 
-    def interaction_replies(self, interaction: dict) -> list[Posted]:
+    def interaction_replies(self, interaction: Json) -> list[Posted]:
         token = interaction["token"]
         return [p for p in self.posted if p.payload.get("_token") == token]
 
-    async def wait_for(self, predicate, timeout: float = 120.0):
+    async def wait_for(self, predicate: Callable[[], T], timeout: float = 120.0) -> T:
         return await eventually(predicate, timeout, lambda: "posted: " + repr(
             [(p.kind, p.channel_id, p.content, p.flags) for p in self.posted]))
 
     # --- REST -------------------------------------------------------------------------
     @staticmethod
-    def _json(data: Any, status: int = 200, headers: dict | None = None) -> web.Response:
+    def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
         return web.Response(status=status, body=json.dumps(data).encode(),
                             headers={"Content-Type": "application/json", **(headers or {})})
 
@@ -288,15 +300,19 @@ class FakeDiscord(LocalServer):
             return web.Response(status=404)
         return web.Response(body=data, content_type="audio/ogg")
 
-    async def _read(self, request: web.Request) -> tuple[dict, list[tuple[str, str, bytes]]]:
+    async def _read(self, request: web.Request) -> tuple[Json | list[Json], list[Upload]]:
+        """The JSON body (an object, or an array for bulk command updates) and uploaded files."""
         if request.content_type == "multipart/form-data":
-            payload: dict = {}
-            files = []
+            payload: Json = {}
+            files: list[Upload] = []
             reader = await request.multipart()
             async for part in reader:
+                # discord.py sends flat form data: payload_json, then files[n] with a filename.
+                assert isinstance(part, BodyPartReader), part
                 if part.name == "payload_json":
                     payload = json.loads(await part.text())
                 else:
+                    assert part.filename is not None, part.name
                     files.append((part.filename, part.headers.get("Content-Type", ""),
                                   bytes(await part.read())))
             return payload, files
@@ -333,6 +349,7 @@ class FakeDiscord(LocalServer):
                                "interactions_endpoint_url": None, "bot": BOT_USER})
         if request.method == "PUT" and parts[0] == "applications" and parts[-1] == "commands":
             scope = parts[3] if len(parts) == 5 else "global"
+            assert isinstance(payload, list), payload
             stored = []
             for cmd in payload:
                 if cmd.get("default_member_permissions") is not None:  # a string, as Discord has it
@@ -347,8 +364,10 @@ class FakeDiscord(LocalServer):
             self.typing.append(parts[1])
             return web.Response(status=204)
         if request.method == "POST" and parts[0] == "channels" and parts[-1] == "messages":
+            assert isinstance(payload, dict), payload
             return self._create_message(parts[1], payload, files)
         if request.method == "POST" and parts[0] == "interactions":
+            assert isinstance(payload, dict), payload
             payload["_token"] = parts[2]
             self.posted.append(Posted("callback", None, payload, files))
             return self._json({"interaction": {"id": parts[1], "type": 2,
@@ -359,6 +378,7 @@ class FakeDiscord(LocalServer):
                                                    & EPHEMERAL)},
                                "resource": {"type": payload["type"]}})
         if parts[0] == "webhooks":
+            assert isinstance(payload, dict), payload
             token = parts[2]
             kind = "followup" if request.method == "POST" else "edit"
             message = self._message_object(None, payload, files)
@@ -367,7 +387,7 @@ class FakeDiscord(LocalServer):
             return self._json(message)
         return self._json({"message": "404: Not Found", "code": 0}, 404)
 
-    def _message_object(self, channel_id: str | None, payload: dict, files) -> dict:
+    def _message_object(self, channel_id: str | None, payload: Json, files: list[Upload]) -> Json:
         attachments = [
             {"id": self.snowflake(), "filename": name, "size": len(data), "url": "http://x/a",
              "proxy_url": "http://x/a", "content_type": ctype}
@@ -380,7 +400,7 @@ class FakeDiscord(LocalServer):
                 "pinned": False, "type": 19 if payload.get("message_reference") else 0,
                 "flags": int(payload.get("flags") or 0), "components": []}
 
-    def _create_message(self, channel_id: str, payload: dict, files) -> web.Response:
+    def _create_message(self, channel_id: str, payload: Json, files: list[Upload]) -> web.Response:
         if int(payload.get("flags") or 0) & VOICE_FLAG:
             error = self._voice_message_error(payload, files)
             if error:
@@ -391,7 +411,7 @@ class FakeDiscord(LocalServer):
         self.posted.append(Posted("message", channel_id, payload, files, message))
         return self._json(message)
 
-    def _voice_message_error(self, payload: dict, files) -> tuple[int, str] | None:
+    def _voice_message_error(self, payload: Json, files: list[Upload]) -> tuple[int, str] | None:
         if self.refuse_voice_messages:
             return 50173, "Cannot send voice messages in this channel"
         if payload.get("content"):

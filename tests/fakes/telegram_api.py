@@ -14,53 +14,61 @@ import asyncio
 import itertools
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
-from tests.fakes import LocalServer, eventually
+from tests.fakes import Json, LocalServer, eventually
+
+T = TypeVar("T")
 
 TOKEN = "123456:TEST-token-abcdefghijklmnopqrstuvwxyz"
-BOT = {"id": 5550001, "is_bot": True, "first_name": "Manman", "username": "manman_test_bot",
-       "can_join_groups": True, "can_read_all_group_messages": False,
-       "supports_inline_queries": False}
+BOT: Json = {"id": 5550001, "is_bot": True, "first_name": "Manman", "username": "manman_test_bot",
+             "can_join_groups": True, "can_read_all_group_messages": False,
+             "supports_inline_queries": False}
 
 # Parameters that arrive JSON-encoded (objects and arrays).
 JSON_PARAMS = {"reply_parameters", "commands", "scope", "allowed_updates", "reply_markup",
                "caption_entities", "entities", "link_preview_options"}
+
+# A Bot API method: its parameters and uploaded files → the HTTP answer.
+Handler = Callable[[Json, dict[str, bytes]], Awaitable[web.Response]]
 
 
 @dataclass
 class Sent:
     method: str
     chat_id: int
-    params: dict[str, Any]
-    message: dict | None = None
+    params: Json
+    message: Json | None = None
     file: bytes | None = None
     at: float = field(default_factory=time.monotonic)
 
     @property
     def text(self) -> str | None:
-        return self.params.get("text") or self.params.get("caption")
+        text: str | None = self.params.get("text") or self.params.get("caption")
+        return text
 
     @property
     def reply_to(self) -> int | None:
         rp = self.params.get("reply_parameters")
-        return rp.get("message_id") if rp else None
+        message_id: int | None = rp.get("message_id") if rp else None
+        return message_id
 
 
 class FakeTelegram(LocalServer):
     def __init__(self) -> None:
-        self.updates: list[dict] = []
+        self.updates: list[Json] = []
         self.sent: list[Sent] = []
         self.calls: list[str] = []
         self.files: dict[str, tuple[str, bytes]] = {}
-        self.commands: dict[str, list[dict]] = {}
-        self.webhook: dict[str, Any] = {}
+        self.commands: dict[str, list[Json]] = {}
+        self.webhook: Json = {}
         # (chat id, user id) → "creator" | "administrator"; everyone else is a "member".
         self.chat_admins: dict[tuple[int, int], str] = {}
-        self.fail_next: dict[str, list[tuple[int, dict]]] = {}
+        self.fail_next: dict[str, list[tuple[int, Json]]] = {}
         # method → event: the call is carried out at once, its answer sent once the event is set.
         self.answer_after: dict[str, asyncio.Event] = {}
         self._update_ids = itertools.count(1)
@@ -87,11 +95,11 @@ class FakeTelegram(LocalServer):
         return f"http://127.0.0.1:{self.port}/file/bot"
 
     # --- what tests inject -----------------------------------------------------------
-    def _message(self, chat: dict, user: dict, **content) -> dict:
+    def _message(self, chat: Json, user: Json, **content: Any) -> Json:
         return {"message_id": next(self._message_ids), "date": int(time.time()), "chat": chat,
                 "from": user, **content}
 
-    async def push(self, message: dict) -> dict:
+    async def push(self, message: Json) -> Json:
         async with self._new_update:
             self.updates.append({"update_id": next(self._update_ids), "message": message})
             self._new_update.notify_all()
@@ -102,7 +110,7 @@ class FakeTelegram(LocalServer):
         self.files[file_id] = (path_hint.replace("file", file_id.lower()), data)
         return file_id
 
-    async def send_text(self, chat: dict, user: dict, text: str, **extra) -> dict:
+    async def send_text(self, chat: Json, user: Json, text: str, **extra: Any) -> Json:
         entities = extra.pop("entities", None)
         if entities is None and text.startswith("/"):
             entities = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
@@ -113,8 +121,8 @@ class FakeTelegram(LocalServer):
                                              **({"entities": entities} if entities else {}),
                                              **extra))
 
-    async def send_voice(self, chat: dict, user: dict, ogg: bytes, duration: int,
-                         declared_size: int | None = None, **extra) -> dict:
+    async def send_voice(self, chat: Json, user: Json, ogg: bytes, duration: int,
+                         declared_size: int | None = None, **extra: Any) -> Json:
         file_id = self.add_file(ogg)
         voice = {"file_id": file_id, "file_unique_id": f"u{file_id}", "duration": duration,
                  "mime_type": "audio/ogg", "file_size": declared_size or len(ogg)}
@@ -124,7 +132,7 @@ class FakeTelegram(LocalServer):
         return [s for s in self.sent if s.chat_id == chat_id
                 and (method is None or s.method == method)]
 
-    async def wait_for(self, predicate, timeout: float = 120.0):
+    async def wait_for(self, predicate: Callable[[], T], timeout: float = 120.0) -> T:
         return await eventually(predicate, timeout, lambda: "sent so far: " + repr(
             [(s.method, s.chat_id, s.text) for s in self.sent]))
 
@@ -135,14 +143,14 @@ class FakeTelegram(LocalServer):
                             content_type="application/json")
 
     @staticmethod
-    def _error(code: int, description: str, parameters: dict | None = None) -> web.Response:
-        body = {"ok": False, "error_code": code, "description": description}
+    def _error(code: int, description: str, parameters: Json | None = None) -> web.Response:
+        body: Json = {"ok": False, "error_code": code, "description": description}
         if parameters:
             body["parameters"] = parameters
         return web.Response(status=code, text=json.dumps(body), content_type="application/json")
 
-    async def _params(self, request: web.Request) -> tuple[dict, dict[str, bytes]]:
-        params: dict[str, Any] = {}
+    async def _params(self, request: web.Request) -> tuple[Json, dict[str, bytes]]:
+        params: Json = {}
         files: dict[str, bytes] = {}
         if request.content_type == "application/json":
             return await request.json(), files
@@ -172,7 +180,7 @@ class FakeTelegram(LocalServer):
             return self._error(code, {429: "Too Many Requests: retry later",
                                       403: "Forbidden: bot was blocked by the user"}.get(
                                           code, "Internal Server Error"), parameters)
-        handler = getattr(self, f"_m_{method}", None)
+        handler: Handler | None = getattr(self, f"_m_{method}", None)
         if handler is None:
             return self._error(404, f"Not Found: method {method} not found")
         response = await handler(params, files)
@@ -181,32 +189,32 @@ class FakeTelegram(LocalServer):
             await held.wait()
         return response
 
-    async def _m_getMe(self, params, files):
+    async def _m_getMe(self, params: Json, files: dict[str, bytes]) -> web.Response:
         return self._ok(BOT)
 
-    async def _m_deleteWebhook(self, params, files):
+    async def _m_deleteWebhook(self, params: Json, files: dict[str, bytes]) -> web.Response:
         self.webhook = {}
         return self._ok(True)
 
-    async def _m_setWebhook(self, params, files):
+    async def _m_setWebhook(self, params: Json, files: dict[str, bytes]) -> web.Response:
         self.webhook = dict(params)
         return self._ok(True)
 
-    async def _m_getWebhookInfo(self, params, files):
+    async def _m_getWebhookInfo(self, params: Json, files: dict[str, bytes]) -> web.Response:
         return self._ok({"url": self.webhook.get("url", ""), "has_custom_certificate": False,
                          "pending_update_count": 0})
 
-    async def _m_setMyCommands(self, params, files):
+    async def _m_setMyCommands(self, params: Json, files: dict[str, bytes]) -> web.Response:
         scope = params.get("scope") or {"type": "default"}
         self.commands[json.dumps(scope, sort_keys=True)] = params["commands"]
         return self._ok(True)
 
-    async def _m_deleteMyCommands(self, params, files):
+    async def _m_deleteMyCommands(self, params: Json, files: dict[str, bytes]) -> web.Response:
         self.commands.pop(json.dumps(params.get("scope") or {"type": "default"}, sort_keys=True),
                           None)
         return self._ok(True)
 
-    async def _m_getUpdates(self, params, files):
+    async def _m_getUpdates(self, params: Json, files: dict[str, bytes]) -> web.Response:
         offset = int(params.get("offset") or 0)
         timeout = float(params.get("timeout") or 0)
         # Confirmed updates (id < offset) are forgotten, as the real server does.
@@ -220,7 +228,7 @@ class FakeTelegram(LocalServer):
         limit = int(params.get("limit") or 100)
         return self._ok(self.updates[:limit])
 
-    async def _m_getFile(self, params, files):
+    async def _m_getFile(self, params: Json, files: dict[str, bytes]) -> web.Response:
         file_id = params["file_id"]
         if file_id not in self.files:
             return self._error(400, "Bad Request: invalid file_id")
@@ -237,7 +245,8 @@ class FakeTelegram(LocalServer):
                 return web.Response(body=data, content_type="application/octet-stream")
         return web.Response(status=404)
 
-    def _record(self, method: str, params: dict, content: dict, file: bytes | None = None):
+    def _record(self, method: str, params: Json, content: Json,
+                file: bytes | None = None) -> web.Response:
         chat_id = int(params["chat_id"])
         message = self._message({"id": chat_id, "type": "private" if chat_id > 0 else "group"},
                                 BOT, **content)
@@ -248,12 +257,12 @@ class FakeTelegram(LocalServer):
         self.sent.append(Sent(method, chat_id, params, message, file))
         return self._ok(message)
 
-    async def _m_sendMessage(self, params, files):
+    async def _m_sendMessage(self, params: Json, files: dict[str, bytes]) -> web.Response:
         if not params.get("text"):
             return self._error(400, "Bad Request: message text is empty")
         return self._record("sendMessage", params, {"text": params["text"]})
 
-    async def _m_sendVoice(self, params, files):
+    async def _m_sendVoice(self, params: Json, files: dict[str, bytes]) -> web.Response:
         data = files.get("voice")
         if data is None:
             return self._error(400, "Bad Request: there is no voice in the request")
@@ -261,29 +270,29 @@ class FakeTelegram(LocalServer):
         voice = {"file_id": file_id, "file_unique_id": f"u{file_id}",
                  "duration": int(params.get("duration") or 0), "mime_type": "audio/ogg",
                  "file_size": len(data)}
-        content = {"voice": voice}
+        content: Json = {"voice": voice}
         if params.get("caption"):
             content["caption"] = params["caption"]
         return self._record("sendVoice", params, content, data)
 
-    async def _m_sendPhoto(self, params, files):
+    async def _m_sendPhoto(self, params: Json, files: dict[str, bytes]) -> web.Response:
         data = files.get("photo")
         if data is None:
             return self._error(400, "Bad Request: there is no photo in the request")
-        content = {"photo": [{"file_id": self.add_file(data, "photos/file.png"),
+        content: Json = {"photo": [{"file_id": self.add_file(data, "photos/file.png"),
                               "file_unique_id": "p", "width": 700, "height": 400}]}
         if params.get("caption"):
             content["caption"] = params["caption"]
         return self._record("sendPhoto", params, content, data)
 
-    async def _m_sendChatAction(self, params, files):
+    async def _m_sendChatAction(self, params: Json, files: dict[str, bytes]) -> web.Response:
         self.sent.append(Sent("sendChatAction", int(params["chat_id"]), params))
         return self._ok(True)
 
-    async def _m_getChatMember(self, params, files):
+    async def _m_getChatMember(self, params: Json, files: dict[str, bytes]) -> web.Response:
         chat_id, user_id = int(params["chat_id"]), int(params["user_id"])
         status = self.chat_admins.get((chat_id, user_id), "member")
-        member = {"status": status, "user": user(user_id, f"User {user_id}")}
+        member: Json = {"status": status, "user": user(user_id, f"User {user_id}")}
         if status == "administrator":
             member.update({rights: True for rights in (
                 "can_be_edited", "can_manage_chat", "can_delete_messages",
@@ -295,25 +304,25 @@ class FakeTelegram(LocalServer):
         return self._ok(member)
 
 
-def private_chat(user: dict) -> dict:
+def private_chat(user: Json) -> Json:
     return {"id": user["id"], "type": "private", "first_name": user["first_name"]}
 
 
-def group_chat(chat_id: int, title: str = "Friends") -> dict:
+def group_chat(chat_id: int, title: str = "Friends") -> Json:
     return {"id": chat_id, "type": "supergroup", "title": title}
 
 
-def user(user_id: int, first_name: str) -> dict:
+def user(user_id: int, first_name: str) -> Json:
     return {"id": user_id, "is_bot": False, "first_name": first_name}
 
 
 #: The placeholder users Telegram puts in ``from`` when a group admin posts anonymously or a
 #: channel posts into a group; the real sender is ``sender_chat``.
-GROUP_ANONYMOUS_BOT = {"id": 1087968824, "is_bot": True, "first_name": "Group",
-                       "username": "GroupAnonymousBot"}
-CHANNEL_BOT = {"id": 136817688, "is_bot": True, "first_name": "Channel",
-               "username": "Channel_Bot"}
+GROUP_ANONYMOUS_BOT: Json = {"id": 1087968824, "is_bot": True, "first_name": "Group",
+                             "username": "GroupAnonymousBot"}
+CHANNEL_BOT: Json = {"id": 136817688, "is_bot": True, "first_name": "Channel",
+                     "username": "Channel_Bot"}
 
 
-def channel(chat_id: int, title: str) -> dict:
+def channel(chat_id: int, title: str) -> Json:
     return {"id": chat_id, "type": "channel", "title": title}
