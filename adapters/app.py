@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.engine import Engine
 
 from bot.core.config import STARTER, Settings
 from bot.core.curation import CurationRepository
+from bot.core.jobs import JobRepository, Notice, Notify
 from bot.core.persona import PersonaProfile, load_persona
 from bot.core.ports import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer
+from bot.core.registry import RegistryRepository, Served
 from bot.core.speech_budget import SpeechBudget
 from bot.core.types import ChatRef
 from bot.infra.asr import FasterWhisperASR
@@ -22,6 +23,8 @@ from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
 from bot.infra.reply_audio import ReplyAudioStore
 from bot.infra.storage import migrate
 from bot.infra.storage.curation import SqlCuration
+from bot.infra.storage.jobs import SqlJobQueue
+from bot.infra.storage.registry import SqlRegistry
 from bot.infra.storage.store import SqlStore, make_engine
 from bot.infra.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
 from bot.infra.tts.fallback import FallbackSpeech
@@ -29,8 +32,7 @@ from bot.infra.tts.piper_tts import PiperTTS
 from bot.services.admin import AdminService
 from bot.services.chat_queue import ChatQueues
 from bot.services.pipeline import PipelineConfig, VoicePipeline
-from bot.services.registry import ModelRegistry, Served
-from training.jobs import JobQueue, Notice, TrainingRunner
+from training.jobs import TrainingRunner, stop_leftover_worker, training_key
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +117,15 @@ class ChatmanApp:
     curation: CurationRepository
     admin: AdminService
     language: str
-    registry: ModelRegistry
-    jobs: JobQueue
+    registry: RegistryRepository
+    jobs: JobRepository
     served: Served
     # Every adapter's per-chat order (the bounds for everybody are in the pipeline).
     queues: ChatQueues
     # Reply voice notes the web console and the CLI keep on disk.
     reply_audio: ReplyAudioStore
     # platform → how to send a training notice to a chat there (registered by adapters)
-    notifiers: dict[str, Callable[[ChatRef, Notice], Awaitable[None]]] = field(default_factory=dict)
+    notifiers: dict[str, Notify] = field(default_factory=dict)
     runner: TrainingRunner | None = None
     _tasks: list[asyncio.Task] = field(default_factory=list)
     _swap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -173,13 +175,14 @@ class ChatmanApp:
         )
         reply_audio = ReplyAudioStore(settings.data_dir / "replies")
         curation = SqlCuration(store, persona.name)
-        registry = ModelRegistry(store, persona.name)
-        jobs = JobQueue(store, persona.name)
+        registry = SqlRegistry(store, persona.name)
+        jobs = SqlJobQueue(store, persona.name)
         admin = AdminService(
             curation, persona, store=store, language=language, admin_ids=settings.admin_id_set,
             model_version=lambda: pipeline.llm.version,
             count_tokens=lambda messages: pipeline.llm.count_conversation_tokens(messages),
-            registry=registry, jobs=jobs, default_max_steps=settings.train_max_steps,
+            registry=registry, jobs=jobs, training_key=training_key,
+            default_max_steps=settings.train_max_steps,
             reply_audio=reply_audio, train_base_model=settings.train_base_model,
         )
         application = cls(settings, persona, engine, store, codec, asr, tts, pipeline, curation,
@@ -213,13 +216,15 @@ class ChatmanApp:
             await asyncio.gather(self.pipeline.warm_up(),
                                  *(asyncio.to_thread(m.load) for m in (self.asr, self.llm, self.tts)))
         if background:
-            stuck = await asyncio.to_thread(self.jobs.recover, "interrupted: the bot restarted")
+            stuck = await asyncio.to_thread(self.jobs.recover, "interrupted: the bot restarted",
+                                            stop_leftover_worker)
             for job in stuck:
                 await asyncio.to_thread(self.registry.fail_job_candidates, job.id, job.error or "")
                 log.warning("training job #%d was running when the bot stopped; marked failed",
                             job.id)
             self.runner = TrainingRunner(self.jobs, self.registry, self.settings,
-                                         notify=self.notify, on_release=self._release)
+                                         curation=self.curation, notify=self.notify,
+                                         on_release=self._release)
             self._tasks += [asyncio.create_task(self.runner.run_forever(), name="training-jobs"),
                             asyncio.create_task(self._follow_registry(), name="model-registry")]
 

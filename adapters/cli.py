@@ -449,14 +449,14 @@ def _resolve_model(settings: Settings, persona: str,
     from sqlalchemy.exc import SQLAlchemyError
 
     from bot.infra.storage import migrate
+    from bot.infra.storage.registry import SqlRegistry
     from bot.infra.storage.store import SqlStore, make_engine
-    from bot.services.registry import ModelRegistry
 
     engine = make_engine(settings.resolved_database_url)
     try:
         if migrate.current_revision(engine) != migrate.head_revision(engine):
             return ref or settings.llm_model, None, "full"
-        registry = ModelRegistry(SqlStore(engine), persona)
+        registry = SqlRegistry(SqlStore(engine), persona)
         if ref is None:
             served = registry.served(settings.llm_model)
             return served.model_ref, served.version, served.system_prompt

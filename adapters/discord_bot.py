@@ -24,9 +24,9 @@ from discord.http import Route
 
 from adapters.app import ChatmanApp
 from bot.core.errors import Busy, NotDelivered, UserFacingError
+from bot.core.jobs import Notice
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef, VoiceNote
 from bot.services.admin import Actor, CommandResult, ReplyTarget
-from training.jobs import Notice
 
 log = logging.getLogger(__name__)
 

@@ -53,9 +53,9 @@ from telegram.ext import Application, ContextTypes, MessageHandler, TypeHandler,
 
 from adapters.app import ChatmanApp
 from bot.core.errors import Busy, NotDelivered, UserFacingError
+from bot.core.jobs import Notice
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef
 from bot.services.admin import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget
-from training.jobs import Notice
 
 log = logging.getLogger(__name__)
 

@@ -226,8 +226,8 @@ def chattts_dir() -> Path:
 def job_app(tmp_path, llm, tiny_qwen2_dir):
     """The app training the tiny Qwen2 in a real worker process; notices are collected in
     ``app.notices`` as (chat, notice)."""
+    from bot.core.jobs import Notice
     from bot.core.types import ChatRef
-    from training.jobs import Notice
 
     settings = make_settings(tmp_path / "data", train_base_model=str(tiny_qwen2_dir),
                              train_progress_seconds=0, registry_poll_seconds=0.2)
@@ -247,10 +247,10 @@ def job_app(tmp_path, llm, tiny_qwen2_dir):
 def registry(database_url):
     """A migrated, empty model registry for persona manman on each database."""
     from bot.infra.storage import migrate
+    from bot.infra.storage.registry import SqlRegistry
     from bot.infra.storage.store import SqlStore, make_engine
-    from bot.services.registry import ModelRegistry
 
     engine = make_engine(database_url)
     migrate.upgrade(engine)
-    yield ModelRegistry(SqlStore(engine), "manman")
+    yield SqlRegistry(SqlStore(engine), "manman")
     engine.dispose()

@@ -261,8 +261,8 @@ async def test_listed_admins_may_use_admin_commands_without_the_guild_permission
 
 
 async def test_training_notices_reach_the_channel(fake, bot, tmp_path):
+    from bot.core.jobs import Notice
     from bot.core.types import ChatRef
-    from training.jobs import Notice
 
     png = tmp_path / "loss.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\nfake")

@@ -9,8 +9,9 @@ import shutil
 import threading
 
 from adapters.app import ChatmanApp
+from bot.core.registry import ModelStatus
 from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
-from bot.infra.storage.models import Exchange, ModelStatus
+from bot.infra.storage.models import Exchange
 from bot.services.admin import Actor
 from tests.conftest import make_settings
 from tests.fakes import eventually

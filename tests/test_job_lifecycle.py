@@ -25,16 +25,19 @@ from sqlalchemy.exc import OperationalError
 
 from adapters.app import ChatmanApp
 from bot.core.formats import dump_alpaca
+from bot.core.jobs import JobError, JobStatus, JobView, Notice
+from bot.core.registry import ModelStatus
 from bot.core.types import ChatRef
 from bot.infra.storage import migrate
-from bot.infra.storage.models import JobStatus, ModelStatus, TrainingJob
+from bot.infra.storage.jobs import SqlJobQueue
+from bot.infra.storage.models import TrainingJob
 from bot.infra.storage.store import SqlStore, make_engine
 from bot.services.admin import Actor
 from tests.conftest import MODEL_CACHE, make_settings
 from tests.fakes import eventually
 from training import run
 from training.evaluate import Decoding
-from training.jobs import JobError, JobQueue, JobView, Notice, TrainingRunner
+from training.jobs import TrainingRunner
 from training.sft import TrainConfig
 
 ADMIN = Actor("test", "1", "Ada", granted_admin=True)
@@ -149,13 +152,13 @@ async def test_a_runner_error_mid_job_stops_the_trainer_before_the_job_fails(job
 FAKE_PASSING_WORKER = r"""
 import json, sys
 from bot.core.config import Settings
-from bot.services.registry import ModelRegistry
+from bot.infra.storage.registry import SqlRegistry
 from bot.infra.storage.store import SqlStore, make_engine
 
 request = json.loads(sys.stdin.read())
 settings = Settings(_env_file=None, **request["settings"])
 engine = make_engine(settings.resolved_database_url)
-registry = ModelRegistry(SqlStore(engine), settings.persona)
+registry = SqlRegistry(SqlStore(engine), settings.persona)
 v = registry.create_candidate(base_model="fake", config={}, job_id=request["job_id"],
                               created_by=request["requested_by"]).version
 print(json.dumps({"event": "candidate", "version": v, "max_steps": 1}), flush=True)
@@ -194,8 +197,8 @@ async def test_a_runner_error_after_the_trainer_activated_hands_back_to_the_prev
         swaps.append(version)
         raise RuntimeError("the swap broke")
 
-    runner = TrainingRunner(app.jobs, registry, app.settings, notify=notify,
-                            on_release=release_that_breaks)
+    runner = TrainingRunner(app.jobs, registry, app.settings, curation=app.curation,
+                            notify=notify, on_release=release_that_breaks)
     runner.worker_command = (sys.executable, "-c", FAKE_PASSING_WORKER)
     job, _ = app.jobs.enqueue("test:1", ADMIN_CHAT)
     task = asyncio.create_task(runner.run_forever())
@@ -224,7 +227,7 @@ def two_bots(database_url):
     """Two job queues on one database, each with its own engine, as two bot processes have."""
     engines = [make_engine(database_url) for _ in range(2)]
     migrate.upgrade(engines[0])
-    yield [JobQueue(SqlStore(e), "manman") for e in engines]
+    yield [SqlJobQueue(SqlStore(e), "manman") for e in engines]
     for e in engines:
         e.dispose()
 

@@ -17,8 +17,10 @@ import psutil
 import pytest
 
 from adapters.app import ChatmanApp
+from bot.core.jobs import JobStatus
+from bot.core.registry import ModelStatus
 from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
-from bot.infra.storage.models import JobStatus, ModelStatus, TrainingJob
+from bot.infra.storage.models import TrainingJob
 from bot.services.admin import Actor
 from tests.fakes import eventually
 
@@ -44,7 +46,7 @@ async def wait_for(app: ChatmanApp, job_id: int, predicate, timeout: float = 240
 
 
 async def finished(app: ChatmanApp, job_id: int, timeout: float = 240.0):
-    """The job once it ended: the queue signals it (JobQueue.wait_ended), no polling here."""
+    """The job once it ended: the queue signals it (JobRepository.wait_ended), no polling here."""
     job = await asyncio.to_thread(app.jobs.wait_ended, job_id, timeout)
     assert job.status not in JobStatus.OPEN, f"job #{job_id} still {job.status}"
     return job

@@ -7,14 +7,14 @@ import json
 import pytest
 
 from bot.core.errors import UserFacingError
+from bot.core.registry import ModelStatus
 from bot.infra.storage import migrate
-from bot.infra.storage.models import ModelStatus
+from bot.infra.storage.registry import SqlRegistry
 from bot.infra.storage.store import SqlStore, make_engine
-from bot.services.registry import ModelRegistry
 from tests.test_cli import chatman
 
 
-def trained(registry: ModelRegistry, folder, passed: bool = True, retention: float = 1.0) -> str:
+def trained(registry: SqlRegistry, folder, passed: bool = True, retention: float = 1.0) -> str:
     """A version as a finished training run leaves it (merged folder only when it passed)."""
     v = registry.create_candidate(base_model="starter", config={"max_steps": 30}, job_id=None,
                                   created_by="test").version
@@ -31,7 +31,7 @@ def trained(registry: ModelRegistry, folder, passed: bool = True, retention: flo
     return v
 
 
-def statuses(registry: ModelRegistry) -> dict[str, str]:
+def statuses(registry: SqlRegistry) -> dict[str, str]:
     return {v.version: v.status for v in registry.list()}
 
 
@@ -112,7 +112,7 @@ def test_rollback_skips_versions_whose_folder_is_gone(registry, tmp_path):
 def test_models_cli_lists_activates_and_rolls_back(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'chatman.db'}")
     migrate.upgrade(engine)
-    registry = ModelRegistry(SqlStore(engine), "manman")
+    registry = SqlRegistry(SqlStore(engine), "manman")
     v1 = trained(registry, tmp_path / "runs")
     bad = trained(registry, tmp_path / "runs", passed=False, retention=0.5)
     engine.dispose()

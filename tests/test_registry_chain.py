@@ -12,10 +12,11 @@ import pytest
 import sqlalchemy as sa
 
 from bot.core.errors import UserFacingError
+from bot.core.registry import ModelStatus
 from bot.infra.storage import migrate
-from bot.infra.storage.models import ModelActivation, ModelStatus, ModelVersion
+from bot.infra.storage.models import ModelActivation, ModelVersion
+from bot.infra.storage.registry import SqlRegistry
 from bot.infra.storage.store import SqlStore, make_engine
-from bot.services.registry import ModelRegistry
 from tests.test_registry import statuses, trained
 
 GUARD_SECONDS = 20.0
@@ -43,12 +44,12 @@ def bounded(fn, *args, **kwargs):
     return outcome["value"]
 
 
-def active(registry: ModelRegistry) -> str | None:
+def active(registry: SqlRegistry) -> str | None:
     view = bounded(registry.active)
     return view.version if view else None
 
 
-def stack(registry: ModelRegistry) -> list[str]:
+def stack(registry: SqlRegistry) -> list[str]:
     """The persona's rollback stack, bottom first, as stored."""
     with registry.store.session() as s:
         return list(s.scalars(
@@ -183,7 +184,7 @@ class Reference:
             self.status[self.stack[-1]] = "active"
 
 
-def check(registry: ModelRegistry, ref: Reference, step: str) -> None:
+def check(registry: SqlRegistry, ref: Reference, step: str) -> None:
     view = bounded(registry.active)
     got = view.version if view else None
     assert got == ref.active, step
@@ -278,7 +279,7 @@ def test_migration_builds_the_stack_from_a_cyclic_previous_id_chain(database_url
                 conn.execute(old.update().where(old.c.id == i).values(previous_id=previous))
 
         migrate.upgrade(engine)
-        registry = ModelRegistry(SqlStore(engine), "manman")
+        registry = SqlRegistry(SqlStore(engine), "manman")
         assert stack(registry) == ["manman-v2", "manman-v1"]  # v3 failed, then the cycle ends
         assert bounded(registry.active).previous == "manman-v2"
 

@@ -19,17 +19,19 @@ import pytest
 
 from adapters.app import ChatmanApp
 from bot.core.errors import UserFacingError
+from bot.core.jobs import DuplicateJob, JobError, JobStatus, Notice, TrainingKey
+from bot.core.registry import ModelStatus
 from bot.core.types import ChatKind, ChatMessage, ChatRef, Incoming, Role, UserRef
 from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
 from bot.infra.storage import migrate
-from bot.infra.storage.models import JobStatus, ModelStatus
+from bot.infra.storage.jobs import SqlJobQueue
+from bot.infra.storage.registry import SqlRegistry
 from bot.infra.storage.store import SqlStore, make_engine
 from bot.services.admin import Actor, PermissionDenied
-from bot.services.registry import ModelRegistry
 from tests.conftest import MODEL_CACHE, make_settings
 from tests.fakes import eventually
 from tests.test_cli import chatman
-from training.jobs import DuplicateJob, JobError, JobQueue, Notice, TrainingKey
+from training.jobs import stop_leftover_worker
 
 ADMIN = Actor("test", "1", "Ada", granted_admin=True)
 ADMIN_CHAT = ChatRef("test", "admin-chat")
@@ -42,7 +44,7 @@ CAROL = UserRef("test", "3", "Carol")
 def queue(database_url):
     engine = make_engine(database_url)
     migrate.upgrade(engine)
-    yield JobQueue(SqlStore(engine), "manman")
+    yield SqlJobQueue(SqlStore(engine), "manman")
     engine.dispose()
 
 
@@ -218,7 +220,7 @@ def test_a_cancel_nobody_confirms_says_so_and_a_restart_honours_it(app):
     assert not unconfirmed.data["cancelled"]
     assert "stopping, cancelled by test:1" in app.admin.execute(ADMIN, "/trainstatus").message
     # The next start finds the job without a runner and records it as the cancel it was.
-    [recovered] = app.jobs.recover("interrupted: the bot restarted")
+    [recovered] = app.jobs.recover("interrupted: the bot restarted", stop_leftover_worker)
     assert (recovered.status, recovered.error) == (JobStatus.CANCELLED, "cancelled by test:1")
 
 
@@ -340,7 +342,7 @@ def rejected_run(tmp_path: Path, base: Path) -> tuple[str, Path]:
 
     engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'chatman.db'}")
     migrate.upgrade(engine)
-    registry = ModelRegistry(SqlStore(engine), "manman")
+    registry = SqlRegistry(SqlStore(engine), "manman")
     v = registry.create_candidate(base_model=str(base), config={"max_steps": 1}, job_id=None,
                                   created_by="test").version
     run = tmp_path / "data" / "training" / "manman" / v
@@ -397,7 +399,7 @@ def test_activate_force_merges_a_rejected_version_and_serves_it(tmp_path, tiny_q
 def test_activate_force_says_why_it_cannot_export(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'chatman.db'}")
     migrate.upgrade(engine)
-    registry = ModelRegistry(SqlStore(engine), "manman")
+    registry = SqlRegistry(SqlStore(engine), "manman")
     v = registry.create_candidate(base_model="starter", config={}, job_id=None,
                                   created_by="test").version
     run = tmp_path / "runs" / v

@@ -10,8 +10,8 @@ import pytest
 from adapters.app import ChatmanApp
 from bot.core.config import Settings
 from bot.core.persona import load_persona
+from bot.core.registry import ModelStatus
 from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
-from bot.infra.storage.models import ModelStatus
 from bot.services.admin import Actor
 from tests.conftest import REPO, make_settings
 from training.evaluate import Decoding

@@ -17,6 +17,7 @@ from telegram.error import NetworkError, TelegramError, TimedOut
 
 from adapters.app import ChatmanApp
 from adapters.telegram import TelegramAdapter, resend_is_safe
+from bot.core.jobs import Notice
 from bot.core.types import ChatKind, ChatRef
 from bot.infra.llm.chat_model import GenerationSettings
 from bot.infra.storage.models import Pair
@@ -34,7 +35,6 @@ from tests.fakes.telegram_api import (
 )
 from tests.speech_checks import recall
 from tests.test_cli import chatman
-from training.jobs import Notice
 
 ADMIN = user(900, "Ada")
 ALICE = user(901, "Alice")

@@ -1,9 +1,10 @@
-"""Background training jobs: a queue in the database and a runner in the serving process.
+"""Background training jobs: the runner in the serving process.
 
-The runner trains in a separate process (``python -m training.worker``) so the bot keeps
-answering, relays the worker's progress to the admin who asked, and on success asks the
-application to hot-swap the model. The database is the queue, so ``chatman admin retrain``
-from a shell reaches a running bot too. One job runs at a time per persona.
+The runner claims jobs from the queue (a :class:`bot.core.jobs.JobRepository`, in the database
+so ``chatman admin retrain`` from a shell reaches a running bot too) and trains in a separate
+process (``python -m training.worker``) so the bot keeps answering. It relays the worker's
+progress to the admin who asked, and on success asks the application to hot-swap the model.
+One job runs at a time per persona.
 """
 
 from __future__ import annotations
@@ -16,25 +17,26 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-
-from sqlalchemy import func, select, text
+from typing import Any
 
 from bot.core.config import Settings
 from bot.core.curation import CurationRepository
 from bot.core.dataset import collect_rows, render
-from bot.core.errors import UserFacingError
+from bot.core.jobs import (
+    JobRepository,
+    JobStatus,
+    JobView,
+    Notice,
+    Notify,
+    TrainingKey,
+    progress_line,
+)
 from bot.core.persona import PersonaProfile
-from bot.core.types import ChatRef
-from bot.infra.storage.curation import SqlCuration
-from bot.infra.storage.models import JobStatus, ModelStatus, TrainingJob, utcnow
-from bot.infra.storage.store import SqlStore
-from bot.services.registry import ModelRegistry, same_config_form
+from bot.core.registry import ModelStatus, RegistryRepository, same_config_form
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +44,8 @@ log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 10.0
 
 
-class JobError(UserFacingError):
-    pass
-
-
-@dataclass(frozen=True)
-class TrainingKey:
-    """What a training run depends on: two runs with equal keys train the same model."""
-
-    dataset_sha256: str
-    base_model: str
-    config: dict  # the full TrainConfig, in the form the database hands back
-
-
-def training_key(curation: CurationRepository, persona: PersonaProfile, language: str, base_model: str,
-                 overrides: dict) -> TrainingKey:
+def training_key(curation: CurationRepository, persona: PersonaProfile, language: str,
+                 base_model: str, overrides: dict[str, Any]) -> TrainingKey:
     """The key of a run started now: the dataset hashed as ``snapshot_dataset`` would freeze
     it, the base, and TrainConfig with ``overrides`` (as the worker and ``chatman train``
     build it)."""
@@ -67,298 +56,9 @@ def training_key(curation: CurationRepository, persona: PersonaProfile, language
                        same_config_form(TrainConfig(**overrides).model_dump()))
 
 
-class DuplicateJob(JobError):
-    """A job with the same key is training now; ``job`` is that job."""
-
-    def __init__(self, job: JobView) -> None:
-        super().__init__(f"job #{job.id} trains the same key", user_message=(
-            f"Training job #{job.id} is already training on exactly this dataset and these "
-            "settings; /trainstatus follows it."))
-        self.job = job
-
-
-@dataclass(frozen=True)
-class JobView:
-    id: int
-    persona: str
-    status: str
-    requested_by: str
-    notify: ChatRef | None
-    max_steps: int | None
-    progress: dict
-    pid: int | None
-    model_version: str | None
-    error: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-    dataset_sha256: str | None = None
-    base_model: str | None = None
-    config: dict | None = None
-    cancel_requested_by: str | None = None
-
-    @property
-    def key(self) -> TrainingKey | None:
-        if self.dataset_sha256 is None or self.base_model is None:
-            return None  # queued before jobs recorded what they train on
-        return TrainingKey(self.dataset_sha256, self.base_model, same_config_form(self.config))
-
-    def describe(self) -> str:
-        head = f"#{self.id} {self.status}"
-        if self.model_version:
-            head += f" ({self.model_version})"
-        p = self.progress
-        if self.status == JobStatus.RUNNING and self.cancel_requested_by:
-            head += f": stopping, cancelled by {self.cancel_requested_by}"
-        elif self.status == JobStatus.RUNNING:
-            if p.get("step"):
-                head += f": {progress_line(p)}"
-            elif p.get("stage"):
-                head += f": {p['stage']}"
-        elif self.status == JobStatus.QUEUED:
-            head += f", requested by {self.requested_by}"
-        elif self.error:
-            head += f": {self.error}"
-        return head
-
-    def to_dict(self) -> dict:
-        d = {k: v for k, v in self.__dict__.items() if k != "notify"}
-        d["notify"] = ({"platform": self.notify.platform, "chat_id": self.notify.chat_id}
-                       if self.notify else None)
-        for key in ("created_at", "started_at", "finished_at"):
-            d[key] = d[key].isoformat() if d[key] else None
-        return d
-
-
-def progress_line(p: dict) -> str:
-    step, total = p.get("step", 0), p.get("max_steps") or 0
-    text = f"step {step}/{total} ({100 * step // max(total, 1)}%)"
-    if p.get("loss") is not None:
-        text += f", loss {p['loss']:.3f}"
-    if p.get("eta_s") is not None:
-        # An upper bound: training stops as soon as the gate passes.
-        text += f", at most {_duration(p['eta_s'])} left"
-    return text
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
-
-
-def _view(j: TrainingJob) -> JobView:
-    notify = ChatRef(j.notify_platform, j.notify_chat_id) if j.notify_platform else None
-    return JobView(j.id, j.persona, j.status, j.requested_by, notify, j.max_steps,
-                   dict(j.progress or {}), j.pid, j.model_version, j.error, j.created_at,
-                   j.started_at, j.finished_at, j.dataset_sha256, j.base_model,
-                   dict(j.config) if j.config is not None else None, j.cancel_requested_by)
-
-
-class JobQueue:
-    def __init__(self, store: SqlStore, persona: str) -> None:
-        self.store = store
-        self.persona = persona
-        # Notified when a job ends in this process, so a waiter here needn't wait for its poll.
-        self._ended = threading.Condition()
-
-    def _open(self, s):
-        return s.scalars(select(TrainingJob).where(TrainingJob.persona == self.persona,
-                                                   TrainingJob.status.in_(JobStatus.OPEN))
-                         .order_by(TrainingJob.id)).all()
-
-    def enqueue(self, requested_by: str, notify: ChatRef | None = None,
-                max_steps: int | None = None,
-                key: TrainingKey | None = None) -> tuple[JobView, JobView | None]:
-        """Queue a job; returns it and the running job it waits behind, if any.
-
-        Raises :class:`DuplicateJob` when the running job has the same ``key`` (and nobody
-        cancelled it), and :class:`JobError` when a job is queued already.
-        """
-        with self.store.session() as s, s.begin():
-            self._lock(s)
-            open_jobs = self._open(s)
-            if key is not None:
-                same = next((j for j in map(_view, open_jobs) if j.status == JobStatus.RUNNING
-                             and not j.cancel_requested_by and j.key == key), None)
-                if same is not None:
-                    raise DuplicateJob(same)
-            queued = [j for j in open_jobs if j.status == JobStatus.QUEUED]
-            if queued:
-                raise JobError("already queued", user_message=(
-                    f"Training job #{queued[0].id} is already waiting to run; it will train on "
-                    "the dataset as it is when it starts. /trainstatus shows the queue."))
-            job = TrainingJob(persona=self.persona, status=JobStatus.QUEUED,
-                              requested_by=requested_by, max_steps=max_steps, progress={},
-                              notify_platform=notify.platform if notify else None,
-                              notify_chat_id=notify.chat_id if notify else None)
-            if key is not None:
-                job.dataset_sha256, job.base_model, job.config = (
-                    key.dataset_sha256, key.base_model, key.config)
-            s.add(job)
-            s.flush()
-            running = next((j for j in open_jobs if j.status == JobStatus.RUNNING), None)
-            return _view(job), (_view(running) if running else None)
-
-    def open_jobs(self) -> list[JobView]:
-        with self.store.session() as s:
-            return [_view(j) for j in self._open(s)]
-
-    def recent(self, limit: int = 5) -> list[JobView]:
-        with self.store.session() as s:
-            rows = s.scalars(select(TrainingJob).where(TrainingJob.persona == self.persona)
-                             .order_by(TrainingJob.id.desc()).limit(limit)).all()
-            return [_view(j) for j in rows]
-
-    def get(self, job_id: int) -> JobView | None:
-        with self.store.session() as s:
-            j = s.get(TrainingJob, job_id)
-            return _view(j) if j else None
-
-    def _lock(self, s) -> None:
-        """Serialise this persona's queue changes (enqueue, claim, cancel) across processes,
-        until the transaction ends. Call it first in the transaction, before any read.
-
-        PostgreSQL: a transaction-scoped advisory lock keyed by the persona. Row locks alone
-        are not enough: "no job of the persona is running" is a fact about all its rows, and
-        two claimers locking (or SKIP LOCKED-skipping) rows could each see the other's claim
-        uncommitted and each claim a different queued job. The lock is released at commit, and
-        under READ COMMITTED every statement after it sees what the previous holder committed.
-        It needs no table of its own and is gone with the connection, so it never goes stale.
-
-        SQLite: ``BEGIN IMMEDIATE`` takes the database's write lock before the first read (the
-        driver would otherwise read outside any transaction and begin one only at the first
-        write, after the decision was taken on what may already have changed). Other writers
-        wait for it through the busy timeout.
-        """
-        dialect = s.get_bind().dialect.name
-        if dialect == "sqlite":
-            s.execute(text("BEGIN IMMEDIATE"))
-        elif dialect == "postgresql":
-            s.execute(select(func.pg_advisory_xact_lock(_lock_key(self.persona))))
-
-    def claim_next(self) -> JobView | None:
-        """The oldest queued job, now ``running``, unless one is running already.
-
-        Safe with several bots (processes) on one database: at most one job of the persona is
-        ever ``running``, and each queued job is claimed at most once.
-        """
-        with self.store.session() as s, s.begin():
-            self._lock(s)
-            ours = TrainingJob.persona == self.persona
-            if s.scalar(select(TrainingJob.id).where(ours, TrainingJob.status == JobStatus.RUNNING)
-                        .limit(1)) is not None:
-                return None
-            # The persona lock already decides; the row lock keeps any other writer off the
-            # row until the claim commits, and a row another transaction holds is left for
-            # the next poll rather than waited for.
-            job = s.scalars(select(TrainingJob).where(ours, TrainingJob.status == JobStatus.QUEUED)
-                            .order_by(TrainingJob.id).limit(1)
-                            .with_for_update(skip_locked=True)).first()
-            if job is None:
-                return None
-            job.status, job.started_at = JobStatus.RUNNING, utcnow()
-            job.progress = {"stage": "starting the trainer"}
-            return _view(job)
-
-    def update(self, job_id: int, **values) -> None:
-        with self.store.session() as s, s.begin():
-            job = s.get(TrainingJob, job_id)
-            for key, value in values.items():
-                setattr(job, key, value)
-
-    def finish(self, job_id: int, status: str, error: str | None = None,
-               model_version: str | None = None) -> None:
-        with self.store.session() as s, s.begin():
-            job = s.get(TrainingJob, job_id)
-            job.status, job.error, job.finished_at, job.pid = status, error, utcnow(), None
-            if model_version:
-                job.model_version = model_version
-        with self._ended:
-            self._ended.notify_all()
-
-    # --- cancelling -------------------------------------------------------------------
-    def cancel(self, job_id: int | None, actor: str) -> JobView:
-        """Cancel a queued job now, or ask the runner to stop a running one.
-
-        Without ``job_id``: the one open job. Returns the job afterwards: ``cancelled`` if it
-        was queued, still ``running`` (with ``cancel_requested_by``) if it was running.
-        """
-        with self.store.session() as s, s.begin():
-            # Serialised with claims: a job claimed a moment ago is seen running, and flagged.
-            self._lock(s)
-            job = self._to_cancel(s, job_id)
-            log.info("training job #%d (%s): cancel requested by %s", job.id, job.status, actor)
-            # Set in both cases: a runner that claimed the job a moment ago sees it too.
-            job.cancel_requested_by = job.cancel_requested_by or actor
-            if job.status == JobStatus.QUEUED:
-                job.status, job.error, job.finished_at = (
-                    JobStatus.CANCELLED, f"cancelled by {actor}", utcnow())
-            return _view(job)
-
-    def _to_cancel(self, s, job_id: int | None) -> TrainingJob:
-        if job_id is None:
-            open_jobs = self._open(s)
-            if not open_jobs:
-                raise JobError("nothing to cancel", user_message=(
-                    "No training job is queued or running; nothing to cancel."))
-            if len(open_jobs) > 1:
-                listed = " and ".join(f"#{j.id} ({j.status})" for j in open_jobs)
-                raise JobError("which job?", user_message=(
-                    f"Jobs {listed} are open; say which, e.g. /canceltrain {open_jobs[0].id}."))
-            return open_jobs[0]
-        job = s.get(TrainingJob, job_id)
-        if job is None or job.persona != self.persona:
-            raise JobError(f"no job {job_id}", user_message=f"There is no training job #{job_id}.")
-        if job.status not in JobStatus.OPEN:
-            raise JobError(f"job {job_id} is {job.status}", user_message=(
-                f"Training job #{job_id} has already finished ({job.status}); nothing to "
-                "cancel."))
-        return job
-
-    def cancel_requested(self, job_id: int) -> str | None:
-        """Who asked to cancel this job, if anybody has."""
-        with self.store.session() as s:
-            job = s.get(TrainingJob, job_id)
-            return job.cancel_requested_by if job else None
-
-    def wait_ended(self, job_id: int, timeout: float, poll: float = 0.5) -> JobView:
-        """The job once it is no longer open, or as it is after ``timeout`` seconds.
-
-        A runner in this process wakes the wait at once; one in another process (the bot, when
-        the CLI cancels) is seen by reading the row every ``poll`` seconds.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            job = self.get(job_id)
-            left = deadline - time.monotonic()
-            if job.status not in JobStatus.OPEN or left <= 0:
-                return job
-            with self._ended:
-                self._ended.wait(min(poll, left))
-
-    def recover(self, reason: str) -> list[JobView]:
-        """After a restart: no job may stay ``running`` with nobody running it."""
-        with self.store.session() as s, s.begin():
-            stuck = s.scalars(select(TrainingJob).where(TrainingJob.persona == self.persona,
-                                                        TrainingJob.status == JobStatus.RUNNING)
-                              ).all()
-            for job in stuck:
-                _kill_worker(job.pid)
-                # A cancel that came while the bot was down is honoured as what it was.
-                status, error = ((JobStatus.CANCELLED, f"cancelled by {job.cancel_requested_by}")
-                                 if job.cancel_requested_by else (JobStatus.FAILED, reason))
-                job.status, job.error, job.finished_at, job.pid = status, error, utcnow(), None
-            return [_view(j) for j in stuck]
-
-
-def _lock_key(persona: str) -> int:
-    """The persona's advisory lock id: a signed 64-bit hash, stable across processes."""
-    digest = hashlib.sha256(f"chatman.training_jobs:{persona}".encode()).digest()
-    return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _kill_worker(pid: int | None) -> None:
-    """Stop a leftover trainer, but only if that pid is still one of ours."""
+def stop_leftover_worker(pid: int | None) -> None:
+    """Stop a trainer left from before a restart (see JobRepository.recover), but only if
+    that pid is still one of ours."""
     if not pid:
         return
     try:
@@ -370,19 +70,6 @@ def _kill_worker(pid: int | None) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@dataclass(frozen=True)
-class Notice:
-    """A message for the admin who asked: text, and at the end the loss plot."""
-
-    job_id: int
-    text: str
-    image: Path | None = None
-    final: bool = False
-
-
-Notify = Callable[[ChatRef, Notice], Awaitable[None]]
-
-
 @dataclass
 class _Running:
     job: JobView
@@ -391,7 +78,7 @@ class _Running:
     max_steps: int | None = None
     step_seconds: list[float] = field(default_factory=list)
     last_notice: float = 0.0
-    done: dict | None = None
+    done: dict[str, Any] | None = None
     error: str | None = None
     cancelled_by: str | None = None  # set once the runner stops the trainer for a cancel
 
@@ -402,27 +89,31 @@ class TrainingRunner:
 
     def __init__(
         self,
-        queue: JobQueue,
-        registry: ModelRegistry,
+        queue: JobRepository,
+        registry: RegistryRepository,
         settings: Settings,
         *,
+        curation: CurationRepository,
         notify: Notify,
         on_release: Callable[[str], Awaitable[str | None]],
     ) -> None:
-        """``on_release(version)`` hot-swaps to a version that passed; returns an error or None."""
+        """``on_release(version)`` hot-swaps to a version that passed; returns an error or None.
+        ``curation`` is the persona's dataset, read to record what each job trains on."""
         self.queue = queue
         self.registry = registry
         self.settings = settings
+        self.curation = curation
         self.notify = notify
         self.on_release = on_release
         self.current: _Running | None = None
         self._wake = asyncio.Event()
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # set once run_forever runs
 
     def wake(self) -> None:
         """Thread-safe nudge after a job was queued or cancelled (the poll catches other
         processes)."""
-        loop = getattr(self, "_loop", None)
+        loop = self._loop
         if loop is not None:
             loop.call_soon_threadsafe(self._wake.set)
 
@@ -495,7 +186,7 @@ class TrainingRunner:
 
         s = self.settings
         persona = load_persona(s.persona, s.persona_dir)
-        return training_key(SqlCuration(self.queue.store, persona.name), persona,
+        return training_key(self.curation, persona,
                             s.language or persona.language,
                             s.train_base_model or persona.training.base_model,
                             s.train_overrides(max_steps))
@@ -525,17 +216,19 @@ class TrainingRunner:
         running = self.current = _Running(job, process)
         watcher = None
         try:
+            stdin, stdout = process.stdin, process.stdout
+            assert stdin is not None and stdout is not None  # both piped above
             log.info("training job #%d: worker pid %d, log %s", job.id, process.pid, log_path)
             await asyncio.to_thread(self.queue.update, job.id, pid=process.pid)
             watcher = asyncio.create_task(self._watch_for_cancel(running),
                                           name=f"training-job-{job.id}-cancel")
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 # A trainer stopped at once (cancelled) may be gone before it reads this.
-                process.stdin.write(json.dumps(request).encode())
-                await process.stdin.drain()
-                process.stdin.close()
+                stdin.write(json.dumps(request).encode())
+                await stdin.drain()
+                stdin.close()
             await self._tell(job, f"Training job #{job.id} started for {job.persona}.")
-            while line := await process.stdout.readline():
+            while line := await stdout.readline():
                 try:
                     event = json.loads(line)
                 except ValueError:
@@ -573,7 +266,7 @@ class TrainingRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.registry_poll_seconds)
 
-    async def _on_event(self, r: _Running, event: dict) -> None:
+    async def _on_event(self, r: _Running, event: dict[str, Any]) -> None:
         kind = event.get("event")
         job = r.job
         if kind == "candidate":

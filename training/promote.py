@@ -13,12 +13,12 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from bot.core.errors import UserFacingError
 from bot.core.persona import PersonaProfile
+from bot.core.registry import ModelStatus, VersionView
 from bot.infra.llm.source import resolve_llm
-from bot.infra.storage.models import ModelStatus
-from bot.services.registry import VersionView
 from training.export import export_merged
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def adapter_of(version: VersionView) -> Path:
     return adapter
 
 
-def _card(version: VersionView, language: str) -> dict:
+def _card(version: VersionView, language: str) -> dict[str, Any]:
     return {"version": version.version, "persona": version.persona, "language": language,
             "base_model": version.base_model, "base_version": version.base_version,
             "dataset": {"sha256": version.dataset_sha256, "rows": version.dataset_rows},
@@ -100,9 +100,10 @@ def export_version(version: VersionView, *, persona: PersonaProfile, language: s
     log.info("exporting %s: merging %s into %s", version.version, adapter, base.load_from)
     tokenizer = AutoTokenizer.from_pretrained(base.load_from)
     model = AutoModelForCausalLM.from_pretrained(base.load_from, dtype=dtype)
-    model = model.to("cuda" if cuda else "cpu")
+    # transformers wraps PreTrainedModel.to in a decorator whose annotation loses ``self``.
+    model = model.to("cuda" if cuda else "cpu")  # type: ignore[arg-type]
     peft_model = PeftModel.from_pretrained(model, str(adapter))
-    run_dir = Path(version.directory)
+    run_dir = adapter.parent  # <run folder>/adapter
     target = run_dir / "model"
     # Written beside the run, then moved into place: an export that fails half-way leaves
     # neither a half-written model folder nor a rewritten adapter behind.

@@ -10,11 +10,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bot.core.curation import CurationRepository
 from bot.core.persona import PersonaProfile
-from bot.infra.storage.models import ModelStatus
-from bot.services.registry import ModelRegistry
+from bot.core.registry import ModelStatus, RegistryRepository
 from training.evaluate import Decoding, EvalReport
 from training.run import RunOutput, run_training
 from training.sft import StepLog, TrainConfig, TrainResult
@@ -34,7 +34,7 @@ class Release:
     summary: str
 
 
-def metrics_of(result: TrainResult) -> dict:
+def metrics_of(result: TrainResult) -> dict[str, Any]:
     if result.final is None:
         return {}
     final = result.final
@@ -91,7 +91,7 @@ def _short(text: str, limit: int = 70) -> str:
 
 def train_and_release(
     *,
-    registry: ModelRegistry,
+    registry: RegistryRepository,
     curation: CurationRepository,
     persona: PersonaProfile,
     language: str,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from bot.core.config import STARTER, Settings
 from bot.core.persona import PersonaProfile, load_persona
-from bot.services.registry import ModelRegistry
+from bot.core.registry import RegistryRepository
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def seed_dataset_sha256(persona: PersonaProfile, language: str) -> str:
     return hashlib.sha256(render(rows, "alpaca")).hexdigest()
 
 
-def install_starter(settings: Settings, persona: PersonaProfile, registry: ModelRegistry,
+def install_starter(settings: Settings, persona: PersonaProfile, registry: RegistryRepository,
                     language: str) -> str | None:
     """Register the shipped starter version once; returns its name when installed now."""
     release = starter_release(persona)

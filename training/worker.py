@@ -80,8 +80,8 @@ def main() -> int:
 def _train(request: WorkerRequest, settings, events: Events) -> int:
     from bot.core.persona import load_persona
     from bot.infra.storage.curation import SqlCuration
+    from bot.infra.storage.registry import SqlRegistry
     from bot.infra.storage.store import SqlStore, make_engine
-    from bot.services.registry import ModelRegistry
     from training.evaluate import Decoding
     from training.release import train_and_release
     from training.sft import TrainConfig
@@ -93,7 +93,7 @@ def _train(request: WorkerRequest, settings, events: Events) -> int:
     store = SqlStore(engine)
     try:
         release = train_and_release(
-            registry=ModelRegistry(store, persona.name), curation=SqlCuration(store, persona.name),
+            registry=SqlRegistry(store, persona.name), curation=SqlCuration(store, persona.name),
             persona=persona, language=language,
             base_model=settings.train_base_model or persona.training.base_model,
             cache_dir=settings.resolved_model_cache_dir, data_dir=settings.data_dir,

@@ -34,10 +34,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from adapters.app import ChatmanApp
 from adapters.web.limits import HeaderTimeoutH11, RequestLimits, allowed_hosts
 from bot.core.errors import AudioTooLarge, Busy, ServerBusy, UserFacingError
+from bot.core.jobs import Notice
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef
 from bot.services.admin import MAX_ID, MAX_PAGE, Actor, CommandResult
 from bot.services.chat_queue import InFlight
-from training.jobs import Notice
 
 log = logging.getLogger(__name__)
 

@@ -13,19 +13,24 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bot.core.curation import Change, CurationRepository, PairView
 from bot.core.dataset import collect_rows, training_messages
 from bot.core.errors import UserFacingError
+from bot.core.jobs import DuplicateJob, JobRepository, JobStatus, TrainingKey
 from bot.core.persona import PersonaProfile
 from bot.core.ports import Store
+from bot.core.registry import ModelStatus, RegistryRepository, VersionView
 from bot.core.types import ChatKind, ChatMessage, ChatRef
 from bot.infra.reply_audio import ReplyAudioStore
-from bot.infra.storage.models import JobStatus, ModelStatus
-from bot.services.registry import ModelRegistry, VersionView
-from training.jobs import DuplicateJob, JobQueue, TrainingKey, training_key
 
 log = logging.getLogger(__name__)
+
+#: What a run started now would train on: training.jobs.training_key, handed in by the
+#: application (it renders the dataset and the TrainConfig as the trainer does, and bot/ never
+#: imports training/).
+TrainingKeyOf = Callable[[CurationRepository, PersonaProfile, str, str, dict[str, Any]], TrainingKey]
 
 PAGE_SIZE = 10
 ADMIN_COMMANDS = ("approve", "correct", "reject", "pending", "add", "dataset", "persona",
@@ -112,8 +117,9 @@ class AdminService:
         admin_ids: frozenset[str],
         model_version: Callable[[], str],
         count_tokens: Callable[[list[ChatMessage]], int] = estimate_tokens,
-        registry: ModelRegistry,
-        jobs: JobQueue,
+        registry: RegistryRepository,
+        jobs: JobRepository,
+        training_key: TrainingKeyOf,
         default_max_steps: int | None = None,
         train_base_model: str | None = None,
         reply_audio: ReplyAudioStore | None = None,
@@ -125,6 +131,7 @@ class AdminService:
         self.store = store
         self.registry = registry
         self.jobs = jobs
+        self._training_key = training_key
         self.default_max_steps = default_max_steps
         self.train_base_model = train_base_model
         self.cancel_wait_seconds = cancel_wait_seconds
@@ -394,9 +401,9 @@ class AdminService:
 
     def training_key(self, max_steps: int | None) -> TrainingKey:
         """What a job queued now would train on (the worker derives the same from settings)."""
-        return training_key(self.curation, self.persona, self.language,
-                            self.train_base_model or self.persona.training.base_model,
-                            {"max_steps": max_steps} if max_steps else {})
+        return self._training_key(self.curation, self.persona, self.language,
+                                  self.train_base_model or self.persona.training.base_model,
+                                  {"max_steps": max_steps} if max_steps else {})
 
     def cancel_training(self, actor: Actor, job_id: int | None = None,
                         wait_seconds: float | None = None) -> CommandResult:

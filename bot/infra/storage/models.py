@@ -20,9 +20,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-# Pair.status holds a PairStatus value. The enum lives with the curation records in core;
-# re-exported here for code that reads the schema.
+# The status enums live with the records in core; re-exported here for the modules that
+# read statuses next to the rows.
 from bot.core.curation import PairStatus as PairStatus
+from bot.core.jobs import JobStatus as JobStatus
+from bot.core.registry import ModelStatus as ModelStatus
 
 
 def utcnow() -> datetime:
@@ -161,18 +163,6 @@ class DatasetSnapshot(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class ModelStatus:
-    # candidate: being trained or waiting for its evaluation; active: answering (one per persona);
-    # rejected: failed the gate; retired: was active, replaced; failed: crashed, killed or
-    # unloadable.
-    CANDIDATE = "candidate"
-    ACTIVE = "active"
-    REJECTED = "rejected"
-    RETIRED = "retired"
-    FAILED = "failed"
-    ALL = (CANDIDATE, ACTIVE, REJECTED, RETIRED, FAILED)
-
-
 class ModelVersion(Base):
     """A trained persona model: where it lives, what it was trained on, how it scored."""
 
@@ -226,17 +216,6 @@ class ModelActivation(Base):
     version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
     activated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     actor: Mapped[str] = mapped_column(String(160))
-
-
-class JobStatus:
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"  # trained, passed the gate, activated
-    REJECTED = "rejected"  # trained, failed the gate; the active model is unchanged
-    FAILED = "failed"  # crashed, killed, or interrupted by a restart
-    CANCELLED = "cancelled"  # an admin cancelled it: never ran, or its trainer was stopped
-    OPEN = (QUEUED, RUNNING)
-    ALL = (QUEUED, RUNNING, SUCCEEDED, REJECTED, FAILED, CANCELLED)
 
 
 class TrainingJob(Base):

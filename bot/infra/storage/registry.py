@@ -1,72 +1,30 @@
-"""Model versions of a persona: which one answers, what each scored, and how to go back.
-
-The registry only records; the application loads whatever is active (see
-:meth:`adapters.app.ChatmanApp.sync_model`), so the CLI, a training job and an admin command can
-all change the active version and a running bot follows.
-"""
+"""The model registry in SQL: versions in ``model_versions``, the rollback stack in
+``model_activations`` (:class:`SqlRegistry`, the :class:`bot.core.registry.RegistryRepository`
+the application uses)."""
 
 from __future__ import annotations
 
-import json
+import builtins
 import logging
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bot.core.errors import UserFacingError
-from bot.infra.storage.models import AuditEntry, ModelActivation, ModelStatus, ModelVersion, utcnow
+from bot.core.registry import (
+    ModelStatus,
+    RegistryError,
+    Served,
+    VersionView,
+    same_config_form,
+    served_by,
+)
+from bot.infra.storage.models import AuditEntry, ModelActivation, ModelVersion, utcnow
 from bot.infra.storage.store import SqlStore
 
 log = logging.getLogger(__name__)
-
-
-class RegistryError(UserFacingError):
-    pass
-
-
-@dataclass(frozen=True)
-class VersionView:
-    id: int
-    persona: str
-    version: str
-    status: str
-    base_model: str
-    base_version: str | None
-    directory: str | None
-    model_dir: str | None
-    dataset_sha256: str | None
-    dataset_rows: int | None
-    steps: int | None
-    config: dict
-    metrics: dict
-    reasons: list[str]
-    job_id: int | None
-    previous: str | None
-    created_by: str | None
-    created_at: datetime
-    finished_at: datetime | None
-    activated_at: datetime | None
-    retired_at: datetime | None
-
-    def to_dict(self) -> dict:
-        d = dict(self.__dict__)
-        for key in ("created_at", "finished_at", "activated_at", "retired_at"):
-            d[key] = d[key].isoformat() if d[key] else None
-        return d
-
-
-@dataclass(frozen=True)
-class Served:
-    """What should answer: a registry version's merged folder, or the configured base."""
-
-    version: str | None  # None: no trained version is active
-    model_ref: str
-    # Which of the persona's system prompts the version was trained with (full or short).
-    system_prompt: str = "full"
 
 
 # The rollback history is a stack of activations per persona (ModelActivation; why a stack and
@@ -96,21 +54,23 @@ def _previous(stack: Stack, m: ModelVersion) -> str | None:
 
 def _usable(m: ModelVersion) -> bool:
     """Whether a rollback may hand back to ``m``."""
-    return (m.status not in (ModelStatus.FAILED, ModelStatus.REJECTED) and bool(m.model_dir)
-            and Path(m.model_dir).is_dir())
+    return (m.status not in (ModelStatus.FAILED, ModelStatus.REJECTED) and m.model_dir is not None
+            and m.model_dir != "" and Path(m.model_dir).is_dir())
 
 
 def _view(s: Session, m: ModelVersion, stack: Stack | None = None) -> VersionView:
     previous = _previous(stack if stack is not None else _stack(s, m.persona), m)
     return VersionView(
-        m.id, m.persona, m.version, m.status, m.base_model, m.base_version, m.directory,
+        m.id, m.persona, m.version, ModelStatus(m.status), m.base_model, m.base_version, m.directory,
         m.model_dir, m.dataset_sha256, m.dataset_rows, m.steps, dict(m.config or {}),
         dict(m.metrics or {}), list(m.reasons or []), m.job_id, previous, m.created_by,
         m.created_at, m.finished_at, m.activated_at, m.retired_at,
     )
 
 
-class ModelRegistry:
+class SqlRegistry:
+    """:class:`bot.core.registry.RegistryRepository` on the SQL store, for one persona."""
+
     def __init__(self, store: SqlStore, persona: str) -> None:
         self.store = store
         self.persona = persona
@@ -134,14 +94,10 @@ class ModelRegistry:
             return _view(s, m) if m else None
 
     def served(self, base_ref: str) -> Served:
-        active = self.active()
-        if active is None or not active.model_dir:
-            return Served(None, base_ref)
-        return Served(active.version, active.model_dir,
-                      str(active.config.get("system_prompt", "full")))
+        return served_by(self.active(), base_ref)
 
     def find_trained(self, dataset_sha256: str, base_model: str,
-                     config: dict) -> VersionView | None:
+                     config: dict[str, Any]) -> VersionView | None:
         """The newest version trained on exactly this dataset, base and TrainConfig.
 
         Failed versions (crashed, cancelled, unloadable) don't count: training again is the
@@ -170,7 +126,7 @@ class ModelRegistry:
         return m
 
     # --- training writes ------------------------------------------------------------
-    def create_candidate(self, *, base_model: str, config: dict, job_id: int | None,
+    def create_candidate(self, *, base_model: str, config: dict[str, Any], job_id: int | None,
                          created_by: str | None) -> VersionView:
         """A new version named ``<persona>-v<N>``, in ``candidate`` until training ends."""
         for _ in range(5):  # two trainers numbering at once: the unique name decides
@@ -191,7 +147,8 @@ class ModelRegistry:
 
     def register_shipped(self, version: str, *, base_model: str, base_version: str,
                          directory: Path, model_dir: Path, dataset_sha256: str,
-                         dataset_rows: int, steps: int, config: dict, metrics: dict) -> VersionView:
+                         dataset_rows: int, steps: int, config: dict[str, Any],
+                         metrics: dict[str, Any]) -> VersionView:
         """A version trained elsewhere (the persona's shipped starter), already evaluated.
 
         It becomes active only when nothing is: a bot that already serves a version of its
@@ -218,7 +175,8 @@ class ModelRegistry:
 
     def record_result(self, version: str, *, base_version: str, directory: Path,
                       model_dir: Path | None, dataset_sha256: str, dataset_rows: int,
-                      steps: int, metrics: dict, reasons: list[str]) -> None:
+                      steps: int, metrics: dict[str, Any],
+                      reasons: builtins.list[str]) -> None:
         with self.store.session() as s, s.begin():
             m = self._require(s, version)
             m.base_version, m.directory = base_version, str(directory)
@@ -226,7 +184,7 @@ class ModelRegistry:
             m.dataset_sha256, m.dataset_rows, m.steps = dataset_sha256, dataset_rows, steps
             m.metrics, m.reasons, m.finished_at = metrics, reasons, utcnow()
 
-    def reject(self, version: str, reasons: list[str]) -> None:
+    def reject(self, version: str, reasons: builtins.list[str]) -> None:
         """Mark ``version`` rejected (failed the gate). A rejected version is no rollback
         target, so it leaves the stack; were it active, the one before it answers again."""
         with self.store.session() as s, s.begin():
@@ -257,7 +215,7 @@ class ModelRegistry:
                 return back.version if back else None
         return None
 
-    def fail_job_candidates(self, job_id: int, reason: str) -> list[str]:
+    def fail_job_candidates(self, job_id: int, reason: str) -> builtins.list[str]:
         with self.store.session() as s, s.begin():
             rows = s.scalars(select(ModelVersion).where(
                 ModelVersion.job_id == job_id, ModelVersion.status == ModelStatus.CANDIDATE)).all()
@@ -369,12 +327,9 @@ class ModelRegistry:
         return back
 
     @staticmethod
-    def _audit(s: Session, actor: str, action: str, m: ModelVersion, detail: dict) -> None:
+    def _audit(s: Session, actor: str, action: str, m: ModelVersion,
+               detail: dict[str, Any]) -> None:
         s.add(AuditEntry(actor=actor, action=action, pair_id=None,
                          before=None, after={"version": m.version, "status": m.status, **detail}))
         log.info("%s %s by %s %s", action, m.version, actor, detail or "")
 
-
-def same_config_form(config: dict | None) -> dict:
-    """A TrainConfig dump as the database hands it back (JSON: tuples become lists, keys sorted)."""
-    return json.loads(json.dumps(config or {}, sort_keys=True))

@@ -1,0 +1,195 @@
+"""Training jobs as the rest of the bot sees them: records, statuses, errors, the notices sent
+to the admin who asked, and the :class:`JobRepository` port (the queue).
+
+The queue lives in the database (:class:`bot.infra.storage.jobs.SqlJobQueue`), so
+``chatman admin retrain`` from a shell reaches a running bot too; the runner that trains
+(``training.jobs.TrainingRunner``) claims jobs from it. One job runs at a time per persona.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum, nonmember
+from pathlib import Path
+from typing import Any, Protocol, TypedDict, Unpack
+
+from bot.core.errors import UserFacingError
+from bot.core.registry import same_config_form
+from bot.core.types import ChatRef
+
+
+class JobStatus(StrEnum):
+    """A job's state. Stored as its value (a plain string column)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"  # trained, passed the gate, activated
+    REJECTED = "rejected"  # trained, failed the gate; the active model is unchanged
+    FAILED = "failed"  # crashed, killed, or interrupted by a restart
+    CANCELLED = "cancelled"  # an admin cancelled it: never ran, or its trainer was stopped
+    # Not a status: the ones a job is still open in (plain strings, usable in SQL ``IN``).
+    OPEN = nonmember((QUEUED, RUNNING))
+
+
+class JobError(UserFacingError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainingKey:
+    """What a training run depends on: two runs with equal keys train the same model."""
+
+    dataset_sha256: str
+    base_model: str
+    config: dict[str, Any]  # the full TrainConfig, in the form the database hands back
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: int
+    persona: str
+    status: JobStatus
+    requested_by: str
+    notify: ChatRef | None
+    max_steps: int | None
+    progress: dict[str, Any]
+    pid: int | None
+    model_version: str | None
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    dataset_sha256: str | None = None
+    base_model: str | None = None
+    config: dict[str, Any] | None = None
+    cancel_requested_by: str | None = None
+
+    @property
+    def key(self) -> TrainingKey | None:
+        if self.dataset_sha256 is None or self.base_model is None:
+            return None  # queued before jobs recorded what they train on
+        return TrainingKey(self.dataset_sha256, self.base_model, same_config_form(self.config))
+
+    def describe(self) -> str:
+        head = f"#{self.id} {self.status}"
+        if self.model_version:
+            head += f" ({self.model_version})"
+        p = self.progress
+        if self.status == JobStatus.RUNNING and self.cancel_requested_by:
+            head += f": stopping, cancelled by {self.cancel_requested_by}"
+        elif self.status == JobStatus.RUNNING:
+            if p.get("step"):
+                head += f": {progress_line(p)}"
+            elif p.get("stage"):
+                head += f": {p['stage']}"
+        elif self.status == JobStatus.QUEUED:
+            head += f", requested by {self.requested_by}"
+        elif self.error:
+            head += f": {self.error}"
+        return head
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "notify"}
+        d["notify"] = ({"platform": self.notify.platform, "chat_id": self.notify.chat_id}
+                       if self.notify else None)
+        for key in ("created_at", "started_at", "finished_at"):
+            d[key] = d[key].isoformat() if d[key] else None
+        return d
+
+
+class DuplicateJob(JobError):
+    """A job with the same key is training now; ``job`` is that job."""
+
+    def __init__(self, job: JobView) -> None:
+        super().__init__(f"job #{job.id} trains the same key", user_message=(
+            f"Training job #{job.id} is already training on exactly this dataset and these "
+            "settings; /trainstatus follows it."))
+        self.job = job
+
+
+def progress_line(p: dict[str, Any]) -> str:
+    step, total = p.get("step", 0), p.get("max_steps") or 0
+    text = f"step {step}/{total} ({100 * step // max(total, 1)}%)"
+    if p.get("loss") is not None:
+        text += f", loss {p['loss']:.3f}"
+    if p.get("eta_s") is not None:
+        # An upper bound: training stops as soon as the gate passes.
+        text += f", at most {_duration(p['eta_s'])} left"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A message for the admin who asked: text, and at the end the loss plot."""
+
+    job_id: int
+    text: str
+    image: Path | None = None
+    final: bool = False
+
+
+#: How the runner reaches the chat a job was requested from (the application routes it to
+#: the adapter of that platform).
+Notify = Callable[[ChatRef, Notice], Awaitable[None]]
+
+
+class JobUpdate(TypedDict, total=False):
+    """What the runner records on a job while it runs (only the keys given change)."""
+
+    pid: int | None
+    progress: dict[str, Any]
+    model_version: str
+    # What the job trains on (see TrainingKey), once the runner has derived it.
+    dataset_sha256: str
+    base_model: str
+    config: dict[str, Any]
+
+
+class JobRepository(Protocol):
+    """A persona's training jobs: the queue the runner claims from."""
+
+    def enqueue(self, requested_by: str, notify: ChatRef | None = None,
+                max_steps: int | None = None,
+                key: TrainingKey | None = None) -> tuple[JobView, JobView | None]:
+        """Queue a job; returns it and the running job it waits behind, if any.
+
+        Raises :class:`DuplicateJob` when the running job has the same ``key`` (and nobody
+        cancelled it), and :class:`JobError` when a job is queued already.
+        """
+
+    def open_jobs(self) -> list[JobView]: ...
+
+    def recent(self, limit: int = 5) -> list[JobView]: ...
+
+    def get(self, job_id: int) -> JobView | None: ...
+
+    def claim_next(self) -> JobView | None:
+        """The oldest queued job, now ``running``, unless one is running already (across
+        processes: at most one running job per persona, each job claimed at most once)."""
+
+    def update(self, job_id: int, **values: Unpack[JobUpdate]) -> None: ...
+
+    def finish(self, job_id: int, status: JobStatus, error: str | None = None,
+               model_version: str | None = None) -> None: ...
+
+    def cancel(self, job_id: int | None, actor: str) -> JobView:
+        """Cancel a queued job now, or ask the runner to stop a running one (without
+        ``job_id``: the one open job). Returns the job afterwards."""
+
+    def cancel_requested(self, job_id: int) -> str | None:
+        """Who asked to cancel this job, if anybody has."""
+
+    def wait_ended(self, job_id: int, timeout: float, poll: float = 0.5) -> JobView:
+        """The job once it is no longer open, or as it is after ``timeout`` seconds."""
+
+    def recover(self, reason: str, stop_worker: Callable[[int | None], None]) -> list[JobView]:
+        """After a restart: every job still ``running`` has nobody running it. Its leftover
+        trainer is handed to ``stop_worker`` (its pid, if one was recorded), then the job is
+        marked failed with ``reason`` (or cancelled, if a cancel was asked for)."""
