@@ -1,11 +1,19 @@
-"""The application object: every component, built once from settings and injected."""
+"""The composition root: every component, built once from settings and injected.
+
+Only this module (with ``adapters/run.py``, which adds the chat platforms, and the training
+worker's own entry point) names concrete infrastructure: SQL repositories, model backends,
+the trainer. Services see ports (``bot/core/ports.py`` and the repositories' Protocols).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from enum import StrEnum
+from types import TracebackType
 
 from sqlalchemy.engine import Engine
 
@@ -19,6 +27,7 @@ from bot.core.speech_budget import SpeechBudget
 from bot.core.types import ChatRef
 from bot.infra.asr import FasterWhisperASR
 from bot.infra.audio.codec import PyAvCodec
+from bot.infra.audio.isolated import IsolatedDecoder
 from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
 from bot.infra.reply_audio import ReplyAudioStore
 from bot.infra.storage import migrate
@@ -31,7 +40,8 @@ from bot.infra.tts.fallback import FallbackSpeech
 from bot.infra.tts.piper_tts import PiperTTS
 from bot.services.admin import AdminService
 from bot.services.chat_queue import ChatQueues
-from bot.services.pipeline import PipelineConfig, VoicePipeline
+from bot.services.model_switch import ModelSwitcher
+from bot.services.pipeline import DECODE_WORKERS, PipelineConfig, VoicePipeline
 from training.jobs import TrainingRunner, stop_leftover_worker, training_key
 
 log = logging.getLogger(__name__)
@@ -104,8 +114,24 @@ def build_piper(s: Settings, persona: PersonaProfile | None = None) -> PiperTTS:
     return PiperTTS(voice, device=s.tts_device, speed=speed)
 
 
+class AppState(StrEnum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    CLOSED = "closed"
+
+
+class LifecycleError(RuntimeError):
+    """The application was used out of order (started twice, closed while running...)."""
+
+
 @dataclass
 class ChatmanApp:
+    """The wired application with a guarded lifecycle: NEW → (start) RUNNING → (stop)
+    STOPPED → (close) CLOSED. ``async with app.running(...)`` (or ``async with app``) does all
+    three; starting twice, or closing while background work runs, is a LifecycleError."""
+
     settings: Settings
     persona: PersonaProfile
     engine: Engine
@@ -119,7 +145,7 @@ class ChatmanApp:
     language: str
     registry: RegistryRepository
     jobs: JobRepository
-    served: Served
+    models: ModelSwitcher
     # Every adapter's per-chat order (the bounds for everybody are in the pipeline).
     queues: ChatQueues
     # Reply voice notes the web console and the CLI keep on disk.
@@ -127,15 +153,18 @@ class ChatmanApp:
     # platform → how to send a training notice to a chat there (registered by adapters)
     notifiers: dict[str, Notify] = field(default_factory=dict)
     runner: TrainingRunner | None = None
-    _tasks: list[asyncio.Task] = field(default_factory=list)
-    _swap_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    _model_changed: asyncio.Event = field(default_factory=asyncio.Event)
-    _loop: asyncio.AbstractEventLoop | None = None
+    state: AppState = AppState.NEW
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def llm(self) -> ChatModel:
         """The model answering now (it changes on a hot swap)."""
         return self.pipeline.llm
+
+    @property
+    def served(self) -> Served:
+        """The registry entry answering now."""
+        return self.models.served
 
     @classmethod
     def from_settings(
@@ -159,7 +188,8 @@ class ChatmanApp:
                           max_bytes=settings.max_upload_bytes,
                           max_cpu_seconds=settings.decode_cpu_seconds)
         asr = asr or build_asr(settings)
-        llm = llm or build_llm(settings, max_new_tokens=reply_token_cap(settings, persona, language))
+        token_cap = reply_token_cap(settings, persona, language)
+        llm = llm or build_llm(settings, max_new_tokens=token_cap)
         tts = tts or build_tts(settings, persona)
         pipeline = VoicePipeline(
             codec=codec, asr=asr, llm=llm, tts=tts, store=store,
@@ -172,6 +202,8 @@ class ChatmanApp:
                 max_text_chars=settings.max_text_chars,
                 max_turns_in_flight=settings.max_turns_in_flight,
             ),
+            # User files are decoded in niced worker processes, never in the bot's own.
+            decoder=IsolatedDecoder(codec, DECODE_WORKERS),
         )
         reply_audio = ReplyAudioStore(settings.data_dir / "replies")
         curation = SqlCuration(store, persona.name)
@@ -185,12 +217,17 @@ class ChatmanApp:
             default_max_steps=settings.train_max_steps,
             reply_audio=reply_audio, train_base_model=settings.train_base_model,
         )
+
+        def model_for(model_ref: str, version: str | None) -> ChatModel:
+            return build_llm(settings, model_ref, version, token_cap)
+
+        models = ModelSwitcher(registry=registry, pipeline=pipeline, persona=persona,
+                               language=language, base_ref=settings.llm_model, factory=model_for)
         application = cls(settings, persona, engine, store, codec, asr, tts, pipeline, curation,
-                          admin, language, registry, jobs, Served(None, settings.llm_model),
-                          ChatQueues(settings.chat_queue_limit),
-                          reply_audio)
+                          admin, language, registry, jobs, models,
+                          ChatQueues(settings.chat_queue_limit), reply_audio)
         admin.on_job_queued = application.wake_runner
-        admin.on_model_change = application.request_model_sync
+        admin.on_model_change = models.request
         return application
 
     def migrate(self) -> None:
@@ -202,16 +239,30 @@ class ChatmanApp:
 
         return install_starter(self.settings, self.persona, self.registry, self.language)
 
+    # --- lifecycle ----------------------------------------------------------------------
     async def start(self, load_models: bool = True, background: bool = False) -> None:
         """Upgrade the schema, pick the active model version, load the models side by side.
 
         ``background`` also runs training jobs and follows version changes made elsewhere:
-        what a long-running bot does, not a one-shot CLI command.
+        what a long-running bot does, not a one-shot CLI command. A start that fails stops
+        what it had started and leaves the app STOPPED (close it).
         """
-        self._loop = asyncio.get_running_loop()
+        if self.state is not AppState.NEW:
+            raise LifecycleError(f"start() on an app that is {self.state}: build a new one")
+        self.state = AppState.STARTING
+        try:
+            await self._start(load_models, background)
+        except BaseException:
+            await self._stop_background()
+            self.state = AppState.STOPPED
+            raise
+        self.state = AppState.RUNNING
+
+    async def _start(self, load_models: bool, background: bool) -> None:
+        self.models.attach(asyncio.get_running_loop())
         await asyncio.to_thread(self.migrate)
         await asyncio.to_thread(self.install_starter)
-        await self.sync_model(load=False)
+        await self.models.sync(load=False)
         if load_models:
             await asyncio.gather(self.pipeline.warm_up(),
                                  *(asyncio.to_thread(m.load) for m in (self.asr, self.llm, self.tts)))
@@ -224,11 +275,21 @@ class ChatmanApp:
                             job.id)
             self.runner = TrainingRunner(self.jobs, self.registry, self.settings,
                                          curation=self.curation, notify=self.notify,
-                                         on_release=self._release)
-            self._tasks += [asyncio.create_task(self.runner.run_forever(), name="training-jobs"),
-                            asyncio.create_task(self._follow_registry(), name="model-registry")]
+                                         on_release=self.models.release)
+            self._tasks += [
+                asyncio.create_task(self.runner.run_forever(), name="training-jobs"),
+                asyncio.create_task(self.models.follow(self.settings.registry_poll_seconds),
+                                    name="model-registry")]
 
     async def stop(self) -> None:
+        """Stop background work (a running trainer is stopped and its job recorded). Safe to
+        call in any state."""
+        if self.state not in (AppState.STARTING, AppState.RUNNING):
+            return
+        await self._stop_background()
+        self.state = AppState.STOPPED
+
+    async def _stop_background(self) -> None:
         if self.runner is not None:
             await self.runner.stop()
         for task in self._tasks:
@@ -242,6 +303,41 @@ class ChatmanApp:
                 await task
         self._tasks.clear()
 
+    def close(self) -> None:
+        """Release the decoder processes and the database. Idempotent; an app whose background
+        work still runs must be stopped first."""
+        if self.state is AppState.CLOSED:
+            return
+        if self._tasks:
+            raise LifecycleError("close() while background work runs: await stop() first")
+        self.pipeline.close()
+        self.engine.dispose()
+        self.state = AppState.CLOSED
+
+    @contextlib.asynccontextmanager
+    async def running(self, load_models: bool = True,
+                      background: bool = False) -> AsyncIterator[ChatmanApp]:
+        """Started for the block, stopped and closed after it (even when it raises)."""
+        try:
+            await self.start(load_models=load_models, background=background)
+            yield self
+        finally:
+            await self.stop()
+            self.close()
+
+    async def __aenter__(self) -> ChatmanApp:
+        try:
+            await self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+        self.close()
+
     # --- training notices ---------------------------------------------------------------
     async def notify(self, chat: ChatRef, notice: Notice) -> None:
         send = self.notifiers.get(chat.platform)
@@ -254,61 +350,10 @@ class ChatmanApp:
         if self.runner is not None:
             self.runner.wake()
 
-    # --- hot swap -----------------------------------------------------------------------
+    # --- hot swap (see ModelSwitcher) -----------------------------------------------------
     def request_model_sync(self) -> None:
         """Thread-safe: the active version may have changed (admin command, CLI)."""
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._model_changed.set)
-
-    async def _follow_registry(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._model_changed.wait(),
-                                       self.settings.registry_poll_seconds)
-            self._model_changed.clear()
-            try:
-                await self.sync_model()
-            except Exception:
-                log.exception("could not follow the model registry")
-
-    async def _release(self, version: str) -> str | None:
-        await self.sync_model()
-        if self.served.version == version:
-            return None
-        got = await asyncio.to_thread(self.registry.get, version)
-        return "; ".join(got.reasons) if got else "unknown version"
+        self.models.request()
 
     async def sync_model(self, load: bool = True) -> None:
-        """Serve what the registry says is active, swapping between requests.
-
-        The new model is loaded completely before the pipeline sees it; turns already running
-        finish on the model they started with (they hold their own reference). A version that
-        fails to load is marked failed, and the one before it is served instead.
-        """
-        async with self._swap_lock:
-            for _ in range(5):
-                served = await asyncio.to_thread(self.registry.served, self.settings.llm_model)
-                if served == self.served:
-                    return
-                llm = build_llm(self.settings, served.model_ref, served.version,
-                                reply_token_cap(self.settings, self.persona, self.language))
-                try:
-                    if load:
-                        await asyncio.to_thread(llm.load)
-                except Exception as exc:
-                    log.exception("could not load model %s", served.version or served.model_ref)
-                    if served.version is None:
-                        raise
-                    await asyncio.to_thread(self.registry.fail, served.version,
-                                            f"could not be loaded: {type(exc).__name__}: {exc}")
-                    continue
-                # Model and prompt change together, between turns (no await in between).
-                previous, self.pipeline.llm, self.served = self.pipeline.llm, llm, served
-                self.pipeline.system_prompt = self.persona.prompt_for(self.language,
-                                                                      served.system_prompt)
-                log.info("now answering with %s (was %s)", llm.version, previous.version)
-                return
-
-    def close(self) -> None:
-        self.pipeline.close()
-        self.engine.dispose()
+        await self.models.sync(load)

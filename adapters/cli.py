@@ -109,12 +109,15 @@ def ask(
 
     async def run():
         application = ChatmanApp.from_settings(settings)
-        try:
-            if data is not None:
-                # Refuse a bad file before paying for model loads; and load the models
-                # up front so the reported stage timings are the turn's alone.
+        if data is not None:
+            # Refuse a bad file before paying for model loads; and load the models up front
+            # (entering the app) so the reported stage timings are the turn's alone.
+            try:
                 application.codec.decode(data)
-            await application.start()
+            except BaseException:
+                application.close()
+                raise
+        async with application:
 
             async def keep(turn: Turn) -> str | None:
                 # The reply file exists, whole, before the turn is stored.
@@ -130,8 +133,6 @@ def ask(
                 return name
 
             return await application.pipeline.handle(msg, deliver=keep)
-        finally:
-            application.close()
 
     written: list[Path] = []
     try:

@@ -60,19 +60,17 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     started: list[Adapter] = []
-    try:
-        await app.start(background=True)
-        for adapter in adapters:
-            await adapter.start()
-            started.append(adapter)
-        log.info("ChatMan is running (%s); Ctrl-C stops it",
-                 ", ".join(type(a).__name__ for a in adapters))
-        await stop.wait()
-    finally:
-        for adapter in reversed(started):
-            try:
-                await adapter.stop()
-            except Exception:
-                log.exception("stopping %s", type(adapter).__name__)
-        await app.stop()
-        app.close()
+    async with app.running(background=True):
+        try:
+            for adapter in adapters:
+                await adapter.start()
+                started.append(adapter)
+            log.info("ChatMan is running (%s); Ctrl-C stops it",
+                     ", ".join(type(a).__name__ for a in adapters))
+            await stop.wait()
+        finally:
+            for adapter in reversed(started):
+                try:
+                    await adapter.stop()
+                except Exception:
+                    log.exception("stopping %s", type(adapter).__name__)

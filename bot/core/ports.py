@@ -1,13 +1,14 @@
 """The small interfaces each pipeline stage sits behind.
 
-Implementations are plain classes side by side (``bot/audio``, ``bot/asr``, ``bot/llm``,
-``bot/tts``, ``bot/storage``); the application object wires them from settings, and tests
-can hand it any other implementation.
+Implementations live in ``bot/infra`` (``audio``, ``asr``, ``llm``, ``tts``, ``storage``,
+``reply_audio``); the composition root (``adapters/app.py``) wires them from settings, and
+tests can hand it any other implementation. Services (``bot/services``) see only these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from bot.core.types import ChatMessage, ChatRef, LlmReply, Pcm, Transcript, Turn, UserRef, VoiceNote
@@ -24,6 +25,18 @@ class AudioCodec(Protocol):
     def check_declared(self, size_bytes: int | None, duration_s: float | None,
                        platform_max_bytes: int | None = None) -> None:
         """Raise UserFacingError if a file's declared size or duration is over the limits."""
+
+
+class Decoder(Protocol):
+    """Where uploads are decoded, away from the event loop (``bot.infra.audio.isolated``:
+    niced worker processes, so hostile files never compete with the models)."""
+
+    async def warm_up(self) -> None: ...
+
+    async def decode(self, data: bytes) -> Pcm:
+        """As :meth:`AudioCodec.decode`; raises UserFacingError."""
+
+    def close(self) -> None: ...
 
 
 @runtime_checkable
@@ -52,6 +65,13 @@ class ChatModel(Protocol):
         """Tokens of a whole conversation as the model's chat template renders it."""
 
 
+class ModelFactory(Protocol):
+    """Builds (does not load) the chat model for a registry entry: what a hot swap switches
+    to. ``model_ref`` is a version's exported folder or the base model's reference."""
+
+    def __call__(self, model_ref: str, version: str | None) -> ChatModel: ...
+
+
 @runtime_checkable
 class SpeechSynthesizer(Protocol):
     name: str
@@ -74,3 +94,17 @@ class Store(Protocol):
 
     def set_answer_every_voice(self, chat: ChatRef, on: bool) -> bool:
         """Set it (the chat is created if new); returns whether it changed."""
+
+
+class ReplyAudio(Protocol):
+    """Reply voice notes kept on disk (web console, CLI); /forget deletes a user's."""
+
+    def folder(self, platform: str) -> Path: ...
+
+    def save(self, platform: str, data: bytes) -> str:
+        """Store one voice note; returns its name."""
+
+    def path(self, platform: str, name: str) -> Path | None: ...
+
+    def forget(self, platform: str, exchange_id: int, reply_message_id: str | None) -> int:
+        """Delete the audio of one exchange; returns how many files went."""

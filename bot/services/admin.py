@@ -20,10 +20,9 @@ from bot.core.dataset import collect_rows, training_messages
 from bot.core.errors import UserFacingError
 from bot.core.jobs import DuplicateJob, JobRepository, JobStatus, TrainingKey
 from bot.core.persona import PersonaProfile
-from bot.core.ports import Store
+from bot.core.ports import ReplyAudio, Store
 from bot.core.registry import ModelStatus, RegistryRepository, VersionView
 from bot.core.types import ChatKind, ChatMessage, ChatRef
-from bot.infra.reply_audio import ReplyAudioStore
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +121,7 @@ class AdminService:
         training_key: TrainingKeyOf,
         default_max_steps: int | None = None,
         train_base_model: str | None = None,
-        reply_audio: ReplyAudioStore | None = None,
+        reply_audio: ReplyAudio | None = None,
         cancel_wait_seconds: float = 30.0,
     ) -> None:
         """``train_base_model`` is CHATMAN_TRAIN_BASE_MODEL (default: the persona's base);

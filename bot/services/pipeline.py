@@ -23,12 +23,18 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bot.core.errors import EmptyInput, NoSpeech, ServerBusy, TextTooLong, UserFacingError
-from bot.core.ports import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer, Store
+from bot.core.loudness import is_silent
+from bot.core.ports import (
+    AudioCodec,
+    ChatModel,
+    Decoder,
+    SpeechRecognizer,
+    SpeechSynthesizer,
+    Store,
+)
 from bot.core.speech_budget import SpeechBudget, shape_reply
 from bot.core.textkeys import clean_user_text
 from bot.core.types import ChatKind, ChatMessage, Incoming, Pcm, Role, Transcript, Turn
-from bot.infra.audio.codec import PyAvCodec, is_silent
-from bot.infra.audio.isolated import IsolatedDecoder
 from bot.services.chat_queue import InFlight
 
 log = logging.getLogger(__name__)
@@ -80,7 +86,10 @@ class VoicePipeline:
         tts: SpeechSynthesizer,
         store: Store,
         config: PipelineConfig,
+        decoder: Decoder | None = None,
     ) -> None:
+        """``decoder``: where uploads are decoded (the composition root hands over worker
+        processes at a low CPU priority); without one, ``codec.decode`` runs in a thread."""
         self.codec, self.asr, self.llm, self.tts, self.store = codec, asr, llm, tts, store
         # The prompt the answering model is served with: a version answers with the system
         # prompt it was trained with, so it is swapped together with the model.
@@ -89,10 +98,7 @@ class VoicePipeline:
         self._chat_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
-        # Our own codec is decoded in worker processes; another AudioCodec (a test's, a
-        # future one) is called in a thread.
-        self._isolated = (IsolatedDecoder(codec, DECODE_WORKERS)
-                          if isinstance(codec, PyAvCodec) else None)
+        self._isolated = decoder
         self.decodes = InFlight(DECODE_WORKERS + DECODE_WAITING, lambda n: ServerBusy(
             f"{n} uploads being decoded"))
         self.turns = InFlight(config.max_turns_in_flight, lambda n: ServerBusy(

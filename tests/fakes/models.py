@@ -1,0 +1,61 @@
+"""Model stand-ins for the fast tier: each implements its port (bot/core/ports.py) in a few
+lines, loads nothing, and records what it was asked."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from bot.core.types import ChatMessage, LlmReply, Pcm, Role, Transcript
+
+
+class EchoASR:
+    name = "echo-asr"
+
+    def __init__(self, text: str = "hello there") -> None:
+        self.text = text
+        self.loads = 0
+
+    def load(self) -> None:
+        self.loads += 1
+
+    def transcribe(self, audio: Pcm) -> Transcript:
+        return Transcript(self.text, "en", audio.duration_s)
+
+
+class ScriptedLLM:
+    """Answers every turn with ``answer``; ``fail_load`` makes load() raise (a broken export)."""
+
+    def __init__(self, version: str = "fake-base", answer: str = "I am a fake.",
+                 fail_load: bool = False) -> None:
+        self.version, self.answer, self.fail_load = version, answer, fail_load
+        self.loads = 0
+        self.prompts: list[list[ChatMessage]] = []
+
+    def load(self) -> None:
+        self.loads += 1
+        if self.fail_load:
+            raise OSError(f"{self.version}: no weights here")
+
+    def fit_history(self, system: str, history: Sequence[ChatMessage],
+                    user: ChatMessage) -> list[ChatMessage]:
+        return [ChatMessage(Role.SYSTEM, system), *history, user]
+
+    def generate(self, messages: Sequence[ChatMessage]) -> LlmReply:
+        self.prompts.append(list(messages))
+        return LlmReply(self.answer, 5, 10, self.version)
+
+    def count_conversation_tokens(self, messages: Sequence[ChatMessage]) -> int:
+        return sum(len(m.content.split()) + 4 for m in messages)
+
+
+class ToneTTS:
+    name = "tone-tts"
+
+    def load(self) -> None:
+        pass
+
+    def synthesize(self, text: str, language: str) -> Pcm:
+        t = np.arange(16_000 * 0.5) / 16_000
+        return Pcm((0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16_000)
