@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -79,7 +80,7 @@ class Exchange(Base):
     language: Mapped[str] = mapped_column(String(16))
     audio_duration_s: Mapped[float | None] = mapped_column(Float)
     reply_duration_s: Mapped[float | None] = mapped_column(Float)
-    timings_ms: Mapped[dict] = mapped_column(JSON, default=dict)
+    timings_ms: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     model_version: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
@@ -122,7 +123,7 @@ class Pair(Base):
     question: Mapped[str] = mapped_column(Text)
     answer: Mapped[str] = mapped_column(Text)
     question_key: Mapped[str] = mapped_column(String(512), index=True)
-    history: Mapped[list] = mapped_column(JSON, default=list)  # [[question, answer], ...]
+    history: Mapped[list[list[str]]] = mapped_column(JSON, default=list)  # [[question, answer], ...]
     exchange_id: Mapped[int | None] = mapped_column(ForeignKey("exchanges.id"), unique=True)
     platform: Mapped[str | None] = mapped_column(String(32))
     platform_chat_id: Mapped[str | None] = mapped_column(String(128))
@@ -146,8 +147,9 @@ class AuditEntry(Base):
     actor: Mapped[str] = mapped_column(String(160))
     action: Mapped[str] = mapped_column(String(32))
     pair_id: Mapped[int | None] = mapped_column(Integer, index=True)
-    before: Mapped[dict | None] = mapped_column(JSON)
-    after: Mapped[dict | None] = mapped_column(JSON)
+    # JSON snapshots of what changed; their shape depends on the action.
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class DatasetSnapshot(Base):
@@ -193,9 +195,10 @@ class ModelVersion(Base):
     dataset_sha256: Mapped[str | None] = mapped_column(String(64))
     dataset_rows: Mapped[int | None] = mapped_column(Integer)
     steps: Mapped[int | None] = mapped_column(Integer)
-    config: Mapped[dict] = mapped_column(JSON, default=dict)
-    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
-    reasons: Mapped[list] = mapped_column(JSON, default=list)
+    # TrainConfig's and the final evaluation's fields, as JSON.
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id"), index=True)
     # What /rollback returns to is not stored here but in ModelActivation (the rollback stack).
     created_by: Mapped[str | None] = mapped_column(String(160))
@@ -255,7 +258,7 @@ class TrainingJob(Base):
     notify_platform: Mapped[str | None] = mapped_column(String(32))
     notify_chat_id: Mapped[str | None] = mapped_column(String(128))
     max_steps: Mapped[int | None] = mapped_column(Integer)
-    progress: Mapped[dict] = mapped_column(JSON, default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the worker's last event
     pid: Mapped[int | None] = mapped_column(Integer)
     model_version: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
@@ -263,7 +266,7 @@ class TrainingJob(Base):
     # the dataset's hash as training would freeze it, the base and the full TrainConfig.
     dataset_sha256: Mapped[str | None] = mapped_column(String(64))
     base_model: Mapped[str | None] = mapped_column(Text)
-    config: Mapped[dict | None] = mapped_column(JSON)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Set by whoever cancels a running job (any process); the runner sees it and stops the
     # trainer.
     cancel_requested_by: Mapped[str | None] = mapped_column(String(160))
