@@ -258,9 +258,10 @@ def as_encoding(encoded: object) -> BatchEncoding:
     return encoded
 
 
-def decode_text(tokenizer: PreTrainedTokenizerBase, ids: list[int] | torch.Tensor) -> str:
-    """One sequence's text, special tokens left out."""
-    text = tokenizer.decode(ids, skip_special_tokens=True)
+def decode_text(tokenizer: PreTrainedTokenizerBase, ids: list[int] | torch.Tensor,
+                skip_special_tokens: bool = True) -> str:
+    """One sequence's text, special tokens left out unless asked for."""
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
     assert isinstance(text, str)  # one sequence decodes to one string (a batch to a list)
     return text
 
