@@ -51,7 +51,7 @@ def adapter_of(version: VersionView) -> Path:
     return adapter
 
 
-def _card(version: VersionView, language: str) -> dict:
+def _card(version: VersionView, language: str) -> dict[str, object]:
     return {"version": version.version, "persona": version.persona, "language": language,
             "base_model": version.base_model, "base_version": version.base_version,
             "dataset": {"sha256": version.dataset_sha256, "rows": version.dataset_rows},
@@ -100,8 +100,9 @@ def export_version(version: VersionView, *, persona: PersonaProfile, language: s
     log.info("exporting %s: merging %s into %s", version.version, adapter, base.load_from)
     tokenizer = AutoTokenizer.from_pretrained(base.load_from)
     model = AutoModelForCausalLM.from_pretrained(base.load_from, dtype=dtype)
-    model = model.to("cuda" if cuda else "cpu")
+    model = model.to("cuda" if cuda else "cpu")  # type: ignore[arg-type]  # @wraps hides self
     peft_model = PeftModel.from_pretrained(model, str(adapter))
+    assert version.directory  # adapter_of refuses a version without one
     run_dir = Path(version.directory)
     target = run_dir / "model"
     # Written beside the run, then moved into place: an export that fails half-way leaves

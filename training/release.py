@@ -34,7 +34,7 @@ class Release:
     summary: str
 
 
-def metrics_of(result: TrainResult) -> dict:
+def metrics_of(result: TrainResult) -> dict[str, object]:
     if result.final is None:
         return {}
     final = result.final
