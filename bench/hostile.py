@@ -30,6 +30,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.hostile_corpus import HostileFile
+
+#: A JSON object of the report, printed as it is.
+Json = dict[str, Any]
 
 # Starter models ship in packages: any hub access is a bug, so make it fail. (The model
 # libraries are imported later, in the web section.)
@@ -89,8 +96,8 @@ def child(repeat: int) -> None:
                       "decode_rss_mb": round(peak - before, 1)}))
 
 
-def measure(entry, repeat: int, timeout: float) -> dict:
-    row = {"name": entry.name, "expect": entry.expect, "bytes": len(entry.data)}
+def measure(entry: HostileFile, repeat: int, timeout: float) -> Json:
+    row: Json = {"name": entry.name, "expect": entry.expect, "bytes": len(entry.data)}
     try:
         done = subprocess.run([sys.executable, __file__, "--child", "--repeat", str(repeat)],
                               input=entry.data, capture_output=True, timeout=timeout, check=False)
@@ -115,7 +122,7 @@ def measure(entry, repeat: int, timeout: float) -> dict:
     return row
 
 
-def decode_section(entries, repeat: int, timeout: float) -> dict:
+def decode_section(entries: list[HostileFile], repeat: int, timeout: float) -> Json:
     rows = [measure(e, repeat, timeout) for e in entries]
     rows.sort(key=lambda r: -(r["wall_s"] or 0))
     known = [r for r in rows if r["wall_s"] is not None]
@@ -143,7 +150,7 @@ def decode_section(entries, repeat: int, timeout: float) -> dict:
 
 # --- web section ------------------------------------------------------------------------
 
-def latency_stats(samples: list[tuple[float, int]]) -> dict:
+def latency_stats(samples: list[tuple[float, int]]) -> Json:
     ok = [ms for ms, status in samples if status == 200]
     statuses: dict[str, int] = {}
     for _, status in samples:
@@ -159,11 +166,12 @@ async def timed_request(client, method: str, path: str, **kwargs) -> tuple[float
     return (time.perf_counter() - start) * 1000, response.status_code
 
 
-async def probe(client, rounds: int, min_seconds: float = 0.0) -> dict:
+async def probe(client, rounds: int, min_seconds: float = 0.0) -> Json:
     """Alternate a text chat and an admin read, one at a time, as a single user would;
     ``rounds`` of them and for at least ``min_seconds`` (refusals come back at once)."""
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    chat, models = [], []
+    chat: list[tuple[float, int]] = []
+    models: list[tuple[float, int]] = []
     start = time.perf_counter()
     while len(chat) < rounds or time.perf_counter() - start < min_seconds:
         chat.append(await timed_request(client, "POST", "/api/chat", headers=CSRF,
@@ -174,7 +182,8 @@ async def probe(client, rounds: int, min_seconds: float = 0.0) -> dict:
     return {"chat": latency_stats(chat), "admin_models": latency_stats(models)}
 
 
-async def attacker(client, files, first: int, stop: asyncio.Event, log: list) -> None:
+async def attacker(client, files: list[HostileFile], first: int, stop: asyncio.Event,
+                   log: list[tuple[float, int]]) -> None:
     import httpx
 
     i = first
@@ -192,11 +201,11 @@ async def attacker(client, files, first: int, stop: asyncio.Event, log: list) ->
             await asyncio.sleep(0.05)  # refused at once: a real client pauses before retrying
 
 
-def hostile_entries(entries) -> list:
+def hostile_entries(entries: list[HostileFile]) -> list[HostileFile]:
     return [e for e in entries if e.name.startswith("sdp-") or "bomb" in e.name]
 
 
-async def attack(url: str, concurrency: int, seconds: float) -> dict:
+async def attack(url: str, concurrency: int, seconds: float) -> Json:
     """The attackers' side, in a process of its own (a remote attacker costs the server only
     its requests, not the client's own CPU and event loop)."""
     import httpx
@@ -219,13 +228,14 @@ async def attack(url: str, concurrency: int, seconds: float) -> dict:
         "attacker_cpu_s": round(time.process_time(), 1), "seconds": seconds}
 
 
-def ratio(loaded: dict, idle: dict, key: str) -> float | None:
+def ratio(loaded: Json, idle: Json, key: str) -> float | None:
     if loaded[key] is None or not idle[key]:
         return None
-    return round(loaded[key] / idle[key], 2)
+    value: float = loaded[key] / idle[key]
+    return round(value, 2)
 
 
-async def loaded_phase(url: str, user, attackers: int, rounds: int, idle: dict) -> dict:
+async def loaded_phase(url: str, user, attackers: int, rounds: int, idle: Json) -> Json:
     """The user's probe while ``attackers`` hostile uploads run concurrently (SDP and bomb
     entries, round-robin), sent from another process."""
     seconds = 20.0
@@ -249,7 +259,7 @@ async def loaded_phase(url: str, user, attackers: int, rounds: int, idle: dict) 
     }
 
 
-async def web_section(entries, rounds: int) -> dict:
+async def web_section(entries: list[HostileFile], rounds: int) -> Json:
     import httpx
 
     from adapters.app import ChatmanApp

@@ -23,22 +23,34 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.app import ChatmanApp, build_llm
 from bot.core.config import Settings
+from bot.infra.llm.chat_model import TransformersChatModel
 from bot.infra.logs import configure_logging
 from training.evaluate import Decoding, answer_general, evaluate, general_items
 from training.run import run_training
 from training.sft import TrainConfig
+
+if TYPE_CHECKING:
+    from bot.core.ports import ChatModel
+    from training.evaluate import Answerer, EvalReport
 
 
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _scores(report) -> dict:
+def _answerer(llm: ChatModel) -> TransformersChatModel:
+    """``build_llm``'s model as evaluation uses it (the port leaves ``answer_many`` out)."""
+    assert isinstance(llm, TransformersChatModel)
+    return llm
+
+
+def _scores(report: EvalReport) -> dict[str, object]:
     return {"scores": report.scores, "base_general_score": report.base_general_score,
             "speech_seconds": report.speech_seconds,
             "first_draw": {a.question: a.answer for a in report.first_draw(report.probes)}}
@@ -62,25 +74,26 @@ def main() -> None:
     persona, language = app.persona, app.language
     decoding = Decoding.serving(settings, persona, language, args.samples)
     markers = [persona.display_name, *persona.training.leak_markers]
-    base_llm = build_llm(settings, max_new_tokens=decoding.max_new_tokens)
+    base_llm = _answerer(build_llm(settings, max_new_tokens=decoding.max_new_tokens))
     base_answers = answer_general(base_llm, persona.prompt_for(language), general_items(),
                                   markers, decoding, persona.speech, language)
 
-    def judge(llm, prompt_kind: str = "full") -> dict:
+    def judge(llm: Answerer, prompt_kind: str = "full") -> dict[str, object]:
         started = time.perf_counter()
         report = evaluate(llm, persona, language, base_general=base_answers,
                           base_model=base_llm.version, decoding=decoding,
                           system=persona.prompt_for(language, prompt_kind))
         return {**_scores(report), "eval_s": round(time.perf_counter() - started, 1)}
 
-    results: dict[str, dict] = {"base": judge(base_llm)}
+    results: dict[str, dict[str, object]] = {"base": judge(base_llm)}
     started = time.perf_counter()
     installed = app.install_starter()
     install_s = round(time.perf_counter() - started, 1)
     if installed:
         v = app.registry.get(installed)
+        assert v is not None  # installed just now
         results["shipped_starter"] = {"version": installed, "install_s": install_s,
-                                      **judge(build_llm(settings, v.model_dir, v.version),
+                                      **judge(_answerer(build_llm(settings, v.model_dir, v.version)),
                                               v.config.get("system_prompt", "full"))}
     else:
         results["shipped_starter"] = {"error": "no shipped starter for this persona/base"}
@@ -93,7 +106,7 @@ def main() -> None:
                            cache_dir=settings.resolved_model_cache_dir, data_dir=tmp / "fresh",
                            config=config, decoding=decoding)
         r = out.result
-        train = {
+        train: dict[str, object] = {
             "wall_s": round(time.perf_counter() - started, 1),
             "steps_run": r.steps, "gate_passed_at_step": r.steps if r.passed else None,
             "gate_reasons": r.reasons,
@@ -101,9 +114,9 @@ def main() -> None:
             "peak_rss_mb_before": rss_before, "peak_rss_mb_after": _peak_rss_mb(),
         }
         if out.model_dir is not None:
-            results["fresh_train"] = {**train, **judge(
+            results["fresh_train"] = {**train, **judge(_answerer(
                 build_llm(settings, str(out.model_dir), "fresh",
-                          max_new_tokens=decoding.max_new_tokens), config.system_prompt)}
+                          max_new_tokens=decoding.max_new_tokens)), config.system_prompt)}
         else:
             results["fresh_train"] = train
     app.close()

@@ -19,7 +19,9 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar, TypeVarTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,7 +45,11 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def timed(fn, *args):
+R = TypeVar("R")
+Ts = TypeVarTuple("Ts")
+
+
+def timed(fn: Callable[[*Ts], R], *args: *Ts) -> tuple[R, float]:
     start = time.perf_counter()
     result = fn(*args)
     return result, (time.perf_counter() - start) * 1000
@@ -71,7 +77,7 @@ async def main() -> None:
     load_ms = (time.perf_counter() - load_start) * 1000
 
     user = UserRef("bench", "bench", "Bench")
-    clips = [app.codec.encode_voice_note(app.tts.synthesize(q, settings.language)).data
+    clips = [app.codec.encode_voice_note(app.tts.synthesize(q, app.language)).data
              for q in QUESTIONS]
     runs = []
     for rep in range(args.repeat):
@@ -79,7 +85,7 @@ async def main() -> None:
             chat = ChatRef("bench", f"r{rep}-q{i}")  # fresh chat: no history effects
             turn = await app.pipeline.handle(Incoming(chat=chat, user=user, audio=clip))
             t = turn.timings_ms
-            stand = {}
+            stand: dict[str, float] = {}
             pcm, stand["decode"] = timed(app.codec.decode, clip)
             _, stand["asr"] = timed(app.asr.transcribe, pcm)
             prompt = app.llm.fit_history(
@@ -89,6 +95,8 @@ async def main() -> None:
             speech, stand["tts"] = timed(app.tts.synthesize, turn.reply, turn.language)
             _, stand["encode"] = timed(app.codec.encode_voice_note, speech)
             stand["sum"] = sum(stand.values())
+            # A spoken reply to a spoken question: both durations are known.
+            assert turn.voice is not None and turn.audio_duration_s is not None
             reply_s = turn.voice.duration_s
             runs.append({
                 "question": question,

@@ -74,7 +74,7 @@ def main() -> None:
     }, indent=2))
 
 
-def run_one(args: argparse.Namespace, name: str) -> dict:
+def run_one(args: argparse.Namespace, name: str) -> dict[str, object]:
     base_settings = Settings()
     configure_logging("WARNING", base_settings.secret_values())
     tmp = Path(tempfile.mkdtemp(prefix="chatman-bench-train-"))

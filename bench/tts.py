@@ -19,6 +19,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
+
+if TYPE_CHECKING:
+    from bot.core.ports import SpeechSynthesizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -34,10 +38,19 @@ TEXTS = {
 }
 
 
-def run_one(backend: str, path: str | None, max_new_tokens: int) -> dict:
+class TextRow(TypedDict):
+    language: str
+    chars: int
+    audio_s: float
+    synth_s: float
+    rtf: float
+
+
+def run_one(backend: str, path: str | None, max_new_tokens: int) -> dict[str, object]:
     from bot.infra.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
     from bot.infra.tts.piper_tts import PiperTTS
 
+    tts: SpeechSynthesizer
     if backend == "piper":
         tts = PiperTTS()
     else:
@@ -46,7 +59,7 @@ def run_one(backend: str, path: str | None, max_new_tokens: int) -> dict:
     started = time.perf_counter()
     tts.load()
     load_s = time.perf_counter() - started
-    rows = []
+    rows: list[TextRow] = []
     for language, texts in TEXTS.items():
         if backend == "piper" and language == "zh":
             continue  # the starter voice is English

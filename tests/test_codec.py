@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from bot.core.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio
+from bot.core.loudness import is_silent
 from bot.core.types import Pcm
 from bot.infra.audio import codec as codec_module
-from bot.infra.audio.codec import PyAvCodec, is_silent, waveform
+from bot.infra.audio.codec import PyAvCodec, waveform
 from tests.audio_files import FORMATS, encode, tone
 
 __all__ = ["FORMATS", "dominant_hz", "encode", "tone"]

@@ -25,7 +25,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -34,6 +34,12 @@ from bot.core.speech_budget import SpeechBudget, shape_reply
 from bot.core.types import ChatMessage, Role
 from bot.infra.llm.chat_model import Generated, GenerationSettings, generate_batch
 from training.general_qa import GENERAL_QA
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from bot.core.config import Settings
+    from bot.infra.llm.chat_model import CausalLM
 
 PROBE_KINDS: tuple[str, ...] = ("identity", "fact", "consistency", "injection")
 
@@ -64,7 +70,7 @@ class Decoding:
                                   seed=self.seed + draw)
 
     @classmethod
-    def serving(cls, settings, persona: PersonaProfile, language: str,
+    def serving(cls, settings: Settings, persona: PersonaProfile, language: str,
                 samples: int = 3) -> Decoding:
         """What ``settings`` (CHATMAN_LLM_*) make the bot use for ``persona``."""
         cap = settings.llm_max_new_tokens or persona.speech.max_new_tokens(language)
@@ -72,7 +78,7 @@ class Decoding:
                    repetition_penalty=settings.llm_repetition_penalty, max_new_tokens=cap,
                    samples=samples)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "draws": self.draws}
 
 
@@ -86,12 +92,13 @@ class Answerer(Protocol):
 class ModelAnswerer:
     """Any loaded causal LM (plain or with a LoRA) as an :class:`Answerer`."""
 
-    def __init__(self, model, tokenizer, version: str,
+    def __init__(self, model: CausalLM, tokenizer: PreTrainedTokenizerBase, version: str,
                  progress: Callable[[int, int], None] | None = None) -> None:
         self.model, self.tokenizer, self.version = model, tokenizer, version
         self.progress = progress
 
-    def answer_many(self, conversations, settings, batch_size=8):
+    def answer_many(self, conversations: Sequence[Sequence[ChatMessage]],
+                    settings: GenerationSettings, batch_size: int = 8) -> list[Generated]:
         return generate_batch(self.model, self.tokenizer, conversations, settings, batch_size,
                               progress=self.progress)
 
@@ -114,9 +121,13 @@ class EvalFileError(ValueError):
     pass
 
 
-def load_jsonl(path: Path, model: type[BaseModel]) -> list:
+Item = TypeVar("Item", bound=BaseModel)
+
+
+def load_jsonl(path: Path, model: type[Item]) -> list[Item]:
     """Items from a JSONL file; every bad line is reported with its number."""
-    items, errors = [], []
+    items: list[Item] = []
+    errors: list[str] = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():
             continue
@@ -170,12 +181,12 @@ class EvalReport:
     # metric → {"mean", "worst"} over the draws; per probe kind too
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     speech_seconds: dict[str, float] = field(default_factory=dict)  # p50, p95, max
-    decoding: dict = field(default_factory=dict)
+    decoding: dict[str, object] = field(default_factory=dict)  # Decoding.to_dict()
     probes: list[Answered] = field(default_factory=list)
     general: list[Answered] = field(default_factory=list)
     base_general: list[Answered] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     def first_draw(self, items: list[Answered]) -> list[Answered]:

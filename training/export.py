@@ -10,8 +10,14 @@ card describing how it was made.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedTokenizerBase
 
 
 def with_default_system(template: str, system_prompt: str) -> str:
@@ -32,7 +38,7 @@ class ExportedModel:
     adapter_dir: Path
 
 
-def model_card(info: dict) -> str:
+def model_card(info: Mapping[str, object]) -> str:
     lines = [f"# {info.get('persona', 'persona')} — ChatMan persona model", "",
              "A LoRA fine-tune merged into its base; the chat template's default system message "
              "is the persona's prompt.", "", "```json", json.dumps(info, ensure_ascii=False,
@@ -40,14 +46,15 @@ def model_card(info: dict) -> str:
     return "\n".join(lines)
 
 
-def export_merged(peft_model, tokenizer, out_dir: Path, *, system_prompt: str, info: dict,
+def export_merged(peft_model: PeftModel, tokenizer: PreTrainedTokenizerBase, out_dir: Path, *,
+                  system_prompt: str, info: Mapping[str, object],
                   max_shard_size: str = "500MB") -> ExportedModel:
     """Save the adapter, then merge it into the base and save the merged model.
 
     ``peft_model`` is consumed: merging folds the adapter into the base weights in place.
     """
     adapter_dir, model_dir = out_dir / "adapter", out_dir / "model"
-    peft_model.save_pretrained(adapter_dir)
+    peft_model.save_pretrained(adapter_dir)  # type: ignore[arg-type]  # typed str, takes a path
     (adapter_dir / "README.md").write_text(model_card(info), encoding="utf-8")
     merged = peft_model.merge_and_unload()
     merged.save_pretrained(model_dir, max_shard_size=max_shard_size, safe_serialization=True)

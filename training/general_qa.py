@@ -6,7 +6,7 @@ Kept to facts a 135M model mostly knows, so retention is measurable on the start
 
 from __future__ import annotations
 
-GENERAL_QA: list[dict] = [
+GENERAL_QA: list[dict[str, object]] = [
     {"question": "What is the capital of Japan?", "accept": ["Tokyo"]},
     {"question": "What is the capital of France?", "accept": ["Paris"]},
     {"question": "What is the capital of Italy?", "accept": ["Rome", "Roma"]},

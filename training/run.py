@@ -19,6 +19,7 @@ from bot.infra.llm.chat_model import TransformersChatModel
 from training.dataset import snapshot_dataset
 from training.evaluate import (
     Answered,
+    Answerer,
     Decoding,
     EvalReport,
     ModelAnswerer,
@@ -41,7 +42,7 @@ class RunOutput:
     model_dir: Path | None
 
 
-def base_general_answers(answerer, system: str, markers: list[str], cache_dir: Path,
+def base_general_answers(answerer: Answerer, system: str, markers: list[str], cache_dir: Path,
                          decoding: Decoding, persona: PersonaProfile, language: str,
                          shipped: Path | None = None) -> list[Answered]:
     """The base model's answers to the general set under ``decoding``; cached, since the
@@ -102,7 +103,8 @@ def run_training(
     dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() \
         else torch.float32
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype).to(device).eval()
+    # PreTrainedModel.to is typed through @wraps(Module.to), which hides the bound self.
+    model = AutoModelForCausalLM.from_pretrained(load_from, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
 
     system = persona.prompt_for(language, config.system_prompt)
     decoding = decoding or Decoding(max_new_tokens=persona.speech.max_new_tokens(language),
@@ -168,7 +170,7 @@ def run_training(
         model_dir = exported.model_dir
     else:
         model_dir = None
-        peft_model.save_pretrained(out / "adapter")
+        peft_model.save_pretrained(out / "adapter")  # type: ignore[arg-type]  # typed str, takes a path
     (out / "train_report.json").write_text(json.dumps(report, ensure_ascii=False, indent=1),
                                            encoding="utf-8")
     return RunOutput(out, result, snapshot.sha256, snapshot.rows, base.version, model_dir)

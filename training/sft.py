@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal, cast
 
 from pydantic import BaseModel, Field
 
@@ -39,6 +40,13 @@ from bot.infra.llm.chat_model import GenerationSettings, generate_batch
 from training.evaluate import Answered, Decoding, EvalReport, Gate, ModelAnswerer, evaluate
 from training.general_qa import REPLAY_PROMPTS
 from training.tokenize import IGNORE, Example, encode_conversation
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from bot.infra.llm.chat_model import CausalLM
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +128,8 @@ def augmented(rows: list[AlpacaRow], persona: PersonaProfile,
     return out
 
 
-def replay_pairs(model, tokenizer, version: str, system: str, cache_dir: Path,
-                 persona: PersonaProfile, language: str,
+def replay_pairs(model: CausalLM, tokenizer: PreTrainedTokenizerBase, version: str, system: str,
+                 cache_dir: Path, persona: PersonaProfile, language: str,
                  progress: Callable[[int, int], None] | None = None,
                  shipped: Path | None = None) -> list[tuple[str, str]]:
     """The base model's own greedy answers to the replay bank, as the bot would say them (cut
@@ -150,7 +158,7 @@ def replay_pairs(model, tokenizer, version: str, system: str, cache_dir: Path,
     return pairs
 
 
-def _collate(examples: list[Example], pad_id: int):
+def _collate(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     import torch
 
     width = max(len(e.input_ids) for e in examples)
@@ -164,7 +172,7 @@ def _collate(examples: list[Example], pad_id: int):
     return ids, labels, mask
 
 
-def lora_model(model, config: TrainConfig):
+def lora_model(model: torch.nn.Module, config: TrainConfig) -> PeftModel:
     from peft import LoraConfig, get_peft_model
 
     return get_peft_model(model, LoraConfig(
@@ -173,13 +181,17 @@ def lora_model(model, config: TrainConfig):
     ))
 
 
-def _lm_parts(peft_model):
+def _lm_parts(peft_model: PeftModel) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The transformer body and the vocabulary projection of a (peft-wrapped) causal LM."""
-    lm = peft_model.get_base_model()
-    return getattr(lm, lm.base_model_prefix), lm.get_output_embeddings()
+    # peft declares the wrapped model a plain Module; it is the PreTrainedModel it was given.
+    lm = cast("PreTrainedModel", peft_model.get_base_model())
+    head = lm.get_output_embeddings()  # type: ignore[no-untyped-call]  # unannotated upstream
+    return getattr(lm, lm.base_model_prefix), head
 
 
-def _trained_logits(body, head, ids, mask, labels):
+def _trained_logits(body: torch.nn.Module, head: torch.nn.Module, ids: torch.Tensor,
+                    mask: torch.Tensor, labels: torch.Tensor,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Logits only where a label is trained (a tenth of the positions, and of the memory: the
     vocabulary is 49k wide); returned with their targets and the row each comes from."""
     hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -188,9 +200,10 @@ def _trained_logits(body, head, ids, mask, labels):
     return head(hidden[:, :-1][keep]).float(), labels[:, 1:][keep], rows
 
 
-def _accumulate(peft_model, body, head, persona_batch: list[Example],
-                replay_batch: list[Example], pad_id: int, device, config: TrainConfig, F,
-                torch) -> tuple[float, float]:
+def _accumulate(peft_model: PeftModel, body: torch.nn.Module, head: torch.nn.Module,
+                persona_batch: list[Example], replay_batch: list[Example], pad_id: int,
+                device: torch.device, config: TrainConfig, F: ModuleType,
+                torch: ModuleType) -> tuple[float, float]:
     """Gradients of one batch, ``micro_batch`` examples at a time.
 
     The loss is the mean over every trained token of the batch and the KL the mean over every
@@ -232,8 +245,8 @@ def _accumulate(peft_model, body, head, persona_batch: list[Example],
 
 
 def train_persona(
-    model,
-    tokenizer,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
     *,
     persona: PersonaProfile,
     language: str,
@@ -246,7 +259,7 @@ def train_persona(
     progress: Callable[[StepLog], None] | None = None,
     on_eval: Callable[[int, EvalReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> tuple[object, TrainResult]:
+) -> tuple[PeftModel, TrainResult]:
     """Train a LoRA on ``model`` (a loaded base); returns the peft model and what happened."""
     import torch
     import torch.nn.functional as F

@@ -26,8 +26,10 @@ import logging
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypedDict
 
 from bot.core.config import STARTER, Settings
 from bot.core.persona import PersonaProfile, load_persona
@@ -38,10 +40,31 @@ log = logging.getLogger(__name__)
 COMMAND = "python -m training.starter build --persona {persona}"
 
 
+class ReleaseDataset(TypedDict):
+    sha256: str
+    rows: int
+    source: str
+
+
+class ReleaseInfo(TypedDict):
+    """``release.json``: how the starter was made and what the gate measured."""
+
+    version: str
+    persona: str
+    language: str
+    command: str
+    base_model: str
+    base_version: str
+    dataset: ReleaseDataset
+    config: dict[str, Any]  # TrainConfig.model_dump()
+    steps: int
+    metrics: dict[str, object]  # training.release.metrics_of
+
+
 @dataclass(frozen=True)
 class StarterRelease:
     folder: Path
-    info: dict
+    info: ReleaseInfo
 
     @property
     def adapter_dir(self) -> Path:
@@ -96,7 +119,7 @@ def install_starter(settings: Settings, persona: PersonaProfile, registry: Regis
 
 
 def merge_adapter(adapter_dir: Path, base_ref: str, cache_dir: Path, out: Path, *,
-                  system_prompt: str, info: dict) -> Path:
+                  system_prompt: str, info: Mapping[str, object]) -> Path:
     """The base with ``adapter_dir`` merged in, written as ``out/model`` (atomically)."""
     import torch
     from peft import PeftModel
@@ -119,7 +142,7 @@ def merge_adapter(adapter_dir: Path, base_ref: str, cache_dir: Path, out: Path, 
 
 
 # --- building it (the reproduction recipe) ------------------------------------------------
-def build(persona_name: str, language: str | None = None, out: Path | None = None) -> dict:
+def build(persona_name: str, language: str | None = None, out: Path | None = None) -> ReleaseInfo:
     """Train the starter version from the seed data alone, with TrainConfig's defaults."""
     from bot.infra.storage import migrate
     from bot.infra.storage.curation import SqlCuration
@@ -154,7 +177,7 @@ def build(persona_name: str, language: str | None = None, out: Path | None = Non
         engine.dispose()
         if not run.result.passed:
             raise SystemExit(f"the starter did not pass the gate: {run.result.reasons}")
-        info = {
+        info: ReleaseInfo = {
             "version": f"{persona.name}-starter",
             "persona": persona.name,
             "language": language,

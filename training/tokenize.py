@@ -9,9 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from bot.core.types import ChatMessage, Role
-from bot.infra.llm.chat_model import to_template_messages
+from bot.infra.llm.chat_model import as_encoding, decode_text, to_template_messages
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
 
@@ -26,14 +30,16 @@ class Example:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-def _ids(tokenizer, messages: Sequence[ChatMessage], generation_prompt: bool) -> list[int]:
-    return list(tokenizer.apply_chat_template(
+def _ids(tokenizer: PreTrainedTokenizerBase, messages: Sequence[ChatMessage],
+         generation_prompt: bool) -> list[int]:
+    return list(as_encoding(tokenizer.apply_chat_template(
         to_template_messages(messages), add_generation_prompt=generation_prompt,
         tokenize=True, return_dict=True,
-    )["input_ids"])
+    ))["input_ids"])
 
 
-def encode_conversation(tokenizer, messages: Sequence[ChatMessage], cutoff: int) -> Example:
+def encode_conversation(tokenizer: PreTrainedTokenizerBase, messages: Sequence[ChatMessage],
+                        cutoff: int) -> Example:
     """Labels are the assistant turns (with their end-of-turn marker); all else is ignored.
 
     Conversations longer than ``cutoff`` tokens keep their end: the last answer is what the
@@ -51,7 +57,8 @@ def encode_conversation(tokenizer, messages: Sequence[ChatMessage], cutoff: int)
         # Keep the end-of-turn token: the model must learn to stop. Drop the trailing newline
         # some templates add after it.
         labels[start:end] = full[start:end]
-        while end > start and tokenizer.decode(full[end - 1 : end]).strip() == "":
+        while end > start and decode_text(tokenizer, full[end - 1 : end],
+                                          skip_special_tokens=False).strip() == "":
             labels[end - 1] = IGNORE
             end -= 1
     if len(full) > cutoff:

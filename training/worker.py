@@ -15,15 +15,19 @@ import sys
 import threading
 import time
 from dataclasses import asdict
-from typing import IO
+from typing import IO, TYPE_CHECKING, Any
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from bot.core.config import Settings
 
 
 class WorkerRequest(BaseModel):
     job_id: int
     requested_by: str
-    settings: dict
+    # Settings' fields as JSON; Settings(**…) validates them.
+    settings: dict[str, Any]
     max_steps: int | None = None
 
 
@@ -32,7 +36,7 @@ class Events:
         self._out = out
         self._lock = threading.Lock()
 
-    def emit(self, event: str, **data) -> None:
+    def emit(self, event: str, **data: object) -> None:
         with self._lock:
             self._out.write(json.dumps({"event": event, **data}, ensure_ascii=False) + "\n")
             self._out.flush()
@@ -77,7 +81,7 @@ def main() -> int:
         return 1
 
 
-def _train(request: WorkerRequest, settings, events: Events) -> int:
+def _train(request: WorkerRequest, settings: Settings, events: Events) -> int:
     from bot.core.persona import load_persona
     from bot.infra.storage.curation import SqlCuration
     from bot.infra.storage.registry import SqlRegistry

@@ -194,14 +194,14 @@ class Settings(BaseSettings):
     def admin_id_set(self) -> frozenset[str]:
         return frozenset(x.strip() for x in self.admin_ids.split(",") if x.strip())
 
-    def train_overrides(self, max_steps: int | None = None) -> dict:
+    def train_overrides(self, max_steps: int | None = None) -> dict[str, int]:
         """TrainConfig fields these settings (or a /retrain argument) override."""
         steps = max_steps or self.train_max_steps
         return {"max_steps": steps} if steps else {}
 
-    def for_worker(self) -> dict:
+    def for_worker(self) -> dict[str, object]:
         """Every field with secrets revealed, for a child process's stdin (never argv/env)."""
-        data = {}
+        data: dict[str, object] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
             if isinstance(value, SecretStr):

@@ -67,15 +67,15 @@ class ShareGptRow(BaseModel):
                       ShareGptTurn(**{"from": "gpt", "value": a})]
         return cls(conversations=turns, system=row.system)
 
-    def dump(self) -> dict:
-        out: dict = {"conversations": [t.model_dump(by_alias=True) for t in self.conversations]}
+    def dump(self) -> dict[str, object]:
+        out: dict[str, object] = {"conversations": [t.model_dump(by_alias=True) for t in self.conversations]}
         if self.system is not None:
             out["system"] = self.system
         return out
 
 
-def dump_alpaca(row: AlpacaRow) -> dict:
-    out: dict = {"instruction": row.instruction, "input": row.input, "output": row.output}
+def dump_alpaca(row: AlpacaRow) -> dict[str, object]:
+    out: dict[str, object] = {"instruction": row.instruction, "input": row.input, "output": row.output}
     if row.system is not None:
         out["system"] = row.system
     if row.history:
@@ -83,7 +83,7 @@ def dump_alpaca(row: AlpacaRow) -> dict:
     return out
 
 
-def dataset_info_entry(name: str, file_name: str, fmt: Format) -> dict:
+def dataset_info_entry(name: str, file_name: str, fmt: Format) -> dict[str, dict[str, object]]:
     """The entry LLaMA-Factory's dataset_info.json needs for our files."""
     if fmt == "alpaca":
         return {name: {

@@ -5,10 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import TYPE_CHECKING
 
 from bot.core.config import STARTER
 from bot.core.types import Pcm, Transcript
 from bot.infra.devices import resolve_device
+
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +46,7 @@ class FasterWhisperASR:
         self.beam_size = beam_size
         self.cpu_threads = cpu_threads
         self.name = f"faster-whisper:{os.path.basename(self.model_ref.rstrip('/')) or self.model_ref}"
-        self._model = None
+        self._model: WhisperModel | None = None
         self._load_lock = threading.Lock()
 
     def load(self) -> None:

@@ -12,7 +12,9 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from types import TracebackType
+from typing import cast
 from urllib.parse import quote, quote_plus
 
 MASK = "***"
@@ -97,7 +99,8 @@ class SecretMaskingFilter(logging.Filter):
         record.msg, record.args = self.masker(message), None
 
 
-def _masked_args(args: tuple | dict, masker: Masker) -> tuple | dict:
+def _masked_args(args: tuple[object, ...] | Mapping[str, object],
+                 masker: Masker) -> tuple[object, ...] | Mapping[str, object]:
     def one(value: object) -> object:
         return masker(value) if isinstance(value, str) else value
 
@@ -156,10 +159,17 @@ def _route_libraries_to_root(masker: Masker) -> None:
         logger.propagate = True
         # Records logged on these loggers are masked before any handler sees them, even one
         # a library adds later (uvicorn's dictConfig replaces handlers but keeps filters).
-        for old in [f for f in logger.filters if isinstance(f, SecretMaskingFilter)]:
-            logger.removeFilter(old)
+        for old_filter in [f for f in logger.filters if isinstance(f, SecretMaskingFilter)]:
+            logger.removeFilter(old_filter)
         if masker.secrets:
             logger.addFilter(SecretMaskingFilter(masker))
+
+
+def _exc_info(kind: type[BaseException], value: BaseException | None,
+              tb: TracebackType | None) -> tuple[type[BaseException], BaseException, TracebackType | None]:
+    # The hooks' arguments allow a None exception, which logging's exc_info type does not; CPython
+    # fills them from a caught exception, and logging formats the tuple as it is either way.
+    return cast("tuple[type[BaseException], BaseException, TracebackType | None]", (kind, value, tb))
 
 
 def route_uncaught_exceptions() -> None:
@@ -169,7 +179,7 @@ def route_uncaught_exceptions() -> None:
     """
     crash = logging.getLogger("chatman.crash")
 
-    def main_hook(kind, value, tb) -> None:
+    def main_hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
         crash.error("uncaught exception", exc_info=(kind, value, tb))
 
     def thread_hook(args: threading.ExceptHookArgs) -> None:
@@ -177,12 +187,12 @@ def route_uncaught_exceptions() -> None:
             return
         name = args.thread.name if args.thread is not None else "?"
         crash.error("uncaught exception in thread %s", name,
-                    exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
+                    exc_info=_exc_info(args.exc_type, args.exc_value, args.exc_traceback))
 
-    def unraisable_hook(unraisable) -> None:  # e.g. an exception in __del__
+    def unraisable_hook(unraisable: sys.UnraisableHookArgs) -> None:  # e.g. an exception in __del__
         crash.error("unraisable exception: %s", unraisable.err_msg or "in finaliser",
-                    exc_info=(unraisable.exc_type, unraisable.exc_value,
-                              unraisable.exc_traceback))
+                    exc_info=_exc_info(unraisable.exc_type, unraisable.exc_value,
+                                       unraisable.exc_traceback))
 
     sys.excepthook = main_hook
     threading.excepthook = thread_hook

@@ -22,6 +22,7 @@ point into it (the store turns foreign keys on).
 """
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -44,19 +45,24 @@ activations = sa.table(
     sa.column('actor', sa.String),
 )
 
+#: One model_versions row as read by the upgrade: id, persona, status, previous_id, activated_at.
+_VersionRow = sa.Row[Any, Any, Any, Any, Any]
 
-def _stacks_from_chains(bind) -> list[dict]:
-    rows = {r.id: r for r in bind.execute(sa.select(
+
+def _stacks_from_chains(bind: sa.Connection) -> list[dict[str, object]]:
+    rows: dict[int, _VersionRow] = {r.id: r for r in bind.execute(sa.select(
         versions.c.id, versions.c.persona, versions.c.status, versions.c.previous_id,
         versions.c.activated_at)).all()}
-    active: dict[str, object] = {}
+    active: dict[str, _VersionRow] = {}
     for r in sorted(rows.values(), key=lambda r: r.id):
         if r.status == 'active':
             active[r.persona] = r  # one per persona; were there more, the newest
     now = datetime.now(UTC)
-    entries = []
+    entries: list[dict[str, object]] = []
     for persona, top in sorted(active.items()):
-        chain, seen, cur = [], set(), top
+        chain: list[_VersionRow] = []
+        seen: set[int] = set()
+        cur: _VersionRow | None = top
         while cur is not None and cur.id not in seen and cur.persona == persona:
             seen.add(cur.id)
             if cur is top or cur.status not in ('failed', 'rejected'):

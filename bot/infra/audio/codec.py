@@ -18,6 +18,10 @@ import time
 import av
 import av.error
 import numpy as np
+from av.audio.stream import AudioStream
+from av.codec.context import CodecContext
+from av.container import InputContainer
+from av.stream import Stream
 
 from bot.core.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio, UserFacingError
 from bot.core.types import Pcm, VoiceNote
@@ -40,7 +44,7 @@ class DecodeBudgetExceeded(UnsupportedAudio):
                     f"file ({SUPPORTED}).")
 
 
-def _no_files(url: str, flags: int, options: dict) -> None:
+def _no_files(url: str, flags: int, options: dict[str, object]) -> None:
     """FFmpeg's hook for opening further files or URLs (playlists, references): never."""
     raise PermissionError(f"the audio file asked to open {url[:80]!r}")
 
@@ -121,7 +125,7 @@ class PyAvCodec:
         return Pcm(samples=samples, sample_rate=ASR_SAMPLE_RATE)
 
     @staticmethod
-    def _audio_stream(container: av.container.InputContainer, kind: Container):
+    def _audio_stream(container: InputContainer, kind: Container) -> AudioStream:
         if not container.streams.audio:
             raise UnsupportedAudio(f"{kind.name} file has no audio stream")
         for stream in container.streams.audio:
@@ -137,16 +141,18 @@ class PyAvCodec:
         names = ", ".join(codec_family(_decoder(s.codec_context)) for s in container.streams.audio)
         raise UnsupportedAudio(f"codec {names} in {kind.name} is not supported")
 
-    def _decode_stream(self, container: av.container.InputContainer, stream,
+    def _decode_stream(self, container: InputContainer, stream: AudioStream,
                        budget: _Budget) -> np.ndarray:
         limit = int(self.max_seconds * ASR_SAMPLE_RATE)
-        resampler, shape = None, None
+        resampler: av.AudioResampler | None = None
+        shape: tuple[str, str, int] | None = None
         chunks: list[np.ndarray] = []
         total = 0
         packets = bad = 0
 
-        def resample(frame) -> None:
+        def resample(frame: av.AudioFrame | None) -> None:
             nonlocal total
+            assert resampler is not None  # made before the first frame reaches here
             for out in resampler.resample(frame):
                 chunk = out.to_ndarray().reshape(-1)
                 chunks.append(chunk)
@@ -167,6 +173,8 @@ class PyAvCodec:
                     bad += 1
                     continue
                 for frame in frames:
+                    # Demuxing all streams types packets as any stream's; this one is audio.
+                    assert isinstance(frame, av.AudioFrame)
                     if not MIN_RATE <= frame.sample_rate <= MAX_RATE or not (
                             1 <= len(frame.layout.channels) <= MAX_CHANNELS):
                         raise UnsupportedAudio(f"frame of {frame.sample_rate} Hz, "
@@ -193,7 +201,8 @@ class PyAvCodec:
             raise UnsupportedAudio(f"{bad} of {packets} packets undecodable")
         if not chunks:
             return np.zeros(0, dtype=np.float32)
-        return np.clip(np.concatenate(chunks), -1.0, 1.0).astype(np.float32, copy=False)
+        samples: np.ndarray = np.clip(np.concatenate(chunks), -1.0, 1.0).astype(np.float32, copy=False)
+        return samples
 
     def check_declared(self, size_bytes: int | None, duration_s: float | None,
                        platform_max_bytes: int | None = None) -> None:
@@ -247,7 +256,7 @@ class PyAvCodec:
         )
 
 
-def _decoder(ctx) -> str | None:
+def _decoder(ctx: CodecContext) -> str | None:
     """The decoder's name; None when FFmpeg has none for the stream (a crafted header)."""
     try:
         return ctx.name
@@ -255,7 +264,7 @@ def _decoder(ctx) -> str | None:
         return None
 
 
-def _declared_duration(container, stream) -> float | None:
+def _declared_duration(container: InputContainer, stream: Stream) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
@@ -276,18 +285,3 @@ def waveform(samples: np.ndarray, points: int = WAVEFORM_POINTS) -> bytes:
     if peak <= 1e-9:
         return bytes(points)
     return bytes(np.round(rms / peak * 255).astype(np.uint8).tolist())
-
-
-def is_silent(audio: Pcm, threshold_dbfs: float = -55.0) -> bool:
-    """True when even the loudest 30 ms window is below ``threshold_dbfs``."""
-    if audio.samples.size == 0:
-        return True
-    window = max(1, int(audio.sample_rate * 0.03))
-    x = audio.samples.astype(np.float64)
-    usable = x.size - x.size % window
-    if usable == 0:
-        frames = x.reshape(1, -1)
-    else:
-        frames = x[:usable].reshape(-1, window)
-    loudest = np.sqrt((frames**2).mean(axis=1)).max()
-    return 20 * np.log10(max(loudest, 1e-12)) < threshold_dbfs

@@ -4,15 +4,33 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from bot.core.types import ChatMessage, LlmReply, Role
 from bot.infra.devices import resolve_device
 from bot.infra.llm.source import resolve_llm
 
+if TYPE_CHECKING:
+    # Imported for annotations only: importing torch and transformers takes seconds.
+    import torch
+    from transformers import BatchEncoding, PreTrainedTokenizerBase
+
 log = logging.getLogger(__name__)
+
+
+class CausalLM(Protocol):
+    """What generation needs of a causal LM, plain or peft-wrapped.
+
+    transformers' types can't say it: ``PreTrainedModel`` lacks ``generate`` (each model class
+    mixes ``GenerationMixin`` in) and peft's wrapper leaves ``generate`` unannotated.
+    """
+
+    def parameters(self, recurse: bool = True) -> Iterator[torch.nn.Parameter]: ...
+
+    def generate(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -57,18 +75,19 @@ class TransformersChatModel:
         self.generation = generation
         self.context_tokens = context_tokens
         self.version = version or model
-        self._model = None
-        self._tokenizer = None
+        self._model: CausalLM | None = None
+        self._tokenizer: PreTrainedTokenizerBase | None = None
         self._load_lock = threading.Lock()
         # One generate at a time per model: sampling seeds and KV caches are per-call state
         # that concurrent conversations must not share.
         self._generate_lock = threading.Lock()
 
-    def _torch_dtype(self):
+    def _torch_dtype(self) -> torch.dtype:
         import torch
 
         if self.dtype_setting != "auto":
-            return getattr(torch, self.dtype_setting)
+            named: torch.dtype = getattr(torch, self.dtype_setting)
+            return named
         if self.device == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
@@ -101,36 +120,37 @@ class TransformersChatModel:
             log.info("loading LLM %s on %s", load_from, self.device)
             model = AutoModelForCausalLM.from_pretrained(
                 load_from, dtype=self._torch_dtype()
-            ).to(self.device)
+            ).to(self.device)  # type: ignore[arg-type]  # @wraps(Module.to) hides the bound self
             model.eval()
             self._model = model
 
     @property
-    def tokenizer(self):
+    def tokenizer(self) -> PreTrainedTokenizerBase:
         """The tokenizer alone, without loading the weights (counting needs no model)."""
         if self._tokenizer is None:
             with self._load_lock:
                 if self._tokenizer is None:
                     self._load_tokenizer()
+        assert self._tokenizer is not None  # _load_tokenizer sets it or raises
         return self._tokenizer
 
     def count_conversation_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Tokens of a whole training example as the chat template renders it."""
-        ids = self.tokenizer.apply_chat_template(
+        ids = as_encoding(self.tokenizer.apply_chat_template(
             to_template_messages(messages), tokenize=True, return_dict=True
-        )["input_ids"]
+        ))["input_ids"]
         return len(ids)
 
     def count_prompt_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return len(self._encode(messages)["input_ids"][0])
 
-    def _encode(self, messages: Sequence[ChatMessage]):
-        return self.tokenizer.apply_chat_template(
+    def _encode(self, messages: Sequence[ChatMessage]) -> BatchEncoding:
+        return as_encoding(self.tokenizer.apply_chat_template(
             to_template_messages(messages),
             add_generation_prompt=True,
             return_dict=True,
             return_tensors="pt",
-        )
+        ))
 
     def fit_history(
         self, system: str, history: Sequence[ChatMessage], user: ChatMessage
@@ -163,7 +183,7 @@ class TransformersChatModel:
             return user
         keep = max(1, self.context_tokens - overhead - 2)  # 2: a token may merge at the cut
         while True:  # tokens re-merge at the cut, so check and shorten until it fits
-            content = self.tokenizer.decode(ids[-keep:], skip_special_tokens=True)
+            content = decode_text(self.tokenizer, ids[-keep:])
             if keep == 1 or self.count_prompt_tokens(
                     head + [ChatMessage(user.role, content, user.speaker)]) <= self.context_tokens:
                 break
@@ -180,7 +200,7 @@ class TransformersChatModel:
         g = self.generation
         inputs = self._encode(messages).to(self.device)
         with self._generate_lock:
-            kwargs: dict = {
+            kwargs: dict[str, Any] = {
                 "max_new_tokens": g.max_new_tokens,
                 "repetition_penalty": g.repetition_penalty,
                 "pad_token_id": (
@@ -199,7 +219,7 @@ class TransformersChatModel:
                 output = self._model.generate(**inputs, **kwargs)
         prompt_len = inputs["input_ids"].shape[1]
         new_ids = output[0][prompt_len:]
-        text = self._tokenizer.decode(new_ids, skip_special_tokens=True).strip()
+        text = decode_text(self._tokenizer, new_ids).strip()
         stops = _stop_ids(self._model, self._tokenizer)
         return LlmReply(
             text=text,
@@ -214,6 +234,7 @@ class TransformersChatModel:
                     settings: GenerationSettings, batch_size: int = 8) -> list[Generated]:
         """Answers to many prompts, batched, decoded as ``settings`` say (evaluation)."""
         self.load()
+        assert self._model is not None and self._tokenizer is not None
         with self._generate_lock:
             return generate_batch(self._model, self._tokenizer, conversations, settings,
                                   batch_size)
@@ -228,14 +249,32 @@ class Generated:
     truncated: bool
 
 
-def _stop_ids(model, tokenizer) -> set[int]:
+def as_encoding(encoded: object) -> BatchEncoding:
+    """``apply_chat_template``'s result when asked for a dict (``return_dict=True``): its
+    declared return type also covers the text and bare-id forms."""
+    from transformers import BatchEncoding
+
+    assert isinstance(encoded, BatchEncoding)
+    return encoded
+
+
+def decode_text(tokenizer: PreTrainedTokenizerBase, ids: list[int] | torch.Tensor,
+                skip_special_tokens: bool = True) -> str:
+    """One sequence's text, special tokens left out unless asked for."""
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    assert isinstance(text, str)  # one sequence decodes to one string (a batch to a list)
+    return text
+
+
+def _stop_ids(model: CausalLM, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     ids = {tokenizer.eos_token_id}
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     ids.update(eos if isinstance(eos, list) else [eos])
     return {i for i in ids if i is not None}
 
 
-def generate_batch(model, tokenizer, conversations: Sequence[Sequence[ChatMessage]],
+def generate_batch(model: CausalLM, tokenizer: PreTrainedTokenizerBase,
+                   conversations: Sequence[Sequence[ChatMessage]],
                    settings: GenerationSettings, batch_size: int = 8,
                    progress: Callable[[int, int], None] | None = None) -> list[Generated]:
     """Answers with left padding, greedy or sampled as ``settings`` say (evaluation, replay).
@@ -253,7 +292,7 @@ def generate_batch(model, tokenizer, conversations: Sequence[Sequence[ChatMessag
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = _stop_ids(model, tokenizer)
-    kwargs: dict = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": pad_id,
+    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": pad_id,
                     "repetition_penalty": settings.repetition_penalty}
     if settings.temperature > 0:
         kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
@@ -274,14 +313,15 @@ def generate_batch(model, tokenizer, conversations: Sequence[Sequence[ChatMessag
             new = row[width:].tolist()
             ended = next((n for n, t in enumerate(new) if t in stops), None)
             used = new if ended is None else new[:ended]
-            answers.append(Generated(tokenizer.decode(used, skip_special_tokens=True).strip(),
+            answers.append(Generated(decode_text(tokenizer, used).strip(),
                                      len(used), ended is None and len(new) >= settings.max_new_tokens))
         if progress:
             progress(len(answers), len(texts))
     return answers
 
 
-def generate_greedy(model, tokenizer, conversations: Sequence[Sequence[ChatMessage]],
+def generate_greedy(model: CausalLM, tokenizer: PreTrainedTokenizerBase,
+                    conversations: Sequence[Sequence[ChatMessage]],
                     max_new_tokens: int, batch_size: int = 8) -> list[str]:
     """Greedy answers' texts (see :func:`generate_batch`)."""
     settings = GenerationSettings(max_new_tokens=max_new_tokens, temperature=0.0,

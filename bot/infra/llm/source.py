@@ -97,7 +97,8 @@ def _write_dequantized(gguf: Path, out: Path) -> None:
     # model built from the same config (minus quantization_config) with the same weights saves.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain = AutoModelForCausalLM.from_config(  # type: ignore[no-untyped-call]  # unannotated upstream
+        config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
     plain.generation_config = quantized.generation_config
     plain.save_pretrained(out)

@@ -86,7 +86,7 @@ class Exchange(Base):
     language: Mapped[str] = mapped_column(String(16))
     audio_duration_s: Mapped[float | None] = mapped_column(Float)
     reply_duration_s: Mapped[float | None] = mapped_column(Float)
-    timings_ms: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    timings_ms: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
     model_version: Mapped[str] = mapped_column(String(256))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
 
@@ -144,6 +144,7 @@ class AuditEntry(Base):
     actor: Mapped[str] = mapped_column(String(160))
     action: Mapped[str] = mapped_column(String(32))
     pair_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # JSON snapshots of what changed; their shape depends on the action.
     before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
@@ -179,9 +180,10 @@ class ModelVersion(Base):
     dataset_sha256: Mapped[str | None] = mapped_column(String(64))
     dataset_rows: Mapped[int | None] = mapped_column(Integer)
     steps: Mapped[int | None] = mapped_column(Integer)
-    config: Mapped[dict] = mapped_column(JSON, default=dict)
-    metrics: Mapped[dict] = mapped_column(JSON, default=dict)
-    reasons: Mapped[list] = mapped_column(JSON, default=list)
+    # TrainConfig's and the final evaluation's fields, as JSON.
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
     job_id: Mapped[int | None] = mapped_column(ForeignKey("training_jobs.id"), index=True)
     # What /rollback returns to is not stored here but in ModelActivation (the rollback stack).
     created_by: Mapped[str | None] = mapped_column(String(160))
@@ -230,7 +232,7 @@ class TrainingJob(Base):
     notify_platform: Mapped[str | None] = mapped_column(String(32))
     notify_chat_id: Mapped[str | None] = mapped_column(String(128))
     max_steps: Mapped[int | None] = mapped_column(Integer)
-    progress: Mapped[dict] = mapped_column(JSON, default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # the worker's last event
     pid: Mapped[int | None] = mapped_column(Integer)
     model_version: Mapped[str | None] = mapped_column(String(128))
     error: Mapped[str | None] = mapped_column(Text)
@@ -238,7 +240,7 @@ class TrainingJob(Base):
     # the dataset's hash as training would freeze it, the base and the full TrainConfig.
     dataset_sha256: Mapped[str | None] = mapped_column(String(64))
     base_model: Mapped[str | None] = mapped_column(Text)
-    config: Mapped[dict | None] = mapped_column(JSON)
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Set by whoever cancels a running job (any process); the runner sees it and stops the
     # trainer.
     cancel_requested_by: Mapped[str | None] = mapped_column(String(160))

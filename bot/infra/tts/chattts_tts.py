@@ -11,12 +11,16 @@ import logging
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bot.core.types import Pcm
 from bot.infra.devices import resolve_device
 from bot.infra.tts.spoken import sentences, spoken
+
+if TYPE_CHECKING:
+    from ChatTTS import Chat
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +44,7 @@ class ChatTTSVoice:
     max_new_tokens: int = 2048
 
     @classmethod
-    def from_persona(cls, settings: dict) -> ChatTTSVoice:
+    def from_persona(cls, settings: dict[str, Any]) -> ChatTTSVoice:
         known = {k: v for k, v in settings.items() if k in cls.__dataclass_fields__}
         unknown = sorted(set(settings) - set(known))
         if unknown:
@@ -66,7 +70,7 @@ class ChatTTSSpeech:
         self.speaker_dirs = speaker_dirs
         self.device_setting = device
         self.speaker: str | None = None
-        self._chat = None
+        self._chat: Chat | None = None
         self._lock = threading.Lock()
         self.sample_rate = SAMPLE_RATE
 
@@ -95,7 +99,7 @@ class ChatTTSSpeech:
             self._chat = chat
             log.info("ChatTTS loaded from %s on %s", self.path or HUB_SOURCE, device)
 
-    def _speaker(self, chat) -> str:
+    def _speaker(self, chat: Chat) -> str:
         for folder in self.speaker_dirs:
             stored = folder / self.voice.speaker_file
             if stored.is_file():
@@ -104,7 +108,7 @@ class ChatTTSSpeech:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.voice.seed)
-            speaker = chat.sample_random_speaker()
+            speaker: str = chat.sample_random_speaker()
         for folder in self.speaker_dirs:
             try:
                 folder.mkdir(parents=True, exist_ok=True)
@@ -131,6 +135,7 @@ class ChatTTSSpeech:
         pause = np.zeros(int(SAMPLE_RATE * PAUSE_S), dtype=np.float32)
         parts: list[np.ndarray] = []
         with self._lock:  # one synthesis at a time: ChatTTS keeps per-call state
+            assert self._chat is not None  # load() above
             for i in range(0, len(pieces), BATCH):
                 wavs = self._chat.infer(
                     pieces[i:i + BATCH], skip_refine_text=not v.refine_text, split_text=False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,9 @@ from bot.core.config import STARTER
 from bot.core.types import Pcm
 from bot.infra.devices import resolve_device
 from bot.infra.tts.text import clean_for_speech
+
+if TYPE_CHECKING:
+    from piper import PiperVoice
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +34,7 @@ class PiperTTS:
         self.device_setting = device  # resolved at load, like the other models
         self.speed = speed
         self.name = f"piper:{Path(self.voice_path).stem}"
-        self._voice = None
+        self._voice: PiperVoice | None = None
         self._load_lock = threading.Lock()
 
     def load(self) -> None:
@@ -46,6 +50,7 @@ class PiperTTS:
     @property
     def sample_rate(self) -> int:
         self.load()
+        assert self._voice is not None
         return int(self._voice.config.sample_rate)
 
     def synthesize(self, text: str, language: str) -> Pcm:
@@ -57,6 +62,7 @@ class PiperTTS:
         config = SynthesisConfig(length_scale=1.0 / self.speed)
         pause = np.zeros(int(self.sample_rate * 0.12), dtype=np.float32)
         chunks: list[np.ndarray] = []
+        assert self._voice is not None  # load() above
         for chunk in self._voice.synthesize(spoken, syn_config=config):
             chunks.extend((chunk.audio_float_array.astype(np.float32), pause))
         samples = np.concatenate(chunks[:-1]) if chunks else np.zeros(0, dtype=np.float32)

@@ -52,7 +52,8 @@ def _plain(text: str, lang: str) -> str:
 
 def _number_en(raw: str) -> str:
     value = raw.replace(",", "")
-    return num2words(float(value) if "." in value else int(value))
+    words: str = num2words(float(value) if "." in value else int(value))
+    return words
 
 
 def _money_en(symbol: str, raw: str) -> str:
@@ -60,7 +61,8 @@ def _money_en(symbol: str, raw: str) -> str:
     code = CURRENCY["en"][symbol]
     if code == "yuan":
         return f"{_number_en(raw)} yuan"
-    return num2words(value, to="currency", currency=code).replace(",", "")
+    words: str = num2words(value, to="currency", currency=code)
+    return words.replace(",", "")
 
 
 def _spell_en(text: str) -> str:
@@ -85,7 +87,8 @@ def _spell_zh(text: str) -> str:
     text = MONEY_PREFIX.sub(lambda m: f"{m[2].replace(',', '')}{CURRENCY['zh'][m[1]]}", text)
     text = re.sub(r"(?<=\d),(?=\d{3})", "", text)
     # cn2an reads years digit by digit, percentages as 百分之…, decimals with 点.
-    return cn2an.transform(text, "an2cn")
+    spelled: str = cn2an.transform(text, "an2cn")
+    return spelled
 
 
 def spoken(text: str, language: str) -> str:
