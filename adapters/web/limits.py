@@ -57,8 +57,9 @@ class HeaderTimeoutH11(H11Protocol):
         super().connection_lost(exc)
 
     def _arm_header_timer(self) -> None:
-        if getattr(self, "_header_timer", None) is not None:
-            self._header_timer.cancel()
+        timer: asyncio.TimerHandle | None = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
         self._header_timer = self.loop.call_later(self.header_timeout, self._headers_overdue)
 
     def _headers_overdue(self) -> None:

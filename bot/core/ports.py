@@ -74,7 +74,9 @@ class ModelFactory(Protocol):
 
 @runtime_checkable
 class SpeechSynthesizer(Protocol):
-    name: str
+    @property
+    def name(self) -> str:
+        """The backend answering (a fallback reports which one stands in)."""
 
     def load(self) -> None: ...
 

@@ -17,7 +17,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -68,7 +68,7 @@ class _Timer:
         self.ms: dict[str, float] = {}
 
     @contextmanager
-    def stage(self, name: str):
+    def stage(self, name: str) -> Iterator[None]:
         start = time.perf_counter()
         try:
             yield
@@ -123,7 +123,7 @@ class VoicePipeline:
             self._isolated.close()
 
     @staticmethod
-    async def _run(fn: Callable[..., T], *args) -> T:
+    async def _run(fn: Callable[..., T], *args: object) -> T:
         return await asyncio.to_thread(fn, *args)
 
     async def _decode(self, msg: Incoming, timer: _Timer) -> Pcm:
