@@ -307,8 +307,8 @@ def word(message: Message, language: str | None = DEFAULT_LANGUAGE) -> str:
     """``message`` in words, in ``language`` (English where that has none)."""
     lang = language_of(language)
     params = {k: _value(v, lang) for k, v in message.params.items()}
-    for table in dict.fromkeys((CATALOG[lang], EN)):
-        template = table.get(message.code)
+    for name in dict.fromkeys((lang, DEFAULT_LANGUAGE)):
+        template = CATALOG[name].get(message.code)
         if template is None:
             continue
         try:
