@@ -39,7 +39,7 @@ EN: dict[str, str] = {
     "audio.unsupported": ("I couldn't read that file as audio. Send a voice note or an audio "
                           "file (OGG/Opus, MP3, M4A, WAV, WebM or FLAC)."),
     "audio.too_slow": ("That file took too long to decode. Send a voice note or a plain audio "
-                       "file ({formats})."),
+                       "file (OGG/Opus, MP3, M4A/AAC, WAV, WebM or FLAC)."),
     "audio.too_large": "That file is too big ({size_mb:.1f} MB); I accept up to {limit_mb:.0f} MB.",
     "audio.too_long": ("That recording is too long ({seconds:.0f} s); please keep it under "
                        "{max_seconds:.0f} seconds."),
@@ -178,7 +178,8 @@ ZH: dict[str, str] = {
     "audio.empty": "这个音频文件是空的。",
     "audio.unsupported": ("这个文件我读不出声音。请发语音消息，或 OGG/Opus、MP3、M4A、WAV、"
                           "WebM、FLAC 格式的音频文件。"),
-    "audio.too_slow": "这个文件解码太久了。请发语音消息，或普通的音频文件（{formats}）。",
+    "audio.too_slow": ("这个文件解码太久了。请发语音消息，或普通的音频文件（OGG/Opus、MP3、"
+                       "M4A/AAC、WAV、WebM 或 FLAC）。"),
     "audio.too_large": "文件太大了（{size_mb:.1f} MB），最大只能收 {limit_mb:.0f} MB。",
     "audio.too_long": "录音太长了（{seconds:.0f} 秒），请控制在 {max_seconds:.0f} 秒以内。",
     "audio.too_long_at_least": ("录音太长了（超过 {seconds:.0f} 秒），请控制在 "
