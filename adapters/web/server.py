@@ -5,7 +5,9 @@ open on the (loopback by default) address; admin routes need the admin token. Ev
 state-changing request must carry the ``X-ChatMan`` header, which a cross-site form or image
 can't send, and, when the browser states an ``Origin``, come from this very host. Below
 FastAPI, :mod:`adapters.web.limits` checks the ``Host`` header and bounds request headers and
-bodies in size and time. Every answer that is not a success is ``{"error": …}`` with a 4xx.
+bodies in size and time. Every answer that is not a success is ``{"error": …}`` with a 4xx;
+a refusal of the user's own input or command adds its ``code`` and ``params``, and its words are
+in the persona's language (as are results' ``message``).
 """
 
 from __future__ import annotations
