@@ -76,25 +76,6 @@ READ_TIMEOUT_S = 20.0
 #: or none was free to make it on. Anything else after sending began may have been delivered.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
-COMMAND_HELP = {
-    "start": "What this bot does",
-    "help": "How to talk to me",
-    "forget": "Delete what you said to me",
-    "approve": "Approve a pair (reply to my answer, or ID)",
-    "correct": "Approve with a better answer",
-    "reject": "Keep a pair out of training",
-    "pending": "Pairs waiting for review",
-    "add": "Add a pair: question | answer",
-    "dataset": "Dataset statistics",
-    "persona": "Persona and answering model",
-    "retrain": "Train a new version [max steps]",
-    "trainstatus": "Training progress and queue",
-    "canceltrain": "Cancel or stop a training job [job id]",
-    "models": "Model versions",
-    "activate": "Switch to a version",
-    "rollback": "Back to the previous version",
-    "answerall": "on/off: answer every voice note here",
-}
 GENERAL = ("start", "help", *USER_COMMANDS)
 
 
@@ -198,8 +179,11 @@ class TelegramAdapter:
         await self.application.shutdown()
 
     async def _register_commands(self) -> None:
-        everyone = [BotCommand(c, COMMAND_HELP[c]) for c in GENERAL]
-        admins = everyone + [BotCommand(c, COMMAND_HELP[c]) for c in ADMIN_COMMANDS]
+        def entry(command: str) -> BotCommand:
+            return BotCommand(command, self._words(Said(f"menu.{command}")))
+
+        everyone = [entry(c) for c in GENERAL]
+        admins = everyone + [entry(c) for c in ADMIN_COMMANDS]
         await self._send(lambda: self.bot.set_my_commands(everyone, scope=BotCommandScopeDefault()),
                          "setMyCommands", repeatable=True)
         # Admin commands appear only in the admins' own chats with the bot.

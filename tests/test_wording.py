@@ -112,3 +112,11 @@ def test_templates_use_only_named_fields():
         for code, template in table.items():
             for _, name, _, _ in string.Formatter().parse(template):
                 assert name is None or (name and not name.isdigit()), code
+
+
+def test_every_command_has_a_menu_entry_telegram_accepts():
+    from bot.core.commands import ADMIN_COMMANDS, USER_COMMANDS
+
+    for command in ("start", "help", *USER_COMMANDS, *ADMIN_COMMANDS):
+        for table in (EN, ZH):
+            assert 3 <= len(table[f"menu.{command}"]) <= 256, command

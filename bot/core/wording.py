@@ -165,6 +165,24 @@ EN: dict[str, str] = {
     "help.forget": "/forget deletes what you said to me.",
     "help.admin": ("Admin: {commands}. Reply to one of my answers with /approve or /correct "
                    "<better answer> to curate it."),
+    # --- the Telegram command menu (at most 256 characters each) -----------------------
+    "menu.start": "What this bot does",
+    "menu.help": "How to talk to me",
+    "menu.forget": "Delete what you said to me",
+    "menu.approve": "Approve a pair (reply to my answer, or ID)",
+    "menu.correct": "Approve with a better answer",
+    "menu.reject": "Keep a pair out of training",
+    "menu.pending": "Pairs waiting for review",
+    "menu.add": "Add a pair: question | answer",
+    "menu.dataset": "Dataset statistics",
+    "menu.persona": "Persona and answering model",
+    "menu.retrain": "Train a new version [max steps]",
+    "menu.trainstatus": "Training progress and queue",
+    "menu.canceltrain": "Cancel or stop a training job [job id]",
+    "menu.models": "Model versions",
+    "menu.activate": "Switch to a version",
+    "menu.rollback": "Back to the previous version",
+    "menu.answerall": "on/off: answer every voice note here",
 }
 
 ZH: dict[str, str] = {
@@ -292,6 +310,24 @@ ZH: dict[str, str] = {
                    "在群里请 @我 或回复我。"),
     "help.forget": "/forget 会删除你对我说过的话。",
     "help.admin": "管理员命令：{commands}。回复我的某条回答发 /approve 或 /correct <更好的回答> 来审核它。",
+    # --- the Telegram command menu (at most 256 characters each) -----------------------
+    "menu.start": "这个机器人能做什么",
+    "menu.help": "怎么和我聊天",
+    "menu.forget": "删除你对我说过的话",
+    "menu.approve": "通过一条问答（回复我的回答，或写编号）",
+    "menu.correct": "用更好的回答通过",
+    "menu.reject": "不让这条问答进入训练",
+    "menu.pending": "等待审核的问答",
+    "menu.add": "添加问答：问题 | 回答",
+    "menu.dataset": "数据集统计",
+    "menu.persona": "人设和回答模型",
+    "menu.retrain": "训练新版本 [最多步数]",
+    "menu.trainstatus": "训练进度和队列",
+    "menu.canceltrain": "取消或停止训练任务 [任务编号]",
+    "menu.models": "模型版本",
+    "menu.activate": "切换到某个版本",
+    "menu.rollback": "回到上一个版本",
+    "menu.answerall": "on/off：回复这里的每条语音",
 }
 
 CATALOG: dict[str, dict[str, str]] = {"en": EN, "zh": ZH}
