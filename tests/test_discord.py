@@ -159,7 +159,7 @@ async def test_slash_commands_check_admins_and_approve_stores_the_pair(fake, bot
 
 async def test_a_guild_administrator_is_no_bot_admin(fake, bot):
     """Issue 12, item 6: any guild's Administrator could run the persona everybody shares."""
-    bot.services.curation.add("What is ChatMan?", "A voice bot.", "test")
+    bot.curation.add("What is ChatMan?", "A voice bot.", "test")
     asked = []
     for name, options in (("pending", None), ("retrain", None), ("rollback", None),
                           ("approve", [{"name": "pair_id", "type": 4, "value": 1}]),
@@ -186,7 +186,7 @@ async def test_a_guild_administrator_is_no_bot_admin(fake, bot):
 
 
 async def test_typed_options_reach_the_service_unparsed(fake, bot):
-    bot.services.curation.add("How do I find foo?", "No idea.", "test")
+    bot.curation.add("How do I find foo?", "No idea.", "test")
     fixed = await fake.slash("correct", ADMIN, admin=True, options=[
         {"name": "pair_id", "type": 4, "value": 1},
         {"name": "answer", "type": 3, "value": "Run ls | grep foo."}])
