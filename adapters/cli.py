@@ -21,6 +21,7 @@ from rich.table import Table
 from bot.core.config import Settings, describe_validation_error
 from bot.core.errors import UserFacingError
 from bot.core.types import ChatRef, Incoming, Turn, UserRef
+from bot.core.wording import word
 from bot.infra.logs import configure_logging, mask, route_uncaught_exceptions
 from bot.infra.reply_audio import write_atomically
 
@@ -107,8 +108,11 @@ def ask(
         text=text,
     )
 
+    spoken: list[str] = []  # the persona's language, for a refusal's words
+
     async def run():
         application = ChatmanApp.from_settings(settings)
+        spoken.append(application.language)
         if data is not None:
             # Refuse a bad file before paying for model loads; and load the models up front
             # (entering the app) so the reported stage timings are the turn's alone.
@@ -139,7 +143,7 @@ def ask(
         turn = asyncio.run(run())
     except UserFacingError as exc:
         log.info("refused input: %s", exc)
-        raise _fail(exc.user_message) from exc
+        raise _fail(word(exc.message, spoken[0] if spoken else None)) from exc
     except OSError as exc:  # e.g. --out in a missing folder, or a full disk
         raise _fail(f"cannot write the reply: {exc.strerror or exc}"
                     + (f" ({exc.filename})" if exc.filename else "")) from exc
@@ -282,21 +286,23 @@ def admin_command(
     operator: Annotated[str, typer.Option("--as", help="Operator name, for the audit log.")] = "",
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Run an admin command as a shell operator, e.g. `chatman admin add "Q | A" --as ops`."""
-    from bot.services.admin import Actor
+    """Run an admin command as a shell operator, e.g. `chatman admin add "Q | A" --as ops`.
+
+    Lists (pending pairs, model versions) print as a table; --json prints what the web console
+    gets. Both in the persona's language."""
+    from adapters.cli_render import render_result
+    from bot.core.commands import Actor
 
     name = operator or getpass.getuser()
     actor = Actor("cli", name, name, granted_admin=True)
     with _admin_app() as application:
         try:
+            # The command line is text: parsed once, by the same rules as a chat message.
             result = application.admin.execute(actor, " ".join([command, *ctx.args]))
         except UserFacingError as exc:
             log.info("admin command refused: %s", exc)
-            raise _fail(exc.user_message) from exc
-    if as_json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
-    else:
-        print(result.message)
+            raise _fail(word(exc.message, application.language)) from exc
+    render_result(result, application.language, as_json=as_json)
 
 
 @dataset_app.command("export")
@@ -563,7 +569,8 @@ def train_cancel(
     Waits for the runner to confirm: up to CHATMAN_REGISTRY_POLL_SECONDS plus the trainer's
     grace period. Exit code 1 if it has not confirmed by then.
     """
-    from bot.services.admin import Actor
+    from adapters.cli_render import render_result
+    from bot.core.commands import Actor
     from training.jobs import STOP_GRACE_SECONDS
 
     name = operator or getpass.getuser()
@@ -574,8 +581,8 @@ def train_cancel(
         try:
             result = application.admin.cancel_training(actor, job_id, wait_seconds=wait)
         except UserFacingError as exc:
-            raise _fail(exc.user_message) from exc
-    print(json.dumps(result.to_dict(), ensure_ascii=False) if as_json else result.message)
+            raise _fail(word(exc.message, application.language)) from exc
+    render_result(result, application.language, as_json=as_json)
     if result.data["job"]["status"] == "running":
         raise typer.Exit(1)
 
@@ -622,7 +629,7 @@ def models_activate(
                 _export_if_needed(application, version, actor)
             view = application.registry.activate(version, actor, force=force)
         except UserFacingError as exc:
-            raise _fail(exc.user_message) from exc
+            raise _fail(word(exc.message, application.language)) from exc
     print(f"{view.version} is active" + (f" (rollback returns to {view.previous})"
                                          if view.previous else ""))
 
@@ -651,7 +658,7 @@ def models_rollback(operator: Annotated[str, typer.Option("--as")] = "") -> None
             before = application.registry.active()
             back = application.registry.rollback(f"cli:{operator or getpass.getuser()}")
         except UserFacingError as exc:
-            raise _fail(exc.user_message) from exc
+            raise _fail(word(exc.message, application.language)) from exc
     print(f"rolled back from {before.version} to "
           f"{back.version if back else 'the base model (' + application.settings.llm_model + ')'}")
 

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 from collections import deque
-from collections.abc import Callable
 from pathlib import PurePosixPath
 
 import discord
@@ -23,10 +22,32 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.app import ChatmanApp
-from bot.core.errors import Busy, NotDelivered, UserFacingError
+from adapters.discord_render import DiscordReply, render_result, text_replies
+from bot.core.commands import (
+    Activate,
+    Actor,
+    Add,
+    AnswerAll,
+    Approve,
+    CancelTraining,
+    Command,
+    Correct,
+    Dataset,
+    Forget,
+    Models,
+    Pending,
+    PersonaInfo,
+    Reject,
+    ReplyTarget,
+    Retrain,
+    Rollback,
+    TrainStatus,
+)
+from bot.core.errors import Busy, NotDelivered, PermissionDenied, UserFacingError
 from bot.core.jobs import Notice
+from bot.core.messages import Message
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef, VoiceNote
-from bot.services.admin import Actor, CommandResult, ReplyTarget
+from bot.core.wording import word
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +194,7 @@ class DiscordAdapter:
             except UserFacingError as err:
                 log.info("discord: refused audio in %s before download: %s", message.channel.id,
                          err)
-                await self._send_text(message.channel, err.user_message, message)
+                await self._send_text(message.channel, self._words(err.message), message)
                 return
             await self._serve(message, audio=audio)
             return
@@ -186,7 +207,7 @@ class DiscordAdapter:
         try:
             slot = self.queues.enter(chat)
         except Busy as busy:
-            await self._send_text(message.channel, busy.user_message, message)
+            await self._send_text(message.channel, self._words(busy.message), message)
             return
         async with slot:
             want_voice = audio is not None or self.settings.discord_text_voice
@@ -209,13 +230,13 @@ class DiscordAdapter:
                         want_voice=want_voice,
                     ), deliver=deliver)
             except UserFacingError as err:
-                await self._send_text(message.channel, err.user_message, message)
+                await self._send_text(message.channel, self._words(err.message), message)
             except NotDelivered as exc:
                 log.warning("discord: %s; nothing stored", exc)
             except Exception:
                 log.exception("discord: could not answer message %s", message.id)
-                await self._send_text(message.channel, "Sorry, something went wrong on my side. "
-                                                       "Please try again.", message)
+                await self._send_text(message.channel, self._words(Message("error.internal")),
+                                      message)
 
     async def _send_turn(self, message: discord.Message, turn: Turn) -> int | None:
         """Returns the id of the message /approve should find: the text if sent, else the voice."""
@@ -239,6 +260,10 @@ class DiscordAdapter:
             sent = await self._send_text(message.channel, turn.reply, None)
             return sent.id if sent else voice_id
         return voice_id
+
+    def _words(self, said: Message) -> str:
+        """What the bot says, in the persona's language."""
+        return word(said, self.app.language)
 
     async def _send_text(self, channel, text: str, reference: discord.Message | None):
         first = None
@@ -271,31 +296,38 @@ class DiscordAdapter:
             perms.administrator or perms.manage_guild or perms.manage_channels)
         return Actor(PLATFORM, str(user.id), user.display_name, chat_admin=chat_admin)
 
-    async def _run(self, interaction: discord.Interaction, name: str,
-                   call: Callable[[Actor, ChatRef | None], CommandResult]) -> None:
-        """Run ``/name`` as ``call(actor, origin)``: a typed method of the admin service.
+    async def _run(self, interaction: discord.Interaction, request: Command) -> None:
+        """Run ``request`` for the user behind ``interaction``; the reply is ephemeral.
 
-        Slash command options arrive typed and go to the service as they are, never rebuilt
+        Slash command options arrive typed and become the request as they are, never rebuilt
         into command text and parsed again (an answer with "|" in it stays one answer).
         """
         actor = self._actor(interaction)
-        if not self.app.admin.may(actor, name):
-            log.warning("discord: refused /%s for non-admin %s", name, actor.key)
-            await interaction.response.send_message("Only admins can do that.", ephemeral=True)
+        if not self.app.admin.may(actor, request.name):
+            log.warning("discord: refused /%s for non-admin %s", request.name, actor.key)
+            await interaction.response.send_message(
+                self._words(PermissionDenied().message), ephemeral=True)
             return
         # Training and dataset work can take longer than Discord's 3 s to answer.
         await interaction.response.defer(ephemeral=True, thinking=True)
         origin = self._chat_ref(interaction.channel) if interaction.channel else None
         try:
-            result = await asyncio.to_thread(call, actor, origin)
-            reply = result.message
+            result = await asyncio.to_thread(self.app.admin.run, actor, request, origin)
+            replies = render_result(result, self.app.language)
         except UserFacingError as err:
-            reply = err.user_message
-        for i in range(0, max(len(reply), 1), MESSAGE_LIMIT):
-            await interaction.followup.send(reply[i:i + MESSAGE_LIMIT] or "…", ephemeral=True)
+            replies = text_replies(self._words(err.message))
+        for reply in replies:
+            await self._follow_up(interaction, reply)
+
+    @staticmethod
+    async def _follow_up(interaction: discord.Interaction, reply: DiscordReply) -> None:
+        if reply.embed is not None:
+            await interaction.followup.send(embed=reply.embed, ephemeral=True)
+        else:
+            await interaction.followup.send(reply.content or "…", ephemeral=True)
 
     def _commands(self) -> None:
-        tree, run, service = self.tree, self._run, self.app.admin
+        tree, run = self.tree, self._run
         admin = app_commands.default_permissions(administrator=True)
 
         def add(fn, description: str, is_admin: bool = True) -> None:
@@ -304,55 +336,50 @@ class DiscordAdapter:
             tree.add_command(admin(command) if is_admin else command)
 
         async def approve(interaction: discord.Interaction, pair_id: int) -> None:
-            await run(interaction, "approve", lambda actor, _: service.approve(actor, pair_id))
+            await run(interaction, Approve(pair_id))
 
         async def correct(interaction: discord.Interaction, pair_id: int, answer: str,
                           question: str | None = None) -> None:
-            await run(interaction, "correct", lambda actor, _: service.correct(
-                actor, pair_id, answer, question))
+            await run(interaction, Correct(answer, pair_id, question))
 
         async def reject(interaction: discord.Interaction, pair_id: int) -> None:
-            await run(interaction, "reject", lambda actor, _: service.reject(actor, pair_id))
+            await run(interaction, Reject(pair_id))
 
         async def pending(interaction: discord.Interaction, page: int = 1) -> None:
-            await run(interaction, "pending", lambda actor, _: service.pending(actor, page))
+            await run(interaction, Pending(page))
 
         async def add_(interaction: discord.Interaction, question: str, answer: str) -> None:
-            await run(interaction, "add", lambda actor, _: service.add(actor, question, answer))
+            await run(interaction, Add(question, answer))
 
         async def dataset(interaction: discord.Interaction) -> None:
-            await run(interaction, "dataset", lambda actor, _: service.dataset(actor))
+            await run(interaction, Dataset())
 
         async def persona(interaction: discord.Interaction) -> None:
-            await run(interaction, "persona", lambda actor, _: service.persona_info(actor))
+            await run(interaction, PersonaInfo())
 
         async def retrain(interaction: discord.Interaction, max_steps: int | None = None) -> None:
-            await run(interaction, "retrain", lambda actor, origin: service.retrain(
-                actor, origin, max_steps or None))
+            await run(interaction, Retrain(max_steps or None))
 
         async def trainstatus(interaction: discord.Interaction) -> None:
-            await run(interaction, "trainstatus", lambda actor, _: service.train_status(actor))
+            await run(interaction, TrainStatus())
 
         async def canceltrain(interaction: discord.Interaction, job_id: int | None = None) -> None:
-            await run(interaction, "canceltrain", lambda actor, _: service.cancel_training(
-                actor, job_id or None))
+            await run(interaction, CancelTraining(job_id or None))
 
         async def models(interaction: discord.Interaction) -> None:
-            await run(interaction, "models", lambda actor, _: service.models(actor))
+            await run(interaction, Models())
 
         async def activate(interaction: discord.Interaction, version: str) -> None:
-            await run(interaction, "activate", lambda actor, _: service.activate(
-                actor, version.strip()))
+            await run(interaction, Activate(version.strip()))
 
         async def rollback(interaction: discord.Interaction) -> None:
-            await run(interaction, "rollback", lambda actor, _: service.rollback(actor))
+            await run(interaction, Rollback())
 
         async def answerall(interaction: discord.Interaction, on: bool) -> None:
-            await run(interaction, "answerall", lambda actor, origin: service.answer_all(
-                actor, origin, on))
+            await run(interaction, AnswerAll(on))
 
         async def forget(interaction: discord.Interaction) -> None:
-            await run(interaction, "forget", lambda actor, _: service.forget(actor))
+            await run(interaction, Forget())
 
         add(approve, "Approve a pending pair")
         add(correct, "Approve a pair with a better answer")
@@ -373,8 +400,7 @@ class DiscordAdapter:
         async def approve_answer(interaction: discord.Interaction,
                                  message: discord.Message) -> None:
             target = ReplyTarget(PLATFORM, str(message.channel.id), str(message.id))
-            await run(interaction, "approve", lambda actor, _: service.approve(
-                actor, None, reply_to=target))
+            await run(interaction, Approve(None, target))
 
         tree.add_command(admin(app_commands.ContextMenu(name="Approve answer",
                                                         callback=approve_answer)))

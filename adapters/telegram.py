@@ -52,10 +52,13 @@ from telegram.error import (
 from telegram.ext import Application, ContextTypes, MessageHandler, TypeHandler, filters
 
 from adapters.app import ChatmanApp
+from bot.core.commands import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget
 from bot.core.errors import Busy, NotDelivered, UserFacingError
 from bot.core.jobs import Notice
+from bot.core.messages import Message as Said
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef
-from bot.services.admin import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget
+from bot.core.wording import word
+from bot.services.admin import CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +76,6 @@ READ_TIMEOUT_S = 20.0
 #: or none was free to make it on. Anything else after sending began may have been delivered.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
-COMMAND_HELP = {
-    "start": "What this bot does",
-    "help": "How to talk to me",
-    "forget": "Delete what you said to me",
-    "approve": "Approve a pair (reply to my answer, or ID)",
-    "correct": "Approve with a better answer",
-    "reject": "Keep a pair out of training",
-    "pending": "Pairs waiting for review",
-    "add": "Add a pair: question | answer",
-    "dataset": "Dataset statistics",
-    "persona": "Persona and answering model",
-    "retrain": "Train a new version [max steps]",
-    "trainstatus": "Training progress and queue",
-    "canceltrain": "Cancel or stop a training job [job id]",
-    "models": "Model versions",
-    "activate": "Switch to a version",
-    "rollback": "Back to the previous version",
-    "answerall": "on/off: answer every voice note here",
-}
 GENERAL = ("start", "help", *USER_COMMANDS)
 
 
@@ -195,8 +179,11 @@ class TelegramAdapter:
         await self.application.shutdown()
 
     async def _register_commands(self) -> None:
-        everyone = [BotCommand(c, COMMAND_HELP[c]) for c in GENERAL]
-        admins = everyone + [BotCommand(c, COMMAND_HELP[c]) for c in ADMIN_COMMANDS]
+        def entry(command: str) -> BotCommand:
+            return BotCommand(command, self._words(Said(f"menu.{command}")))
+
+        everyone = [entry(c) for c in GENERAL]
+        admins = everyone + [entry(c) for c in ADMIN_COMMANDS]
         await self._send(lambda: self.bot.set_my_commands(everyone, scope=BotCommandScopeDefault()),
                          "setMyCommands", repeatable=True)
         # Admin commands appear only in the admins' own chats with the bot.
@@ -286,7 +273,7 @@ class TelegramAdapter:
             self.app.codec.check_declared(media.file_size, duration, DOWNLOAD_LIMIT)
         except UserFacingError as err:
             log.info("telegram: refused audio in %s before download: %s", message.chat.id, err)
-            await self._reply_text(message, err.user_message)
+            await self._reply_text(message, self._words(err.message))
             return
         await self._serve(message, audio=media)
 
@@ -306,7 +293,7 @@ class TelegramAdapter:
         except Busy as busy:
             log.info("telegram: chat %s is busy; refused message %d", chat.chat_id,
                      message.message_id)
-            await self._reply_text(message, busy.user_message)
+            await self._reply_text(message, self._words(busy.message))
             return
         async with slot:
             voice_in = audio is not None
@@ -332,7 +319,7 @@ class TelegramAdapter:
                         want_voice=want_voice,
                     ), deliver=deliver)
             except UserFacingError as err:
-                await self._reply_text(message, err.user_message)
+                await self._reply_text(message, self._words(err.message))
             except OutcomeUnknown as exc:
                 # Already logged; no "sorry" either: the answer may well have arrived.
                 log.warning("telegram: answer to message %d in %s: %s; not sent again and not "
@@ -342,8 +329,7 @@ class TelegramAdapter:
             except Exception:
                 log.exception("telegram: could not answer message %d in %s", message.message_id,
                               chat.chat_id)
-                await self._reply_text(message, "Sorry, something went wrong on my side. "
-                                                "Please try again.")
+                await self._reply_text(message, self._words(Said("error.internal")))
 
     async def _send_turn(self, message: Message, turn: Turn) -> Message | None:
         reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
@@ -386,23 +372,25 @@ class TelegramAdapter:
             reply_to = ReplyTarget(PLATFORM, str(message.chat.id),
                                    str(message.reply_to_message.message_id))
         try:
+            # A message is text: the admin service parses it, once, into a typed request.
             result = await asyncio.to_thread(self.app.admin.execute, actor, message.text,
                                              reply_to, self._chat_ref(message))
-            text = result.message
+            text = render_result(result, self.app.language)
         except UserFacingError as err:
-            text = err.user_message
+            text = self._words(err.message)
         await self._reply_text(message, text)
 
+    def _words(self, said: Said) -> str:
+        """What the bot says, in the persona's language."""
+        return word(said, self.app.language)
+
     def _help(self, actor: Actor) -> str:
-        persona = self.app.persona
-        lines = [f"Hi, I'm {persona.display_name}. Send me a voice note and I answer with one; "
-                 "text gets a text answer. In groups, mention me or reply to me.",
-                 "/forget deletes what you said to me."]
+        lines = [Said("help.intro", {"name": self.app.persona.display_name}),
+                 Said("help.forget")]
         if self.app.admin.is_admin(actor):
-            lines.append("Admin: " + " ".join(f"/{c}" for c in ADMIN_COMMANDS)
-                         + ". Reply to one of my answers with /approve or /correct <better "
-                           "answer> to curate it.")
-        return "\n".join(lines)
+            lines.append(Said("help.admin", {
+                "commands": " ".join(f"/{c}" for c in ADMIN_COMMANDS)}))
+        return self._words(Said("lines", {"lines": lines}))
 
     async def on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         log.error("telegram: unhandled error", exc_info=context.error)
@@ -417,7 +405,8 @@ class TelegramAdapter:
             data = await asyncio.to_thread(notice.image.read_bytes)
             with contextlib.suppress(OutcomeUnknown):
                 await self._send(lambda: self.bot.send_photo(
-                    chat_id, photo=data, caption="Loss curve", filename=notice.image.name),
+                    chat_id, photo=data, caption=self._words(Said("notice.loss_curve")),
+                    filename=notice.image.name),
                     "sendPhoto")
 
     # --- sending ----------------------------------------------------------------------
@@ -502,6 +491,12 @@ class TelegramAdapter:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def render_result(result: CommandResult, language: str) -> str:
+    """A command's result as one Telegram message (split by _chunks if long): plain text, one
+    line per pair or version, as the words lay it out."""
+    return word(result.reply, language)
 
 
 def _chunks(text: str, size: int) -> list[str]:

@@ -77,7 +77,8 @@ async def test_the_web_api_refuses_every_hostile_file_and_stays_up(web, tmp_path
         response = await web.post("/api/chat", headers=CSRF,
                                   files={"audio": (f.filename, f.data, "application/octet-stream")})
         assert 400 <= response.status_code < 500, (f.name, response.status_code, response.text)
-        assert set(response.json()) == {"error"} and response.json()["error"], f.name
+        assert set(response.json()) <= {"error", "code", "params"} and response.json()["error"], \
+            f.name
     assert stored(web.app) == 0
     for f in EITHER:  # damaged but maybe partly decodable: an answer or a refusal, never a 500
         response = await web.post("/api/chat", headers=CSRF,

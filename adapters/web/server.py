@@ -5,7 +5,9 @@ open on the (loopback by default) address; admin routes need the admin token. Ev
 state-changing request must carry the ``X-ChatMan`` header, which a cross-site form or image
 can't send, and, when the browser states an ``Origin``, come from this very host. Below
 FastAPI, :mod:`adapters.web.limits` checks the ``Host`` header and bounds request headers and
-bodies in size and time. Every answer that is not a success is ``{"error": …}`` with a 4xx.
+bodies in size and time. Every answer that is not a success is ``{"error": …}`` with a 4xx;
+a refusal of the user's own input or command adds its ``code`` and ``params``, and its words are
+in the persona's language (as are results' ``message``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import re
 import secrets
 import uuid
 from collections import deque
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Annotated
@@ -32,11 +33,30 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.app import ChatmanApp
+from adapters.render import error_json, result_json
 from adapters.web.limits import HeaderTimeoutH11, RequestLimits, allowed_hosts
+from bot.core.commands import (
+    MAX_ID,
+    MAX_PAGE,
+    MAX_STEPS,
+    Activate,
+    Actor,
+    Approve,
+    CancelTraining,
+    Command,
+    Correct,
+    Dataset,
+    Forget,
+    Models,
+    Pending,
+    Reject,
+    Retrain,
+    Rollback,
+    TrainStatus,
+)
 from bot.core.errors import AudioTooLarge, Busy, ServerBusy, UserFacingError
 from bot.core.jobs import Notice
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef
-from bot.services.admin import MAX_ID, MAX_PAGE, Actor, CommandResult
 from bot.services.chat_queue import InFlight
 
 log = logging.getLogger(__name__)
@@ -59,7 +79,7 @@ class CorrectBody(BaseModel):
 
 class RetrainBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    max_steps: StrictInt | None = Field(default=None, ge=1, le=100_000)
+    max_steps: StrictInt | None = Field(default=None, ge=1, le=MAX_STEPS)
 
 
 class CancelBody(BaseModel):
@@ -129,7 +149,7 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
                 log.info("web: refused an upload: %s", busy)
                 # Connection: close stops the rest of the upload at the socket instead of
                 # reading it for nothing.
-                return JSONResponse({"error": busy.user_message}, status_code=429,
+                return JSONResponse(error_json(busy, app.language), status_code=429,
                                     headers={"Retry-After": str(busy.retry_after),
                                              "Connection": "close"})
         return await call_next(request)
@@ -138,7 +158,7 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
     async def user_error(request: Request, err: UserFacingError):
         log.info("web: refused %s: %s", request.url.path, err)
         headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Busy) else None
-        return JSONResponse({"error": err.user_message}, status_code=_status(err),
+        return JSONResponse(error_json(err, app.language), status_code=_status(err),
                             headers=headers)
 
     @api.exception_handler(RequestValidationError)
@@ -211,7 +231,7 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
     async def forget(body: ForgetBody) -> dict:
         """Delete this conversation: its messages, pairs and reply audio (the user's /forget)."""
         actor = Actor(PLATFORM, body.conversation_id, "Web visitor")
-        return (await asyncio.to_thread(app.admin.forget, actor)).to_dict()
+        return await run(Forget(), actor)
 
     @api.get("/api/audio/{name}")
     async def reply_audio(name: str) -> FileResponse:
@@ -221,62 +241,64 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
         return FileResponse(path, media_type="audio/ogg")
 
     # --- admin ------------------------------------------------------------------------
-    # Every route calls the admin service's typed method with the request's fields as they
-    # are: nothing is rebuilt into command text and parsed again.
-    async def run(method: Callable[..., CommandResult], *args) -> dict:
-        return (await asyncio.to_thread(method, ADMIN, *args)).to_dict()
+    # Every route builds the typed request from the request's fields as they are: nothing is
+    # rebuilt into command text and parsed again.
+    async def run(request: Command, actor: Actor = ADMIN, origin: ChatRef | None = None
+                  ) -> dict:
+        result = await asyncio.to_thread(app.admin.run, actor, request, origin)
+        return result_json(result, app.language)
 
     @api.get("/api/admin/pending")
     async def pending(page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1) -> dict:
-        return await run(app.admin.pending, page)
+        return await run(Pending(page))
 
     @api.post("/api/admin/pairs/{pair_id}/approve")
     async def approve(pair_id: PairId) -> dict:
-        return await run(app.admin.approve, pair_id)
+        return await run(Approve(pair_id))
 
     @api.post("/api/admin/pairs/{pair_id}/reject")
     async def reject(pair_id: PairId) -> dict:
-        return await run(app.admin.reject, pair_id)
+        return await run(Reject(pair_id))
 
     @api.post("/api/admin/pairs/{pair_id}/correct")
     async def correct(pair_id: PairId, body: CorrectBody) -> dict:
         # The fields as given: an answer with "|" in it stays one answer, the question stays.
         if not body.answer.strip():
             raise HTTPException(400, "The answer is empty.")
-        return await run(app.admin.correct, pair_id, body.answer, body.question)
+        return await run(Correct(body.answer, pair_id, body.question))
 
     @api.get("/api/admin/dataset")
     async def dataset() -> dict:
-        return await run(app.admin.dataset)
+        return await run(Dataset())
 
     @api.post("/api/admin/retrain")
     async def retrain(body: Annotated[RetrainBody | None, Body()] = None) -> dict:
         steps = body.max_steps if body else None
-        return await run(app.admin.retrain, ChatRef(PLATFORM, "admin"), steps)
+        return await run(Retrain(steps), origin=ChatRef(PLATFORM, "admin"))
 
     @api.post("/api/admin/train/cancel")
     async def cancel_training(body: Annotated[CancelBody | None, Body()] = None) -> dict:
         """Cancel the queued job, or stop the running one (waits for the runner to confirm)."""
         job_id = body.job_id if body else None
-        return await run(app.admin.cancel_training, job_id)
+        return await run(CancelTraining(job_id))
 
     @api.get("/api/admin/trainstatus")
     async def trainstatus() -> dict:
-        result = await run(app.admin.train_status)
+        result = await run(TrainStatus())
         result["notices"] = list(notices)[-20:]
         return result
 
     @api.get("/api/admin/models")
     async def models() -> dict:
-        return await run(app.admin.models)
+        return await run(Models())
 
     @api.post("/api/admin/models/{version}/activate")
     async def activate(version: Annotated[str, PathParam(max_length=128)]) -> dict:
-        return await run(app.admin.activate, version)
+        return await run(Activate(version))
 
     @api.post("/api/admin/rollback")
     async def rollback() -> dict:
-        return await run(app.admin.rollback)
+        return await run(Rollback())
 
     @api.get("/api/admin/models/{version}/loss.png")
     async def loss_plot(version: Annotated[str, PathParam(max_length=128)]) -> FileResponse:

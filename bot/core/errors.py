@@ -1,55 +1,88 @@
-"""Errors a user can cause. Each carries the message the user is shown.
+"""Errors a user can cause. Each says what went wrong as a code with parameters.
 
-Adapters catch :class:`UserFacingError`, send ``user_message`` back, and log ``str(err)``;
-anything else is a bug and is reported as a generic failure.
+Adapters catch :class:`UserFacingError`, show ``word(err.message, language)`` (the words live
+in :mod:`bot.core.wording`, in every language the bot speaks) and log ``str(err)``; anything
+else is a bug and is reported as a generic failure.
+
+An error raised the old way, with ``user_message="…"`` text (or a subclass with a class-level
+``user_message`` string), still shows exactly that text: code :data:`~bot.core.messages.TEXT`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from bot.core.messages import Message, Param
+from bot.core.wording import word
+
 
 class UserFacingError(Exception):
-    user_message = "Sorry, something went wrong with that message."
+    code = "error.generic"
 
-    def __init__(self, detail: str = "", user_message: str | None = None) -> None:
+    def __init__(self, detail: str = "", user_message: str | None = None, *,
+                 code: str | None = None, params: Mapping[str, Param] | None = None) -> None:
+        """``detail`` is for the log; ``code`` (default: the class's) and ``params`` for the
+        user. ``user_message``: finished words instead (the old way; shown in any language)."""
+        if code is not None:
+            self.code = code
+        self.params: dict[str, Param] = dict(params or {})
+        self._words = user_message
         super().__init__(detail or self.user_message)
-        if user_message is not None:
-            self.user_message = user_message
+
+    @property
+    def message(self) -> Message:
+        words = self._words if self._words is not None else _class_words(type(self))
+        return Message.text(words) if words is not None else Message(self.code, self.params)
+
+    @property
+    def user_message(self) -> str:
+        """The English words (logs, the CLI's English-only paths, older callers)."""
+        return word(self.message, "en")
+
+
+def _class_words(cls: type) -> str | None:
+    """A class-level ``user_message`` string (the old way), unless a more derived class
+    gives a ``code``."""
+    for klass in cls.__mro__:
+        if klass is UserFacingError:
+            return None
+        words = klass.__dict__.get("user_message")
+        if isinstance(words, str):
+            return words
+        if "code" in klass.__dict__:
+            return None
+    return None
 
 
 class EmptyInput(UserFacingError):
-    user_message = "That message was empty — send me a voice note or some text."
+    code = "input.empty"
 
 
 class UnsupportedAudio(UserFacingError):
-    user_message = (
-        "I couldn't read that file as audio. Send a voice note or an audio file "
-        "(OGG/Opus, MP3, M4A, WAV, WebM or FLAC)."
-    )
+    code = "audio.unsupported"
 
 
 class AudioTooLarge(UserFacingError):
-    pass
+    code = "audio.too_large"
 
 
 class AudioTooLong(UserFacingError):
-    pass
+    code = "audio.too_long"
 
 
 class TextTooLong(UserFacingError):
-    pass
+    code = "text.too_long"
 
 
 class Busy(UserFacingError):
     """Refused because too much is in flight; ``retry_after`` seconds is a fair wait."""
 
-    user_message = ("I'm still working on your earlier messages here. Please try again in a "
-                    "minute.")
+    code = "busy.chat"
     retry_after = 30
 
 
 class ServerBusy(Busy):
-    user_message = ("I'm answering a lot of people right now. Please try again in a "
-                    "minute.")
+    code = "busy.server"
     retry_after = 20
 
 
@@ -58,4 +91,12 @@ class NotDelivered(Exception):
 
 
 class NoSpeech(UserFacingError):
-    user_message = "I couldn't hear anything — could you say it again?"
+    code = "speech.none"
+
+
+class PermissionDenied(UserFacingError):
+    code = "admin.only"
+
+
+class CommandError(UserFacingError):
+    """A command that cannot run as given (usage, unknown pair, ...): its code says which."""

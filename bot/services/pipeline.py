@@ -146,9 +146,8 @@ class VoicePipeline:
         if not text:
             raise EmptyInput("no audio and no text")
         if len(text) > limit:
-            raise TextTooLong(f"{len(text)} characters > {limit}", user_message=(
-                f"That message is too long for me ({len(text)} characters); please keep it "
-                f"under {limit}."))
+            raise TextTooLong(f"{len(text)} characters > {limit}",
+                              params={"length": len(text), "limit": limit})
         return Transcript(text=text, language=self.config.language, duration_s=0.0)
 
     async def _transcribe(self, pcm: Pcm, timer: _Timer) -> Transcript:

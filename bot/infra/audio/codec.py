@@ -25,7 +25,7 @@ from av.stream import Stream
 
 from bot.core.errors import AudioTooLarge, AudioTooLong, EmptyInput, UnsupportedAudio, UserFacingError
 from bot.core.types import Pcm, VoiceNote
-from bot.infra.audio.sniff import SUPPORTED, Container, codec_family, decoder_names, sniff
+from bot.infra.audio.sniff import Container, codec_family, decoder_names, sniff
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,7 @@ PROBE_OPTIONS = {"probesize": str(2 * 2**20), "analyzeduration": str(5_000_000)}
 
 
 class DecodeBudgetExceeded(UnsupportedAudio):
-    user_message = ("That file took too long to decode. Send a voice note or a plain audio "
-                    f"file ({SUPPORTED}).")
+    code = "audio.too_slow"
 
 
 def _no_files(url: str, flags: int, options: dict[str, object]) -> None:
@@ -97,7 +96,7 @@ class PyAvCodec:
 
     def _decode(self, data: bytes) -> Pcm:
         if not data:
-            raise EmptyInput("0-byte audio", user_message="That audio file was empty.")
+            raise EmptyInput("0-byte audio", code="audio.empty")
         if len(data) > self.max_bytes:
             raise self._too_large(len(data), self.max_bytes)
         kind = sniff(data)
@@ -215,21 +214,13 @@ class PyAvCodec:
 
     @staticmethod
     def _too_large(size_bytes: int, limit: int) -> AudioTooLarge:
-        return AudioTooLarge(
-            f"{size_bytes} bytes > {limit}",
-            user_message=(f"That file is too big ({size_bytes / 2**20:.1f} MB); "
-                          f"I accept up to {limit / 2**20:.0f} MB."),
-        )
+        return AudioTooLarge(f"{size_bytes} bytes > {limit}",
+                             params={"size_mb": size_bytes / 2**20, "limit_mb": limit / 2**20})
 
     def _too_long(self, seconds: float, at_least: bool = False) -> AudioTooLong:
-        shown = f"over {seconds:.0f}" if at_least else f"{seconds:.0f}"
-        return AudioTooLong(
-            f"{seconds:.1f}s > {self.max_seconds}s",
-            user_message=(
-                f"That recording is too long ({shown} s); "
-                f"please keep it under {self.max_seconds:.0f} seconds."
-            ),
-        )
+        return AudioTooLong(f"{seconds:.1f}s > {self.max_seconds}s",
+                            code="audio.too_long_at_least" if at_least else None,
+                            params={"seconds": seconds, "max_seconds": self.max_seconds})
 
     # --- encode ---------------------------------------------------------------------
     def encode_voice_note(self, audio: Pcm) -> VoiceNote:
