@@ -103,9 +103,8 @@ class DuplicateJob(JobError):
     """A job with the same key is training now; ``job`` is that job."""
 
     def __init__(self, job: JobView) -> None:
-        super().__init__(f"job #{job.id} trains the same key", user_message=(
-            f"Training job #{job.id} is already training on exactly this dataset and these "
-            "settings; /trainstatus follows it."))
+        super().__init__(f"job #{job.id} trains the same key", code="job.already_training",
+                         params={"id": job.id})
         self.job = job
 
 

@@ -183,6 +183,25 @@ EN: dict[str, str] = {
     "menu.activate": "Switch to a version",
     "menu.rollback": "Back to the previous version",
     "menu.answerall": "on/off: answer every voice note here",
+    # --- training jobs and model versions refused (registry and job queue) -------------
+    "job.already_queued": ("Training job #{id} is already waiting to run; it will train on the "
+                           "dataset as it is when it starts. /trainstatus shows the queue."),
+    "job.already_training": ("Training job #{id} is already training on exactly this dataset "
+                             "and these settings; /trainstatus follows it."),
+    "job.nothing_to_cancel": "No training job is queued or running; nothing to cancel.",
+    "job.which": "Jobs {ids} are open; say which, e.g. /canceltrain {id}.",
+    "job.missing": "There is no training job #{id}.",
+    "job.finished": "Training job #{id} has already finished ({status}); nothing to cancel.",
+    "version.missing": "There is no model version '{version}' for {persona} (see /models).",
+    "version.already_active": "{version} is already the active model.",
+    "version.no_model": (
+        "{version} has no merged model to load (status {status}); only versions that passed "
+        "the evaluation gate are exported. From a shell, `chatman models activate {version} "
+        "--force` merges its adapter and activates it."),
+    "version.not_usable": "{version} is {status} ({reasons}); activate it anyway with --force.",
+    "version.no_reason": "no reason recorded",
+    "rollback.nothing": ("Nothing to roll back: no trained version is active, the base model "
+                         "answers."),
 }
 
 ZH: dict[str, str] = {
@@ -328,6 +347,22 @@ ZH: dict[str, str] = {
     "menu.activate": "切换到某个版本",
     "menu.rollback": "回到上一个版本",
     "menu.answerall": "on/off：回复这里的每条语音",
+    # --- training jobs and model versions refused (registry and job queue) -------------
+    "job.already_queued": ("训练任务 #{id} 已经在排队；开始时会用那时的数据集训练。"
+                           "/trainstatus 可以查看队列。"),
+    "job.already_training": "训练任务 #{id} 正在用完全相同的数据集和设置训练；/trainstatus 可以查看进度。",
+    "job.nothing_to_cancel": "现在没有排队或正在进行的训练任务，不需要取消。",
+    "job.which": "有多个未结束的任务：{ids}；请说明取消哪一个，例如 /canceltrain {id}。",
+    "job.missing": "没有训练任务 #{id}。",
+    "job.finished": "训练任务 #{id} 已经结束（{status}），不需要取消。",
+    "version.missing": "{persona} 没有模型版本“{version}”（见 /models）。",
+    "version.already_active": "{version} 已经是当前使用的模型。",
+    "version.no_model": (
+        "{version} 没有可加载的合并模型（状态：{status}）；只有通过评估门槛的版本才会导出。"
+        "可以在命令行运行 `chatman models activate {version} --force`，合并它的适配器并启用。"),
+    "version.not_usable": "{version} 的状态是 {status}（{reasons}）；如果仍要启用，请加 --force。",
+    "version.no_reason": "没有记录原因",
+    "rollback.nothing": "没有可以回滚的：当前没有启用训练版本，由基础模型回答。",
 }
 
 CATALOG: dict[str, dict[str, str]] = {"en": EN, "zh": ZH}

@@ -66,9 +66,8 @@ class SqlJobQueue:
                     raise DuplicateJob(same)
             queued = [j for j in open_jobs if j.status == JobStatus.QUEUED]
             if queued:
-                raise JobError("already queued", user_message=(
-                    f"Training job #{queued[0].id} is already waiting to run; it will train on "
-                    "the dataset as it is when it starts. /trainstatus shows the queue."))
+                raise JobError("already queued", code="job.already_queued",
+                               params={"id": queued[0].id})
             job = TrainingJob(persona=self.persona, status=JobStatus.QUEUED,
                               requested_by=requested_by, max_steps=max_steps, progress={},
                               notify_platform=notify.platform if notify else None,
@@ -181,20 +180,17 @@ class SqlJobQueue:
         if job_id is None:
             open_jobs = self._open(s)
             if not open_jobs:
-                raise JobError("nothing to cancel", user_message=(
-                    "No training job is queued or running; nothing to cancel."))
+                raise JobError("nothing to cancel", code="job.nothing_to_cancel")
             if len(open_jobs) > 1:
-                listed = " and ".join(f"#{j.id} ({j.status})" for j in open_jobs)
-                raise JobError("which job?", user_message=(
-                    f"Jobs {listed} are open; say which, e.g. /canceltrain {open_jobs[0].id}."))
+                raise JobError("which job?", code="job.which", params={
+                    "ids": ", ".join(f"#{j.id}" for j in open_jobs), "id": open_jobs[0].id})
             return open_jobs[0]
         job = s.get(TrainingJob, job_id)
         if job is None or job.persona != self.persona:
-            raise JobError(f"no job {job_id}", user_message=f"There is no training job #{job_id}.")
+            raise JobError(f"no job {job_id}", code="job.missing", params={"id": job_id})
         if job.status not in JobStatus.OPEN:
-            raise JobError(f"job {job_id} is {job.status}", user_message=(
-                f"Training job #{job_id} has already finished ({job.status}); nothing to "
-                "cancel."))
+            raise JobError(f"job {job_id} is {job.status}", code="job.finished",
+                           params={"id": job_id, "status": str(job.status)})
         return job
 
     def cancel_requested(self, job_id: int) -> str | None:
@@ -213,8 +209,7 @@ class SqlJobQueue:
         while True:
             job = self.get(job_id)
             if job is None:
-                raise JobError(f"no job {job_id}",
-                               user_message=f"There is no training job #{job_id}.")
+                raise JobError(f"no job {job_id}", code="job.missing", params={"id": job_id})
             left = deadline - time.monotonic()
             if job.status not in JobStatus.OPEN or left <= 0:
                 return job
@@ -250,5 +245,5 @@ def _lock_key(persona: str) -> int:
 def _require(s: Session, job_id: int) -> TrainingJob:
     job = s.get(TrainingJob, job_id)
     if job is None:
-        raise JobError(f"no job {job_id}", user_message=f"There is no training job #{job_id}.")
+        raise JobError(f"no job {job_id}", code="job.missing", params={"id": job_id})
     return job

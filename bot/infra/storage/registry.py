@@ -13,6 +13,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bot.core.messages import Message
 from bot.core.registry import (
     ModelStatus,
     RegistryError,
@@ -120,9 +121,8 @@ class SqlRegistry:
         m = s.scalar(select(ModelVersion).where(ModelVersion.version == version,
                                                 ModelVersion.persona == self.persona))
         if m is None:
-            raise RegistryError(f"no version {version!r}", user_message=(
-                f"There is no model version {version!r} for {self.persona} "
-                "(see `chatman models list`)."))
+            raise RegistryError(f"no version {version!r}", code="version.missing",
+                                params={"version": version, "persona": self.persona})
         return m
 
     # --- training writes ------------------------------------------------------------
@@ -250,17 +250,17 @@ class SqlRegistry:
         with self.store.session() as s, s.begin():
             m = self._require(s, version)
             if m.status == ModelStatus.ACTIVE:
-                raise RegistryError(f"{version} already active",
-                                    user_message=f"{version} is already the active model.")
+                raise RegistryError(f"{version} already active", code="version.already_active",
+                                    params={"version": version})
             if not m.model_dir or not Path(m.model_dir).is_dir():
-                raise RegistryError(f"{version} has no model folder", user_message=(
-                    f"{version} has no merged model to load (status {m.status}); only versions "
-                    "that passed the evaluation gate are exported. From a shell, `chatman "
-                    f"models activate {version} --force` merges its adapter and activates it."))
+                raise RegistryError(f"{version} has no model folder", code="version.no_model",
+                                    params={"version": version,
+                                            "status": Message(f"model_status.{m.status}")})
             if m.status in (ModelStatus.REJECTED, ModelStatus.FAILED) and not force:
-                raise RegistryError(f"{version} is {m.status}", user_message=(
-                    f"{version} is {m.status} ({'; '.join(m.reasons) or 'no reason recorded'}); "
-                    "activate it anyway with --force."))
+                raise RegistryError(f"{version} is {m.status}", code="version.not_usable", params={
+                    "version": version, "status": Message(f"model_status.{m.status}"),
+                    "reasons": ("; ".join(m.reasons) if m.reasons
+                                else Message("version.no_reason"))})
             current = self._active(s)
             if current is not None:
                 self._retire(current)
@@ -277,8 +277,7 @@ class SqlRegistry:
         with self.store.session() as s, s.begin():
             current = self._active(s)
             if current is None:
-                raise RegistryError("nothing active", user_message=(
-                    "Nothing to roll back: no trained version is active, the base model answers."))
+                raise RegistryError("nothing active", code="rollback.nothing")
             self._retire(current)
             self._audit(s, actor, "model.rollback", current, {})
             stack = _stack(s, self.persona)

@@ -1,0 +1,48 @@
+"""Refusals from the model registry and the job queue are codes too: a Chinese persona's admin
+reads them in Chinese (the text route as Telegram renders it). No models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from adapters.app import ChatmanApp
+from adapters.telegram import render_result
+from bot.core.commands import Actor
+from bot.core.errors import UserFacingError
+from bot.core.wording import word
+from tests.conftest import make_settings
+
+ADMIN = Actor("telegram", "1", "Ada")
+
+
+@pytest.fixture
+def zh_app(tmp_path) -> Iterator[ChatmanApp]:
+    application = ChatmanApp.from_settings(make_settings(tmp_path / "d", language="zh",
+                                                         admin_ids="telegram:1"))
+    application.migrate()
+    yield application
+    application.close()
+
+
+def said(app: ChatmanApp, text: str) -> tuple[str, str]:
+    """(what the admin reads, the English kept for logs)."""
+    try:
+        result = app.admin.execute(ADMIN, text)
+    except UserFacingError as err:
+        return word(err.message, app.language), err.user_message
+    return render_result(result, app.language), result.message
+
+
+def test_registry_and_job_refusals_are_worded_in_the_personas_language(zh_app):
+    assert said(zh_app, "/rollback") == (
+        "没有可以回滚的：当前没有启用训练版本，由基础模型回答。",
+        "Nothing to roll back: no trained version is active, the base model answers.")
+    assert said(zh_app, "/activate manman-v9") == (
+        "manman 没有模型版本“manman-v9”（见 /models）。",
+        "There is no model version 'manman-v9' for manman (see /models).")
+    assert said(zh_app, "/canceltrain") == (
+        "现在没有排队或正在进行的训练任务，不需要取消。",
+        "No training job is queued or running; nothing to cancel.")
+    assert said(zh_app, "/canceltrain 42") == ("没有训练任务 #42。", "There is no training job #42.")
