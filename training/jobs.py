@@ -33,10 +33,12 @@ from bot.core.jobs import (
     Notice,
     Notify,
     TrainingKey,
-    progress_line,
+    progress_message,
 )
+from bot.core.messages import Message
 from bot.core.persona import PersonaProfile
 from bot.core.registry import ModelStatus, RegistryRepository, same_config_form
+from bot.core.wording import word
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +165,8 @@ class TrainingRunner:
             await asyncio.to_thread(self.queue.finish, job.id, JobStatus.FAILED, reason)
         except Exception:  # the next start's recovery marks it failed
             log.exception("training job #%d: could not mark it failed", job.id)
-        await self._tell(job, f"Training job #{job.id} failed: {reason}. The current model "
-                              "keeps answering.", final=True)
+        await self._tell(job, Message("notice.failed", {"id": job.id, "reason": reason}),
+                         final=True)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -227,7 +229,8 @@ class TrainingRunner:
                 stdin.write(json.dumps(request).encode())
                 await stdin.drain()
                 stdin.close()
-            await self._tell(job, f"Training job #{job.id} started for {job.persona}.")
+            await self._tell(job, Message("notice.started", {"id": job.id,
+                                                             "persona": job.persona}))
             while line := await stdout.readline():
                 try:
                     event = json.loads(line)
@@ -272,8 +275,8 @@ class TrainingRunner:
         if kind == "candidate":
             r.version, r.max_steps = event["version"], event["max_steps"]
             await asyncio.to_thread(self.queue.update, job.id, model_version=r.version)
-            await self._tell(job, f"Training {r.version}: up to {r.max_steps} steps; it stops "
-                                  "as soon as the evaluation gate passes.")
+            await self._tell(job, Message("notice.plan", {"version": r.version,
+                                                          "steps": r.max_steps}))
         elif kind == "stage":
             await asyncio.to_thread(self.queue.update, job.id,
                                     progress={"stage": event["stage"], "max_steps": r.max_steps})
@@ -288,13 +291,14 @@ class TrainingRunner:
             now = time.monotonic()
             if step == 1 or now - r.last_notice >= self.settings.train_progress_seconds:
                 r.last_notice = now
-                await self._tell(job, f"Training {r.version}: {progress_line(progress)}")
+                await self._tell(job, Message("notice.progress", {
+                    "version": r.version, "progress": progress_message(progress)}))
         elif kind == "eval":
-            verdict = "gate passed" if event["passed"] else "continuing"
-            await self._tell(job, f"Evaluation at step {event['step']}: persona "
-                                  f"{event['persona_score']:.2f}, retention "
-                                  f"{event['retention']:.2f}, leakage {event['leakage']:.2f} "
-                                  f"— {verdict}.")
+            await self._tell(job, Message("notice.eval", {
+                "step": event["step"], "persona": event["persona_score"],
+                "retention": event["retention"], "leakage": event["leakage"],
+                "verdict": Message("notice.gate_passed" if event["passed"]
+                                   else "notice.continuing")}))
         elif kind == "done":
             r.done = event
         elif kind == "error":
@@ -312,20 +316,25 @@ class TrainingRunner:
             error = None if passed else "gate not passed: " + "; ".join(done["reasons"])
             await asyncio.to_thread(self.queue.finish, job.id, status, error, done["version"])
             plot = Path(done["plot"]) if done.get("plot") else None
-            tail = ("\nThe current model keeps answering." if not passed else "")
-            await self._tell(job, done["summary"] + tail, image=plot, final=not passed)
+            # The evaluation table is the worker's (numbers and metric names).
+            summary = [Message.text(done["summary"])]
+            if not passed:
+                summary.append(Message("notice.keeps_answering"))
+            await self._tell(job, Message("lines", {"lines": summary}), image=plot,
+                             final=not passed)
             if passed:
                 problem = await self.on_release(done["version"])
-                await self._tell(job, f"Now answering with {done['version']}." if problem is None
-                                 else f"{done['version']} could not be loaded ({problem}); "
-                                      "the previous model keeps answering.", final=True)
+                await self._tell(job, Message("notice.now_answering", {"version": done["version"]})
+                                 if problem is None else Message("notice.not_loaded", {
+                                     "version": done["version"], "problem": problem}),
+                                 final=True)
             return
         reason = r.error or _exit_reason(code, log_path)
         log.warning("training job #%d failed: %s", job.id, reason)
         await asyncio.to_thread(self.queue.finish, job.id, JobStatus.FAILED, reason)
         await asyncio.to_thread(self.registry.fail_job_candidates, job.id, reason)
-        await self._tell(job, f"Training job #{job.id} failed: {reason}. The current model keeps "
-                              "answering.", final=True)
+        await self._tell(job, Message("notice.failed", {"id": job.id, "reason": reason}),
+                         final=True)
 
     async def _cancelled(self, r: _Running) -> None:
         job, reason = r.job, f"cancelled by {r.cancelled_by}"
@@ -339,16 +348,17 @@ class TrainingRunner:
                 await self.on_release(r.version)  # follows the registry back
         await asyncio.to_thread(self.queue.finish, job.id, JobStatus.CANCELLED, reason)
         if r.cancelled_by != job.requested_by:  # whoever cancelled was told by their command
-            await self._tell(job, f"Training job #{job.id} was {reason}. The current model "
-                                  "keeps answering.", final=True)
+            await self._tell(job, Message("notice.cancelled", {"id": job.id,
+                                                               "by": r.cancelled_by}),
+                             final=True)
 
-    async def _tell(self, job: JobView, text: str, image: Path | None = None,
+    async def _tell(self, job: JobView, message: Message, image: Path | None = None,
                     final: bool = False) -> None:
-        log.info("training job #%d: %s", job.id, text.splitlines()[0])
+        log.info("training job #%d: %s", job.id, word(message, "en").splitlines()[0])
         if job.notify is None:
             return
         try:
-            await self.notify(job.notify, Notice(job.id, text, image, final))
+            await self.notify(job.notify, Notice(job.id, message, image, final))
         except Exception:  # a chat that can't be reached must not stop the job
             log.warning("training job #%d: could not notify %s", job.id, job.notify.platform,
                         exc_info=True)

@@ -16,8 +16,10 @@ from pathlib import Path
 from typing import Any, Protocol, TypedDict, Unpack
 
 from bot.core.errors import UserFacingError
+from bot.core.messages import Message
 from bot.core.registry import same_config_form
 from bot.core.types import ChatRef
+from bot.core.wording import word
 
 
 class JobStatus(StrEnum):
@@ -108,30 +110,44 @@ class DuplicateJob(JobError):
         self.job = job
 
 
-def progress_line(p: dict[str, Any]) -> str:
+def progress_message(p: dict[str, Any]) -> Message:
+    """A running job's progress (``JobView.progress``), worded per language."""
     step, total = p.get("step", 0), p.get("max_steps") or 0
-    text = f"step {step}/{total} ({100 * step // max(total, 1)}%)"
-    if p.get("loss") is not None:
-        text += f", loss {p['loss']:.3f}"
-    if p.get("eta_s") is not None:
-        # An upper bound: training stops as soon as the gate passes.
-        text += f", at most {_duration(p['eta_s'])} left"
-    return text
+    loss = (Message("progress.loss", {"loss": p["loss"]}) if p.get("loss") is not None
+            else Message.text(""))
+    # An upper bound: training stops as soon as the gate passes.
+    eta = (Message("progress.eta", {"duration": _duration(p["eta_s"])})
+           if p.get("eta_s") is not None else Message.text(""))
+    return Message("progress.line", {"step": step, "total": total,
+                                     "percent": 100 * step // max(total, 1), "loss": loss,
+                                     "eta": eta})
 
 
-def _duration(seconds: float) -> str:
+def progress_line(p: dict[str, Any]) -> str:
+    return word(progress_message(p), "en")
+
+
+def _duration(seconds: float) -> Message:
     seconds = int(round(seconds))
-    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+    if seconds >= 60:
+        return Message("duration.min_s", {"min": seconds // 60, "s": seconds % 60})
+    return Message("duration.s", {"s": seconds})
 
 
 @dataclass(frozen=True)
 class Notice:
-    """A message for the admin who asked: text, and at the end the loss plot."""
+    """A message for the admin who asked (worded by the front end in the persona's language),
+    and at the end the loss plot."""
 
     job_id: int
-    text: str
+    message: Message
     image: Path | None = None
     final: bool = False
+
+    @property
+    def text(self) -> str:
+        """The English words (logs, tests)."""
+        return word(self.message, "en")
 
 
 #: How the runner reaches the chat a job was requested from (the application routes it to

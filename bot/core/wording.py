@@ -202,6 +202,28 @@ EN: dict[str, str] = {
     "version.no_reason": "no reason recorded",
     "rollback.nothing": ("Nothing to roll back: no trained version is active, the base model "
                          "answers."),
+    # --- training notices (the admin who asked is told as the job goes) ----------------
+    "progress.line": "step {step}/{total} ({percent}%){loss}{eta}",
+    "progress.loss": ", loss {loss:.3f}",
+    "progress.eta": ", at most {duration} left",
+    "duration.min_s": "{min} min {s:02d} s",
+    "duration.s": "{s} s",
+    "notice.started": "Training job #{id} started for {persona}.",
+    "notice.plan": ("Training {version}: up to {steps} steps; it stops as soon as the evaluation "
+                    "gate passes."),
+    "notice.progress": "Training {version}: {progress}",
+    "notice.eval": ("Evaluation at step {step}: persona {persona:.2f}, retention "
+                    "{retention:.2f}, leakage {leakage:.2f} — {verdict}."),
+    "notice.gate_passed": "gate passed",
+    "notice.continuing": "continuing",
+    "notice.keeps_answering": "The current model keeps answering.",
+    "notice.now_answering": "Now answering with {version}.",
+    "notice.not_loaded": ("{version} could not be loaded ({problem}); the previous model keeps "
+                          "answering."),
+    "notice.failed": ("Training job #{id} failed: {reason}. The current model keeps "
+                      "answering."),
+    "notice.cancelled": ("Training job #{id} was cancelled by {by}. The current model keeps "
+                         "answering."),
 }
 
 ZH: dict[str, str] = {
@@ -363,6 +385,24 @@ ZH: dict[str, str] = {
     "version.not_usable": "{version} 的状态是 {status}（{reasons}）；如果仍要启用，请加 --force。",
     "version.no_reason": "没有记录原因",
     "rollback.nothing": "没有可以回滚的：当前没有启用训练版本，由基础模型回答。",
+    # --- training notices (the admin who asked is told as the job goes) ----------------
+    "progress.line": "第 {step}/{total} 步（{percent}%）{loss}{eta}",
+    "progress.loss": "，loss {loss:.3f}",
+    "progress.eta": "，最多还需 {duration}",
+    "duration.min_s": "{min} 分 {s:02d} 秒",
+    "duration.s": "{s} 秒",
+    "notice.started": "训练任务 #{id} 开始了，训练的是 {persona}。",
+    "notice.plan": "正在训练 {version}：最多 {steps} 步，一通过评估门槛就停。",
+    "notice.progress": "正在训练 {version}：{progress}",
+    "notice.eval": ("第 {step} 步评估：人设 {persona:.2f}，常识保持 {retention:.2f}，"
+                    "提示词泄漏 {leakage:.2f}——{verdict}。"),
+    "notice.gate_passed": "通过门槛",
+    "notice.continuing": "继续训练",
+    "notice.keeps_answering": "当前模型继续回答。",
+    "notice.now_answering": "现在由 {version} 回答。",
+    "notice.not_loaded": "{version} 加载失败（{problem}）；之前的模型继续回答。",
+    "notice.failed": "训练任务 #{id} 失败：{reason}。当前模型继续回答。",
+    "notice.cancelled": "训练任务 #{id} 已被 {by} 取消。当前模型继续回答。",
 }
 
 CATALOG: dict[str, dict[str, str]] = {"en": EN, "zh": ZH}
