@@ -19,7 +19,7 @@ import pytest
 
 from adapters.app import ChatmanApp
 from bot.core.errors import UserFacingError
-from bot.core.jobs import DuplicateJob, JobError, JobStatus, Notice, TrainingKey
+from bot.core.jobs import DuplicateJob, JobError, JobStatus, TrainingKey
 from bot.core.registry import ModelStatus
 from bot.core.types import ChatKind, ChatMessage, ChatRef, Incoming, Role, UserRef
 from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
@@ -85,7 +85,7 @@ def test_cancelling_queued_and_running_jobs_in_the_queue(queue):
     with pytest.raises(JobError) as which:
         queue.cancel(None, "test:1")
     assert which.value.user_message == (
-        f"Jobs #{running.id} (running) and #{waiting.id} (queued) are open; say which, e.g. "
+        f"Jobs #{running.id} (running), #{waiting.id} (queued) are open; say which, e.g. "
         f"/canceltrain {running.id}.")
 
     cancelled = queue.cancel(waiting.id, "test:ada")
@@ -276,9 +276,10 @@ async def test_a_running_trainer_is_stopped_by_a_cancel_from_another_process(job
         assert candidate.status == ModelStatus.FAILED
         assert candidate.reasons == ["cancelled by cli:ops"]
         # The one who started it hears about it.
-        told = (ADMIN_CHAT, Notice(first, f"Training job #{first} was cancelled by cli:ops. The "
-                                          "current model keeps answering.", None, True))
-        await eventually(lambda: told in app.notices, 30, lambda: f"notices: {app.notices}")
+        told = (ADMIN_CHAT, f"Training job #{first} was cancelled by cli:ops. The current model "
+                            "keeps answering.", True)
+        await eventually(lambda: told in [(chat, n.text, n.final) for chat, n in app.notices], 30,
+                         lambda: f"notices: {app.notices}")
 
         # In-process (a chat's /canceltrain): the runner is nudged and stops the trainer at once.
         second = retrain(app, 5000).data["job"]["id"]

@@ -183,7 +183,7 @@ class SqlJobQueue:
                 raise JobError("nothing to cancel", code="job.nothing_to_cancel")
             if len(open_jobs) > 1:
                 raise JobError("which job?", code="job.which", params={
-                    "ids": ", ".join(f"#{j.id}" for j in open_jobs), "id": open_jobs[0].id})
+                    "ids": ", ".join(f"#{j.id} ({j.status})" for j in open_jobs), "id": open_jobs[0].id})
             return open_jobs[0]
         job = s.get(TrainingJob, job_id)
         if job is None or job.persona != self.persona:
