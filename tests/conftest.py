@@ -13,7 +13,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -21,6 +23,8 @@ from sqlalchemy.engine import make_url
 
 from adapters.app import ChatmanApp
 from bot.core.config import Settings
+from bot.core.jobs import Notice
+from bot.core.types import ChatRef
 from bot.infra.asr import FasterWhisperASR
 from bot.infra.audio.codec import PyAvCodec
 from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
@@ -40,7 +44,8 @@ SUBPROCESS_MODULES = {"test_cli", "test_admin_cli", "test_secrets", "test_startu
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        module = item.module.__name__.rsplit(".", 1)[-1] if item.module else ""
+        module_obj = item.module if isinstance(item, pytest.Function) else None
+        module = module_obj.__name__.rsplit(".", 1)[-1] if module_obj else ""
         if (MODEL_FIXTURES & set(getattr(item, "fixturenames", ())) or module in SUBPROCESS_MODULES
                 or "chatman_run" in item.name):
             item.add_marker(pytest.mark.model)
@@ -56,8 +61,8 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory) -> None:
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
-def make_settings(data_dir: Path, **overrides) -> Settings:
-    values = dict(
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
         data_dir=data_dir,
         model_cache_dir=MODEL_CACHE,
         llm_temperature=0.0,
@@ -176,7 +181,9 @@ def postgres_url(postgres_admin_url) -> Iterator[str]:
 def database_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
-    return request.getfixturevalue("postgres_url")
+    url = request.getfixturevalue("postgres_url")
+    assert isinstance(url, str)
+    return url
 
 
 QWEN2_CHAT_TEMPLATE = (
@@ -188,7 +195,7 @@ QWEN2_CHAT_TEMPLATE = (
 
 
 @pytest.fixture(scope="session")
-def tiny_qwen2_dir(tmp_path_factory, llm) -> Path:
+def tiny_qwen2_dir(tmp_path_factory: pytest.TempPathFactory, llm) -> Path:
     """A randomly initialised Qwen2 (two layers, 64 wide) with Qwen2's chat template.
 
     It borrows the starter's byte-level BPE tokenizer, which has the same <|im_start|> and
@@ -222,23 +229,27 @@ def chattts_dir() -> Path:
     return build_random_chattts(MODEL_CACHE / "chattts-random")
 
 
+@dataclass
+class NoticedApp(ChatmanApp):
+    """The app with the training notices a test notifier collected, as (chat, notice)."""
+
+    notices: list[tuple[ChatRef, Notice]] = field(default_factory=list)
+
+
 @pytest.fixture
-def job_app(tmp_path, llm, tiny_qwen2_dir):
+def job_app(tmp_path, llm, tiny_qwen2_dir) -> Iterator[NoticedApp]:
     """The app training the tiny Qwen2 in a real worker process; notices are collected in
     ``app.notices`` as (chat, notice)."""
-    from bot.core.jobs import Notice
-    from bot.core.types import ChatRef
-
     settings = make_settings(tmp_path / "data", train_base_model=str(tiny_qwen2_dir),
                              train_progress_seconds=0, registry_poll_seconds=0.2)
-    application = ChatmanApp.from_settings(settings, llm=llm)
-    notices: list[tuple[ChatRef, Notice]] = []
+    application = NoticedApp.from_settings(settings, llm=llm)
+    assert isinstance(application, NoticedApp)  # from_settings builds its own class
+    notices = application.notices
 
     async def collect(chat: ChatRef, notice: Notice) -> None:
         notices.append((chat, notice))
 
     application.notifiers["test"] = collect
-    application.notices = notices
     yield application
     application.close()
 

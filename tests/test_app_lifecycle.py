@@ -16,6 +16,11 @@ from tests.fakes.models import EchoASR, ScriptedLLM, ToneTTS
 from tests.test_registry import statuses, trained
 
 
+def state(app: ChatmanApp) -> AppState:
+    """``app.state`` read afresh: mypy keeps an earlier narrowing across the calls that change it."""
+    return app.state
+
+
 def build(tmp_path, llm: ScriptedLLM | None = None) -> ChatmanApp:
     return ChatmanApp.from_settings(make_settings(tmp_path / "data"), asr=EchoASR(),
                                     llm=llm or ScriptedLLM(), tts=ToneTTS())
@@ -23,19 +28,19 @@ def build(tmp_path, llm: ScriptedLLM | None = None) -> ChatmanApp:
 
 async def test_an_app_starts_once_and_closes_once(tmp_path):
     app = build(tmp_path)
-    assert app.state is AppState.NEW
+    assert state(app) is AppState.NEW
     await app.start(load_models=False)
-    assert app.state is AppState.RUNNING
+    assert state(app) is AppState.RUNNING
     with pytest.raises(LifecycleError, match="running"):
         await app.start()
     await app.stop()
     await app.stop()  # idempotent
-    assert app.state is AppState.STOPPED
+    assert state(app) is AppState.STOPPED
     with pytest.raises(LifecycleError, match="stopped"):
         await app.start()  # a stopped app is not restarted: its runner and tasks are gone
     app.close()
     app.close()
-    assert app.state is AppState.CLOSED
+    assert state(app) is AppState.CLOSED
 
 
 async def test_closing_while_background_work_runs_is_refused(tmp_path):
@@ -49,7 +54,7 @@ async def test_closing_while_background_work_runs_is_refused(tmp_path):
                                                                   "model-registry"]
     await app.stop()
     app.close()
-    assert app.state is AppState.CLOSED
+    assert state(app) is AppState.CLOSED
 
 
 async def test_a_running_block_stops_and_closes_even_when_it_raises(tmp_path):
@@ -58,7 +63,7 @@ async def test_a_running_block_stops_and_closes_even_when_it_raises(tmp_path):
         async with app.running(load_models=False, background=True):
             tasks = list(app._tasks)
             raise ValueError("boom")
-    assert app.state is AppState.CLOSED
+    assert state(app) is AppState.CLOSED
     assert tasks and all(t.done() for t in tasks)
 
 
@@ -67,10 +72,10 @@ async def test_async_with_loads_the_models_and_answers(tmp_path):
     app = ChatmanApp.from_settings(make_settings(tmp_path / "data"), asr=asr, llm=llm,
                                    tts=ToneTTS())
     async with app:
-        assert app.state is AppState.RUNNING and (asr.loads, llm.loads) == (1, 1)
+        assert state(app) is AppState.RUNNING and (asr.loads, llm.loads) == (1, 1)
         turn = await app.pipeline.handle(Incoming(ChatRef("cli", "c1"), UserRef("cli", "u", "U"),
                                                   text="Who are you?"))
-    assert app.state is AppState.CLOSED
+    assert state(app) is AppState.CLOSED
     assert turn.reply == "I am a stand-in. Nice to meet you."
     assert turn.voice is not None and turn.voice.duration_s > 0.3
     assert turn.exchange_id is not None
@@ -106,5 +111,6 @@ async def test_hot_swap_builds_models_through_the_factory_and_survives_a_broken_
         registry.rollback("test:ada")
         await asyncio.to_thread(app.request_model_sync)
         await app.sync_model()
-        assert app.served.version is None and app.llm.version == "base"
+        served = app.served  # read afresh after the swap
+        assert served.version is None and app.llm.version == "base"
         assert built[-1] == (app.settings.llm_model, None)

@@ -19,7 +19,7 @@ from tests.speech_checks import recall
 SAMPLE = REPO / "persona" / "manman" / "samples" / "question.ogg"
 
 
-def chatman(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+def chatman(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("CHATMAN_")}
     environ.update(
         CHATMAN_DATA_DIR=str(tmp_path / "data"),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import pytest
 
+from adapters.app import ChatmanApp
 from bot.core.errors import UserFacingError
 from bot.core.types import ChatKind, ChatMessage, ChatRef, Incoming, Role, Turn, UserRef
 from bot.infra.storage.models import AuditEntry, Exchange, HistoryMessage, Pair, User
@@ -21,8 +23,6 @@ CHAT = ChatRef("telegram", "-100", ChatKind.GROUP, "Friends")
 
 @pytest.fixture
 def app(settings, asr, llm, tts):
-    from adapters.app import ChatmanApp
-
     application = ChatmanApp.from_settings(
         settings.model_copy(update={"admin_ids": "telegram:123, discord:456"}),
         asr=asr, llm=llm, tts=tts,
@@ -32,7 +32,7 @@ def app(settings, asr, llm, tts):
     application.close()
 
 
-def ask(app, question: str, answer: str, user: UserRef = CAROL, msg: str = "1",
+def ask(app: ChatmanApp, question: str, answer: str, user: UserRef = CAROL, msg: str = "1",
         context: list[ChatMessage] | None = None) -> int:
     """Store an answered exchange as the pipeline does; returns its pair id."""
     turn = Turn(transcript=question, language="en", reply=answer, voice=None,
@@ -43,7 +43,7 @@ def ask(app, question: str, answer: str, user: UserRef = CAROL, msg: str = "1",
         return s.query(Pair).filter_by(exchange_id=exchange_id).one().id
 
 
-def snapshot(app) -> tuple:
+def snapshot(app: ChatmanApp) -> tuple[list[tuple[int, str, str, str]], int, int]:
     with app.store.session() as s:
         pairs = [(p.id, p.status, p.question, p.answer) for p in s.query(Pair).order_by(Pair.id)]
         return pairs, s.query(AuditEntry).count(), s.query(Exchange).count()
@@ -330,11 +330,13 @@ def test_typed_entry_points_take_fields_as_given(app):
     added = app.admin.add(OPS, "a | b?", "c | d")
     assert (added.pairs[0].question, added.pairs[0].answer) == ("a | b?", "c | d")
     before = snapshot(app)
-    for bad in (lambda: app.admin.correct(OPS, pair_id, "   "),
-                lambda: app.admin.add(OPS, "Q?", " "),
-                lambda: app.admin.pending(OPS, 0),
-                lambda: app.admin.retrain(OPS, CHAT, 0),
-                lambda: app.admin.approve(OPS, None)):
+    refusals: tuple[Callable[[], object], ...] = (
+        lambda: app.admin.correct(OPS, pair_id, "   "),
+        lambda: app.admin.add(OPS, "Q?", " "),
+        lambda: app.admin.pending(OPS, 0),
+        lambda: app.admin.retrain(OPS, CHAT, 0),
+        lambda: app.admin.approve(OPS, None))
+    for bad in refusals:
         with pytest.raises(CommandError):
             bad()
     assert snapshot(app) == before and app.jobs.open_jobs() == []

@@ -51,7 +51,9 @@ def say(store: SqlStore, chat: ChatRef, user: UserRef, text: str, reply: str,
                 audio_duration_s=None, model_version="v1", persona=persona, context=context)
     exchange_id = store.record_turn(chat, user, f"in-{text[:8]}", turn, "voice", reply_id)
     with store.session() as s:
-        return exchange_id, s.scalar(select(Pair.id).where(Pair.exchange_id == exchange_id))
+        pair_id = s.scalar(select(Pair.id).where(Pair.exchange_id == exchange_id))
+    assert pair_id is not None
+    return exchange_id, pair_id
 
 
 def turn_messages(user: UserRef, text: str, reply: str) -> list[ChatMessage]:

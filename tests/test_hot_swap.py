@@ -92,8 +92,10 @@ async def test_an_unloadable_version_is_failed_and_the_old_model_keeps_answering
         app.close()
     assert turn.model_version == good and app.llm.version == good
     failed = app.registry.get(broken)
+    assert failed is not None
     assert failed.status == ModelStatus.FAILED and "could not be loaded" in failed.reasons[-1]
-    assert app.registry.active().version == good
+    answering = app.registry.active()
+    assert answering is not None and answering.version == good
 
 
 async def test_the_bot_follows_versions_activated_elsewhere_and_rollback(

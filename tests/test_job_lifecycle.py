@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from adapters.app import ChatmanApp
-from bot.core.formats import dump_alpaca
+from bot.core.formats import AlpacaRow, dump_alpaca
 from bot.core.jobs import JobError, JobStatus, JobView, Notice
 from bot.core.registry import ModelStatus
 from bot.core.types import ChatRef
@@ -38,7 +38,7 @@ from tests.fakes import eventually
 from training import run
 from training.evaluate import Decoding
 from training.jobs import TrainingRunner
-from training.sft import TrainConfig
+from training.sft import TrainConfig, train_persona
 
 ADMIN = Actor("test", "1", "Ada", granted_admin=True)
 ADMIN_CHAT = ChatRef("test", "admin-chat")
@@ -56,7 +56,8 @@ def process_exists(pid: int) -> bool:
 def approvals_racing_each_read(curation) -> list[str]:
     """Every read of the approved pairs is followed at once by another admin approving a new
     pair (in another process, in real life): the worst timing for anything read twice."""
-    read, landed = curation.approved, []
+    read = curation.approved
+    landed: list[str] = []
 
     def approved():
         pairs = read()
@@ -73,14 +74,13 @@ def approvals_racing_each_read(curation) -> list[str]:
 def test_a_run_trains_on_exactly_the_rows_it_froze(tmp_path, tiny_qwen2_dir, monkeypatch):
     app = ChatmanApp.from_settings(make_settings(tmp_path / "data"))
     app.migrate()
-    trained: list[list] = []
-    real_train = run.train_persona
+    trained: list[list[AlpacaRow]] = []
 
-    def train_persona(model, tokenizer, *, rows, **kwargs):  # what the trainer is handed
+    def recording_train_persona(model, tokenizer, *, rows, **kwargs):  # what the trainer is handed
         trained.append(list(rows))
-        return real_train(model, tokenizer, rows=rows, **kwargs)
+        return train_persona(model, tokenizer, rows=rows, **kwargs)
 
-    monkeypatch.setattr(run, "train_persona", train_persona)
+    monkeypatch.setattr(run, "train_persona", recording_train_persona)
     try:
         landed = approvals_racing_each_read(app.curation)
         out = run.run_training(
@@ -130,6 +130,7 @@ async def test_a_runner_error_mid_job_stops_the_trainer_before_the_job_fails(job
         job_id = app.admin.execute(ADMIN, "/retrain 5000", origin=ADMIN_CHAT).data["job"]["id"]
         job = await eventually(lambda: (j := app.jobs.get(job_id)).status not in JobStatus.OPEN
                                and j, 240, lambda: f"job: {app.jobs.get(job_id)}")
+        assert job  # the first truthy value: the finished job
         # Reaped before the job was marked failed: no trainer outlives its job.
         [pid] = pids
         assert lost == [job_id] and not process_exists(pid)
@@ -208,6 +209,7 @@ async def test_a_runner_error_after_the_trainer_activated_hands_back_to_the_prev
         await eventually(lambda: any(n.final for n in notices), 60,
                          lambda: f"job: {app.jobs.get(job.id)}, notices: {notices}")
         done = app.jobs.get(job.id)
+        assert done is not None and done.model_version is not None
     finally:
         await runner.stop()
         await asyncio.wait_for(task, 30)  # the runner's loop ends once it is stopped
@@ -215,8 +217,11 @@ async def test_a_runner_error_after_the_trainer_activated_hands_back_to_the_prev
     assert done.status == JobStatus.FAILED
     assert done.error == "internal error in the job runner (RuntimeError); the trainer was stopped"
     version = registry.get(done.model_version)
+    assert version is not None
     assert version.status == ModelStatus.FAILED and done.error in version.reasons
-    assert registry.active().version == earlier  # the version before the job answers again
+    answering = registry.active()
+    assert answering is not None
+    assert answering.version == earlier  # the version before the job answers again
     assert swaps == [done.model_version, done.model_version]  # the swap, then the swap back
     assert notices[-1].final and notices[-1].text.startswith(f"Training job #{job.id} failed")
 
@@ -267,11 +272,13 @@ def test_two_bots_never_run_two_trainers_for_a_persona(two_bots):
         assert not [g for g in got if isinstance(g, Exception)], got
         claimed = [g for g in got if g is not None]
         assert len(claimed) == 1, f"round {n}: {got}"
+        [winner] = claimed
+        assert isinstance(winner, JobView), winner
         running = [j.id for j in b.open_jobs() if j.status == JobStatus.RUNNING]
-        assert running == [claimed[0].id], f"round {n}"
+        assert running == [winner.id], f"round {n}"
         # While it runs, neither bot claims the other queued job.
         assert together(a.claim_next, b.claim_next) == [None, None]
-        a.finish(claimed[0].id, JobStatus.SUCCEEDED)
+        a.finish(winner.id, JobStatus.SUCCEEDED)
         [left] = a.open_jobs()
         a.cancel(left.id, "test:1")
     assert a.open_jobs() == []
@@ -293,6 +300,7 @@ def test_two_bots_queue_one_job_and_a_cancel_is_never_lost_to_a_claim(two_bots):
         if claim is None:  # the cancel came first: it never runs
             assert job.status == cancel.status == JobStatus.CANCELLED, f"round {n}"
         else:  # the claim came first: it runs, flagged, and its runner stops it
+            assert isinstance(claim, JobView), claim
             assert claim.id == job.id and job.status == cancel.status == JobStatus.RUNNING
             assert job.cancel_requested_by == "test:ops", f"round {n}"
             a.finish(job.id, JobStatus.CANCELLED, "cancelled by test:ops")

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from adapters.app import ChatmanApp
-from bot.core.jobs import JobStatus
+from bot.core.jobs import JobError, JobStatus
 from bot.core.registry import ModelStatus
 from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
 from bot.infra.storage.models import TrainingJob
@@ -60,7 +60,7 @@ async def test_a_rejected_candidate_reports_and_keeps_the_model(job_app):
         job_id = result.data["job"]["id"]
         assert "Queued training job #1" in result.message and "Progress" in result.message
         # A second request while one waits is refused, and nothing is queued twice.
-        with pytest.raises(Exception, match="already") as refused:
+        with pytest.raises(JobError, match="already") as refused:
             app.admin.execute(ADMIN, "/retrain", origin=ADMIN_CHAT)
         assert "already waiting" in refused.value.user_message
 

@@ -9,7 +9,7 @@ import pytest
 
 from adapters.app import ChatmanApp
 from bot.core.errors import AudioTooLarge, AudioTooLong, EmptyInput, NoSpeech, UnsupportedAudio
-from bot.core.types import ChatKind, ChatRef, Incoming, Pcm, Role, UserRef
+from bot.core.types import ChatKind, ChatMessage, ChatRef, Incoming, Pcm, Role, UserRef
 from bot.infra.audio.codec import PyAvCodec
 from bot.infra.storage.models import Chat, Exchange, HistoryMessage, User
 from tests.conftest import make_settings
@@ -23,7 +23,8 @@ class RecordingLLM:
     """Delegates to the real model and keeps the prompts it was given."""
 
     def __init__(self, inner) -> None:
-        self.inner, self.prompts = inner, []
+        self.inner = inner
+        self.prompts: list[list[ChatMessage]] = []
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -115,7 +116,7 @@ async def test_group_chat_shares_memory_with_speaker_names(app, llm):
 async def test_conversations_run_concurrently_and_keep_order_within_a_chat(app, speak):
     ticks = 0
 
-    async def ticker():
+    async def ticker() -> None:
         nonlocal ticks
         while True:
             await asyncio.sleep(0.05)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy import select
 
 from bot.core.errors import UserFacingError
 from bot.core.registry import ModelStatus
 from bot.infra.storage import migrate
+from bot.infra.storage.models import AuditEntry
 from bot.infra.storage.registry import SqlRegistry
 from bot.infra.storage.store import SqlStore, make_engine
 from tests.test_cli import chatman
@@ -63,11 +65,7 @@ def test_activate_and_roll_back_through_the_history(registry, tmp_path):
     assert actions.count("model.rollback") == 3 and actions.count("model.activate") >= 5
 
 
-def registry_audit(registry):
-    from sqlalchemy import select
-
-    from bot.infra.storage.models import AuditEntry
-
+def registry_audit(registry: SqlRegistry) -> list[AuditEntry]:
     with registry.store.session() as s:
         return list(s.scalars(select(AuditEntry).order_by(AuditEntry.id)))
 

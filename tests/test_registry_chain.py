@@ -6,7 +6,9 @@ from __future__ import annotations
 import random
 import shutil
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -21,27 +23,31 @@ from tests.test_registry import statuses, trained
 
 GUARD_SECONDS = 20.0
 
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 
-def bounded(fn, *args, **kwargs):
+
+def bounded(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     """``fn(*args)``, which must return (or raise) within GUARD_SECONDS: a registry call that
     walks a cycle fails the test instead of hanging it (the stuck thread is a daemon)."""
-    outcome: dict = {}
+    values: list[R] = []
+    errors: list[BaseException] = []
 
     def call() -> None:
         try:
-            outcome["value"] = fn(*args, **kwargs)
+            values.append(fn(*args, **kwargs))
         except BaseException as exc:  # handed to the caller below
-            outcome["error"] = exc
+            errors.append(exc)
 
     worker = threading.Thread(target=call, daemon=True)
     worker.start()
     worker.join(GUARD_SECONDS)
     assert not worker.is_alive(), f"{fn.__name__}{args} did not return: it loops"
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    if errors:
+        raise errors[0]
+    return values[0]
 
 
 def active(registry: SqlRegistry) -> str | None:
@@ -281,7 +287,8 @@ def test_migration_builds_the_stack_from_a_cyclic_previous_id_chain(database_url
         migrate.upgrade(engine)
         registry = SqlRegistry(SqlStore(engine), "manman")
         assert stack(registry) == ["manman-v2", "manman-v1"]  # v3 failed, then the cycle ends
-        assert bounded(registry.active).previous == "manman-v2"
+        served = bounded(registry.active)
+        assert served is not None and served.previous == "manman-v2"
 
         bounded(registry.activate, "manman-v4", "test:ada")
         bounded(registry.activate, "manman-v2", "test:ada")

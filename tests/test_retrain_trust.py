@@ -19,7 +19,7 @@ import pytest
 
 from adapters.app import ChatmanApp
 from bot.core.errors import UserFacingError
-from bot.core.jobs import DuplicateJob, JobError, JobStatus, TrainingKey
+from bot.core.jobs import DuplicateJob, JobError, JobStatus, JobView, TrainingKey
 from bot.core.registry import ModelStatus
 from bot.core.types import ChatKind, ChatMessage, ChatRef, Incoming, Role, UserRef
 from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
@@ -122,8 +122,9 @@ def trained_on(app: ChatmanApp, steps: int, folder: Path, *, passed: bool) -> st
     k = app.admin.training_key(steps)
     v = app.registry.create_candidate(base_model=k.base_model, config=k.config, job_id=None,
                                       created_by="test").version
-    model_dir = folder / v if passed else None
+    model_dir: Path | None = None
     if passed:
+        model_dir = folder / v
         model_dir.mkdir(parents=True)
         (model_dir / "config.json").write_text("{}")
     reasons = [] if passed else ["persona_score 0.00 < 0.90"]
@@ -235,13 +236,16 @@ def process_exists(pid: int) -> bool:
     return True
 
 
-async def trainer_started(app: ChatmanApp, job_id: int):
+async def trainer_started(app: ChatmanApp, job_id: int) -> JobView:
     """The job once its worker runs and has registered its candidate version."""
-    def ready():
+    def ready() -> JobView | None:
         job = app.jobs.get(job_id)
+        assert job is not None
         return job if job.pid and job.model_version and process_exists(job.pid) else None
 
-    return await eventually(ready, 240, lambda: f"job: {app.jobs.get(job_id)}")
+    started = await eventually(ready, 240, lambda: f"job: {app.jobs.get(job_id)}")
+    assert started is not None  # eventually returns the first truthy value
+    return started
 
 
 async def ask(app: ChatmanApp, text: str):
@@ -269,6 +273,7 @@ async def test_a_running_trainer_is_stopped_by_a_cancel_from_another_process(job
         cli = await asyncio.to_thread(chatman, tmp_path, "train", "cancel", "--as", "ops")
         assert cli.returncode == 0, cli.stderr
         assert cli.stdout.strip() == f"Training job #{first} cancelled; {told_cli} keeps answering."
+        assert job.pid is not None  # trainer_started waited for it
         assert not process_exists(job.pid)  # reaped before the job was marked cancelled
         done = app.jobs.get(first)
         assert done.status == JobStatus.CANCELLED and done.error == "cancelled by cli:ops"
@@ -287,7 +292,7 @@ async def test_a_running_trainer_is_stopped_by_a_cancel_from_another_process(job
         result = await asyncio.to_thread(app.admin.execute, ADMIN, "/canceltrain", None,
                                          ADMIN_CHAT)
         assert result.message == f"Training job #{second} cancelled; {told_here} keeps answering."
-        assert not process_exists(job.pid)
+        assert job.pid is not None and not process_exists(job.pid)
         assert app.registry.get(job.model_version).reasons == ["cancelled by test:1"]
         # Whoever cancelled was told by their command; no second notice for the same person.
         assert not any("cancelled by test:1" in n.text for _, n in app.notices)
@@ -311,6 +316,7 @@ async def test_a_trainer_that_ignores_sigterm_is_killed_after_the_grace_period(m
     stubborn = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
         " print('ready', flush=True); time.sleep(600)", stdout=asyncio.subprocess.PIPE)
+    assert stubborn.stdout is not None
     assert await stubborn.stdout.readline() == b"ready\n"  # SIGTERM is ignored from here on
     await jobs._stop(stubborn)
     assert stubborn.returncode == -signal.SIGKILL and not process_exists(stubborn.pid)
@@ -352,7 +358,7 @@ def rejected_run(tmp_path: Path, base: Path) -> tuple[str, Path]:
     lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                       init_lora_weights=False, task_type="CAUSAL_LM")
     get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(
-        run / "adapter")
+        str(run / "adapter"))
     registry.record_result(v, base_version=base.name, directory=run, model_dir=None,
                            dataset_sha256="ab" * 32, dataset_rows=4, steps=1, metrics={},
                            reasons=["persona_score 0.00 < 0.90"])
