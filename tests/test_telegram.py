@@ -84,16 +84,16 @@ def bot(running: tuple[ChatmanApp, TelegramAdapter]) -> ChatmanApp:
 
 
 @pytest.fixture
-def telegram(running: tuple[ChatmanApp, TelegramAdapter]) -> TelegramAdapter:
+def adapter(running: tuple[ChatmanApp, TelegramAdapter]) -> TelegramAdapter:
     """Tests wait on its ``handled``: "processed, nothing more to come"."""
     return running[1]
 
 
-async def handled(fake: FakeTelegram, telegram: TelegramAdapter, message: dict[str, Any]
+async def handled(fake: FakeTelegram, adapter: TelegramAdapter, message: dict[str, Any]
                   ) -> None:
     """Until the bot has finished with ``message``: answered, retried, refused or ignored."""
     key = (str(message["chat"]["id"]), str(message["message_id"]))
-    await fake.wait_for(lambda: key in telegram.handled)
+    await fake.wait_for(lambda: key in adapter.handled)
 
 
 def replies(fake: FakeTelegram, chat_id: int, method: str = "sendMessage"):
@@ -120,7 +120,7 @@ async def test_a_private_voice_note_gets_a_voice_note_back(fake, bot, speak, asr
     assert exchange[0].reply_message_id == str(sent.message["message_id"])
 
 
-async def test_groups_answer_mentions_and_replies_only(fake, bot, telegram):
+async def test_groups_answer_mentions_and_replies_only(fake, bot, adapter):
     await fake.send_text(GROUP, BOB, "hello everyone, lunch at noon?")
     mention = await fake.send_text(GROUP, BOB, f"{MENTION} what is the capital of Japan?")
     first = (await fake.wait_for(lambda: replies(fake, GROUP["id"])))[0]
@@ -128,7 +128,7 @@ async def test_groups_answer_mentions_and_replies_only(fake, bot, telegram):
     follow = await fake.send_text(GROUP, ALICE, "And what is it famous for?",
                                   reply_to_message=first.message)
     await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 2)
-    await handled(fake, telegram, await fake.send_text(GROUP, BOB, "thanks!"))
+    await handled(fake, adapter, await fake.send_text(GROUP, BOB, "thanks!"))
     answered = replies(fake, GROUP["id"])
     assert [s.reply_to for s in answered] == [mention["message_id"], follow["message_id"]]
     # One shared memory, with each speaker's name in it, and the mention removed.
@@ -261,20 +261,20 @@ def test_only_failures_that_delivered_nothing_are_resent(failure, safe):
     assert resend_is_safe(failure) is safe
 
 
-async def test_rate_limits_and_server_errors_deliver_exactly_one_reply(fake, telegram):
+async def test_rate_limits_and_server_errors_deliver_exactly_one_reply(fake, adapter):
     fake.fail_next["sendMessage"] = [(429, {"retry_after": 1}), (502, None)]
     asked = await fake.send_text(private_chat(ALICE), ALICE, "What is the capital of Japan?")
-    await handled(fake, telegram, asked)
+    await handled(fake, adapter, asked)
     sent = replies(fake, ALICE["id"])
     assert len(sent) == 1 and sent[0].reply_to == asked["message_id"]
     assert fake.calls.count("sendMessage") == 3
 
 
-async def test_a_user_who_blocked_the_bot_is_logged_not_retried(fake, bot, telegram, caplog):
+async def test_a_user_who_blocked_the_bot_is_logged_not_retried(fake, bot, adapter, caplog):
     fake.fail_next["sendMessage"] = [(403, None)]
     with caplog.at_level(logging.WARNING, logger="adapters.telegram"):
-        await handled(fake, telegram, await fake.send_text(private_chat(BOB), BOB,
-                                                           "What is the capital of Japan?"))
+        await handled(fake, adapter, await fake.send_text(private_chat(BOB), BOB,
+                                                          "What is the capital of Japan?"))
     assert fake.calls.count("sendMessage") == 1 and replies(fake, BOB["id"]) == []
     assert "not allowed to send" in caplog.text
     # Nothing reached the user, so nothing was stored.
