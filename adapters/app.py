@@ -66,7 +66,7 @@ def reply_token_cap(s: Settings, persona: PersonaProfile | None, language: str) 
 
 
 def build_llm(s: Settings, model_ref: str | None = None, version: str | None = None,
-              max_new_tokens: int | None = None) -> ChatModel:
+              max_new_tokens: int | None = None) -> TransformersChatModel:
     """The configured LLM, or ``model_ref`` (a registry version's folder) named ``version``.
 
     ``max_new_tokens``: the reply cap (see :func:`reply_token_cap`); without it, the setting's

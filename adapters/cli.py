@@ -9,9 +9,10 @@ import logging
 import os
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Protocol, TypeGuard, get_args
 
 import typer
 from pydantic import ValidationError
@@ -24,6 +25,13 @@ from bot.core.types import ChatRef, Incoming, Turn, UserRef
 from bot.core.wording import word
 from bot.infra.logs import configure_logging, mask, route_uncaught_exceptions
 from bot.infra.reply_audio import write_atomically
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from adapters.app import ChatmanApp
+    from bot.core.formats import Format
+    from bot.core.ports import ChatModel
 
 # Typer's pretty tracebacks print local variables (settings, tokens) in clear; main() prints
 # one masked line instead and logs the traceback at DEBUG through the masking handler.
@@ -110,7 +118,7 @@ def ask(
 
     spoken: list[str] = []  # the persona's language, for a refusal's words
 
-    async def run():
+    async def run() -> Turn:
         application = ChatmanApp.from_settings(settings)
         spoken.append(application.language)
         if data is not None:
@@ -165,7 +173,7 @@ def ask(
     console = Console()
     console.print(f"[bold]You[/]: {turn.transcript}", highlight=False)
     console.print(f"[bold]Persona[/]: {turn.reply}", highlight=False)
-    if audio_path:
+    if audio_path and turn.voice:  # a file is written only for a voice reply
         console.print(f"Voice reply: {audio_path} ({turn.voice.duration_s:.1f} s)", highlight=False)
     console.print(f"[dim]conversation {chat_id} · {turn.timings_ms['total'] / 1000:.1f} s[/]")
 
@@ -202,7 +210,7 @@ def doctor() -> None:
 
     failures = 0
 
-    def check(name: str, fn) -> None:
+    def check(name: str, fn: Callable[[], object]) -> None:
         nonlocal failures
         try:
             detail = fn()
@@ -227,11 +235,15 @@ def doctor() -> None:
     def persona() -> str:
         return startup.check_persona(settings)
 
-    def loaded(builder):
+    def loaded(builder: Callable[[Settings], _Loadable]) -> Callable[[], str]:
         def run() -> str:
             component = builder(settings)
             component.load()
-            return getattr(component, "name", None) or getattr(component, "version", "")
+            name: str | None = getattr(component, "name", None)
+            if name:
+                return name
+            version: str = getattr(component, "version", "")
+            return version
         return run
 
     check("data dir", lambda: startup.check_data_dir(settings))
@@ -239,7 +251,8 @@ def doctor() -> None:
     check("database", database)
     check("persona", persona)
     check("asr", loaded(app_module.build_asr))
-    def served_llm(s: Settings):
+
+    def served_llm(s: Settings) -> ChatModel:
         try:
             name = load_persona(s.persona, s.persona_dir).name
         except ValueError:
@@ -254,8 +267,14 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
+class _Loadable(Protocol):
+    """A model the doctor loads to check it."""
+
+    def load(self) -> None: ...
+
+
 @contextmanager
-def _admin_app(persona: str | None = None):
+def _admin_app(persona: str | None = None) -> Iterator[ChatmanApp]:
     """The application without loading models: admin and dataset work needs none."""
     from adapters.app import ChatmanApp
 
@@ -314,7 +333,7 @@ def dataset_export(
     """Write seed + approved pairs and a LLaMA-Factory dataset_info.json into --out."""
     from training.dataset import export_dataset
 
-    if fmt not in ("alpaca", "sharegpt"):
+    if not _is_format(fmt):
         raise _fail("--format must be alpaca or sharegpt")
     with _admin_app(persona) as application:
         try:
@@ -324,6 +343,12 @@ def dataset_export(
             raise _fail(str(exc)) from exc
     print(f"wrote {result.rows} rows to {result.data_file} (sha256 {result.sha256[:12]}); "
           f"train with: llamafactory-cli train --dataset_dir {out} --dataset {result.dataset_name}")
+
+
+def _is_format(name: str) -> TypeGuard[Format]:
+    from bot.core.formats import Format
+
+    return name in get_args(Format)
 
 
 @dataset_app.command("import")
@@ -634,7 +659,7 @@ def models_activate(
                                          if view.previous else ""))
 
 
-def _export_if_needed(application, version: str, actor: str) -> None:
+def _export_if_needed(application: ChatmanApp, version: str, actor: str) -> None:
     """Merge a version that has no model folder (a rejected run) and record the folder."""
     from training.promote import export_version, needs_export
 
@@ -659,6 +684,7 @@ def models_rollback(operator: Annotated[str, typer.Option("--as")] = "") -> None
             back = application.registry.rollback(f"cli:{operator or getpass.getuser()}")
         except UserFacingError as exc:
             raise _fail(word(exc.message, application.language)) from exc
+    assert before is not None, "rollback() refuses when no version is active"
     print(f"rolled back from {before.version} to "
           f"{back.version if back else 'the base model (' + application.settings.llm_model + ')'}")
 
@@ -695,7 +721,7 @@ def _migrate(direction: str, revision: str) -> None:
 
 
 @contextmanager
-def _engine():
+def _engine() -> Iterator[Engine]:
     """An engine for the configured database; database errors become one-line CLI errors."""
     from sqlalchemy.exc import SQLAlchemyError
 

@@ -13,7 +13,9 @@ import io
 import json
 import logging
 from collections import deque
+from collections.abc import Callable, Coroutine
 from pathlib import PurePosixPath
+from typing import Any, Concatenate
 
 import discord
 import yarl
@@ -61,13 +63,13 @@ MESSAGE_LIMIT = 2000
 
 
 async def send_voice_message(http: discord.http.HTTPClient, channel_id: int, voice: VoiceNote,
-                             reply_to: int | None) -> dict:
+                             reply_to: int | None) -> dict[str, Any]:
     """Post a native voice message: discord.py 2.7 has no public API for one.
 
     One OGG/Opus attachment with ``duration_secs`` and a base64 ``waveform`` (≤ 256 bytes),
     flag IS_VOICE_MESSAGE, and no text content — Discord refuses anything else.
     """
-    payload: dict = {
+    payload: dict[str, Any] = {
         "flags": IS_VOICE_MESSAGE,
         "attachments": [{"id": "0", "filename": "voice-message.ogg",
                          "duration_secs": round(voice.duration_s, 2),
@@ -75,13 +77,14 @@ async def send_voice_message(http: discord.http.HTTPClient, channel_id: int, voi
     }
     if reply_to is not None:
         payload["message_reference"] = {"message_id": str(reply_to), "fail_if_not_exists": False}
-    form = [
+    form: list[dict[str, Any]] = [
         {"name": "payload_json", "value": json.dumps(payload)},
         {"name": "files[0]", "value": voice.data, "filename": "voice-message.ogg",
          "content_type": "audio/ogg"},
     ]
     route = Route("POST", "/channels/{channel_id}/messages", channel_id=channel_id)
-    return await http.request(route, form=form)
+    sent: dict[str, Any] = await http.request(route, form=form)  # the message, as JSON
+    return sent
 
 
 class DiscordAdapter:
@@ -107,11 +110,13 @@ class DiscordAdapter:
         self.tree = app_commands.CommandTree(self.client)
         self.client.event(self.on_message)
         self._commands()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
-        await self.client.login(self.settings.discord_bot_token.get_secret_value())
+        token = self.settings.discord_bot_token
+        assert token is not None, "checked when the adapter was made"
+        await self.client.login(token.get_secret_value())
         self._task = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
@@ -147,7 +152,14 @@ class DiscordAdapter:
                 return att
         return None
 
-    def _chat_ref(self, channel) -> ChatRef:
+    @property
+    def _me(self) -> discord.ClientUser:
+        """The bot's own user (known once signed in)."""
+        me = self.client.user
+        assert me is not None, "signed in before any message arrives"
+        return me
+
+    def _chat_ref(self, channel: discord.abc.Snowflake) -> ChatRef:
         if isinstance(channel, discord.DMChannel) or getattr(channel, "guild", None) is None:
             return ChatRef(PLATFORM, str(channel.id), ChatKind.PRIVATE)
         return ChatRef(PLATFORM, str(channel.id), ChatKind.GROUP, getattr(channel, "name", None))
@@ -155,7 +167,7 @@ class DiscordAdapter:
     def _replies_to_bot(self, message: discord.Message) -> bool:
         ref = message.reference
         resolved = ref.resolved if ref else None
-        return isinstance(resolved, discord.Message) and resolved.author.id == self.client.user.id
+        return isinstance(resolved, discord.Message) and resolved.author.id == self._me.id
 
     async def _is_for_us(self, message: discord.Message, voice: bool) -> bool:
         if message.guild is None:
@@ -168,7 +180,7 @@ class DiscordAdapter:
         return False
 
     def _clean(self, content: str) -> str:
-        me = self.client.user.id
+        me = self._me.id
         for form in (f"<@{me}>", f"<@!{me}>"):
             content = content.replace(form, " ")
         return " ".join(content.split())
@@ -202,7 +214,8 @@ class DiscordAdapter:
         if text:
             await self._serve(message, text=text)
 
-    async def _serve(self, message: discord.Message, *, audio=None, text: str | None = None):
+    async def _serve(self, message: discord.Message, *, audio: discord.Attachment | None = None,
+                     text: str | None = None) -> None:
         chat = self._chat_ref(message.channel)
         try:
             slot = self.queues.enter(chat)
@@ -265,10 +278,13 @@ class DiscordAdapter:
         """What the bot says, in the persona's language."""
         return word(said, self.app.language)
 
-    async def _send_text(self, channel, text: str, reference: discord.Message | None):
-        first = None
+    async def _send_text(self, channel: discord.abc.Messageable, text: str,
+                         reference: discord.Message | None) -> discord.Message | None:
+        first: discord.Message | None = None
         for i in range(0, max(len(text), 1), MESSAGE_LIMIT):
-            sent = await channel.send(text[i:i + MESSAGE_LIMIT] or "…", reference=reference,
+            # discord.py's overloads leave out the None its send() takes (and defaults to).
+            sent = await channel.send(text[i:i + MESSAGE_LIMIT] or "…",
+                                      reference=reference,  # type: ignore[arg-type]
                                       mention_author=False)
             first = first or sent
             reference = None
@@ -278,10 +294,13 @@ class DiscordAdapter:
     async def notify(self, chat: ChatRef, notice: Notice) -> None:
         channel = self.client.get_channel(int(chat.chat_id)) or await self.client.fetch_channel(
             int(chat.chat_id))
+        if not isinstance(channel, discord.abc.Messageable):
+            raise TypeError(f"discord: channel {chat.chat_id} takes no messages")
         await self._send_text(channel, notice.text, None)
-        if notice.image is not None:
-            data = await asyncio.to_thread(notice.image.read_bytes)
-            await channel.send(file=discord.File(io.BytesIO(data), notice.image.name))
+        image = notice.image
+        if image is not None:
+            data = await asyncio.to_thread(image.read_bytes)
+            await channel.send(file=discord.File(io.BytesIO(data), image.name))
 
     # --- slash commands -----------------------------------------------------------------
     def _actor(self, interaction: discord.Interaction) -> Actor:
@@ -330,9 +349,11 @@ class DiscordAdapter:
         tree, run = self.tree, self._run
         admin = app_commands.default_permissions(administrator=True)
 
-        def add(fn, description: str, is_admin: bool = True) -> None:
-            command = app_commands.Command(name=fn.__name__.rstrip("_"), description=description,
-                                           callback=fn)
+        def add(fn: Callable[Concatenate[discord.Interaction[Any], ...],
+                             Coroutine[Any, Any, None]],
+                description: str, is_admin: bool = True) -> None:
+            command: app_commands.Command[Any, ..., None] = app_commands.Command(
+                name=fn.__name__.rstrip("_"), description=description, callback=fn)
             tree.add_command(admin(command) if is_admin else command)
 
         async def approve(interaction: discord.Interaction, pair_id: int) -> None:

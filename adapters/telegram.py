@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 from urllib.parse import urlparse
@@ -27,12 +28,16 @@ import httpx
 os.environ.setdefault("PTB_TIMEDELTA", "1")
 
 from telegram import (
+    Audio,
     BotCommand,
     BotCommandScopeChat,
     BotCommandScopeDefault,
+    Document,
     Message,
     ReplyParameters,
     Update,
+    VideoNote,
+    Voice,
 )
 from telegram.constants import (
     ChatAction,
@@ -49,7 +54,15 @@ from telegram.error import (
     TelegramError,
     TimedOut,
 )
-from telegram.ext import Application, ContextTypes, MessageHandler, TypeHandler, filters
+from telegram.ext import (
+    Application,
+    ContextTypes,
+    ExtBot,
+    MessageHandler,
+    TypeHandler,
+    Updater,
+    filters,
+)
 
 from adapters.app import ChatmanApp
 from bot.core.commands import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget
@@ -77,6 +90,8 @@ READ_TIMEOUT_S = 20.0
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 GENERAL = ("start", "help", *USER_COMMANDS)
+#: The attachments the audio handler's filters let through.
+Media = Voice | Audio | VideoNote | Document
 
 
 class OutcomeUnknown(NotDelivered):
@@ -111,7 +126,7 @@ class TelegramAdapter:
         self.queues = app.queues
         self.webhook_secret = (s.telegram_webhook_secret.get_secret_value()
                                if s.telegram_webhook_secret else secrets.token_urlsafe(32))
-        self.application: Application = (
+        self.application = (
             Application.builder()
             .token(s.telegram_bot_token.get_secret_value())
             .base_url(s.telegram_api_base_url)
@@ -136,10 +151,16 @@ class TelegramAdapter:
         self.application.add_handler(TypeHandler(Update, self._mark_handled), group=1)
 
     @property
-    def bot(self):
+    def bot(self) -> ExtBot[None]:
         return self.application.bot
 
-    async def _mark_handled(self, update: Update, context) -> None:
+    @property
+    def updater(self) -> Updater:
+        updater = self.application.updater
+        assert updater is not None, "the application builder always makes an updater"
+        return updater
+
+    async def _mark_handled(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
         if message is not None:
             self.handled.append((str(message.chat_id), str(message.message_id)))
@@ -153,7 +174,7 @@ class TelegramAdapter:
         await self.application.start()
         url = self.settings.telegram_webhook_url
         if url:
-            await self.application.updater.start_webhook(
+            await self.updater.start_webhook(
                 listen=self.settings.telegram_webhook_listen,
                 port=self.settings.telegram_webhook_port,
                 url_path=urlparse(url).path.lstrip("/"),
@@ -164,7 +185,7 @@ class TelegramAdapter:
             log.info("telegram: receiving updates by webhook on %s:%d",
                      self.settings.telegram_webhook_listen, self.settings.telegram_webhook_port)
         else:
-            await self.application.updater.start_polling(
+            await self.updater.start_polling(
                 allowed_updates=["message"], poll_interval=0.0, timeout=30,
                 bootstrap_retries=-1)
             log.info("telegram: long polling")
@@ -173,7 +194,7 @@ class TelegramAdapter:
     async def stop(self) -> None:
         self.app.notifiers.pop(PLATFORM, None)
         with contextlib.suppress(RuntimeError):
-            await self.application.updater.stop()
+            await self.updater.stop()
         with contextlib.suppress(RuntimeError):
             await self.application.stop()
         await self.application.shutdown()
@@ -187,16 +208,16 @@ class TelegramAdapter:
         await self._send(lambda: self.bot.set_my_commands(everyone, scope=BotCommandScopeDefault()),
                          "setMyCommands", repeatable=True)
         # Admin commands appear only in the admins' own chats with the bot.
-        for entry in sorted(self.app.admin.admin_ids):
-            platform, _, user_id = entry.partition(":")
+        for admin_id in sorted(self.app.admin.admin_ids):
+            platform, _, user_id = admin_id.partition(":")
             if platform != PLATFORM or not user_id.lstrip("-").isdigit():
                 continue
             try:
-                await self._send(lambda uid=user_id: self.bot.set_my_commands(
-                    admins, scope=BotCommandScopeChat(int(uid))), "setMyCommands",
-                    repeatable=True)
+                await self._send(functools.partial(
+                    self.bot.set_my_commands, admins, scope=BotCommandScopeChat(int(user_id))),
+                    "setMyCommands", repeatable=True)
             except BadRequest as exc:  # the admin has not started a chat with the bot yet
-                log.info("telegram: admin commands for %s not registered: %s", entry, exc)
+                log.info("telegram: admin commands for %s not registered: %s", admin_id, exc)
 
     # --- deciding what is for us -------------------------------------------------------
     @staticmethod
@@ -243,6 +264,7 @@ class TelegramAdapter:
             sc = message.sender_chat
             return UserRef(PLATFORM, f"chat{sc.id}", sc.title or sc.username or "Anonymous")
         user = message.from_user
+        assert user is not None, "a message not sent as a chat has a sender"
         return UserRef(PLATFORM, str(user.id), user.full_name)
 
     async def _is_chat_admin(self, message: Message) -> bool:
@@ -250,8 +272,10 @@ class TelegramAdapter:
         if message.sender_chat is not None:
             # Only the group's admins can post as the group itself; a channel can't.
             return message.sender_chat.id == message.chat.id
+        user = message.from_user
+        assert user is not None, "a message not sent as a chat has a sender"
         try:
-            member = await self.bot.get_chat_member(message.chat.id, message.from_user.id)
+            member = await self.bot.get_chat_member(message.chat.id, user.id)
         except TelegramError as exc:
             log.info("telegram: could not check admin rights in %s: %s", message.chat.id, exc)
             return False
@@ -266,6 +290,7 @@ class TelegramAdapter:
         if message is None or not await self._is_for_us(message, voice=True):
             return
         media = message.voice or message.audio or message.video_note or message.document
+        assert media is not None, "the handler's filters let only these through"
         duration = getattr(media, "duration", None)
         if isinstance(duration, timedelta):
             duration = duration.total_seconds()
@@ -286,7 +311,8 @@ class TelegramAdapter:
             return
         await self._serve(message, text=text)
 
-    async def _serve(self, message: Message, *, audio=None, text: str | None = None) -> None:
+    async def _serve(self, message: Message, *, audio: Media | None = None,
+                     text: str | None = None) -> None:
         chat = self._chat_ref(message)
         try:
             slot = self.queues.enter(chat)
@@ -310,8 +336,9 @@ class TelegramAdapter:
                 async with self._chat_action(message.chat.id, ChatAction.RECORD_VOICE
                                              if want_voice else ChatAction.TYPING):
                     data = None
-                    if voice_in:
+                    if audio is not None:
                         file = await self._send(audio.get_file, "getFile", repeatable=True)
+                        assert file is not None, "getFile refused (403)"
                         data = bytes(await file.download_as_bytearray())
                     await self.app.pipeline.handle(Incoming(
                         chat=chat, user=self._sender(message),
@@ -333,14 +360,15 @@ class TelegramAdapter:
 
     async def _send_turn(self, message: Message, turn: Turn) -> Message | None:
         reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
-        if turn.voice is None:
+        voice = turn.voice
+        if voice is None:
             return await self._reply_text(message, turn.reply)
         mode = self.settings.telegram_reply_text
         caption = turn.reply if mode == "caption" and len(turn.reply) <= \
             MessageLimit.CAPTION_LENGTH else None
         await self._action_once(message.chat.id, ChatAction.UPLOAD_VOICE)
         sent = await self._send(lambda: self.bot.send_voice(
-            message.chat.id, voice=turn.voice.data, duration=max(1, round(turn.voice.duration_s)),
+            message.chat.id, voice=voice.data, duration=max(1, round(voice.duration_s)),
             caption=caption, reply_parameters=reply, filename="reply.ogg"), "sendVoice")
         if sent is not None and mode != "none" and caption is None:
             if await self._reply_text(message, turn.reply) is None:
@@ -368,9 +396,9 @@ class TelegramAdapter:
             await self._reply_text(message, self._help(actor))
             return
         reply_to = None
-        if self._replies_to_bot(message):
-            reply_to = ReplyTarget(PLATFORM, str(message.chat.id),
-                                   str(message.reply_to_message.message_id))
+        replied = message.reply_to_message
+        if replied is not None and self._replies_to_bot(message):
+            reply_to = ReplyTarget(PLATFORM, str(message.chat.id), str(replied.message_id))
         try:
             # A message is text: the admin service parses it, once, into a typed request.
             result = await asyncio.to_thread(self.app.admin.execute, actor, message.text,
@@ -400,13 +428,15 @@ class TelegramAdapter:
         chat_id = int(chat.chat_id)
         with contextlib.suppress(OutcomeUnknown):  # logged; the rest of the notice still goes
             for chunk in _chunks(notice.text, MessageLimit.MAX_TEXT_LENGTH):
-                await self._send(lambda c=chunk: self.bot.send_message(chat_id, c), "sendMessage")
-        if notice.image is not None:
-            data = await asyncio.to_thread(notice.image.read_bytes)
+                await self._send(functools.partial(self.bot.send_message, chat_id, chunk),
+                                 "sendMessage")
+        image = notice.image
+        if image is not None:
+            data = await asyncio.to_thread(image.read_bytes)
             with contextlib.suppress(OutcomeUnknown):
                 await self._send(lambda: self.bot.send_photo(
                     chat_id, photo=data, caption=self._words(Said("notice.loss_curve")),
-                    filename=notice.image.name),
+                    filename=image.name),
                     "sendPhoto")
 
     # --- sending ----------------------------------------------------------------------
@@ -417,8 +447,9 @@ class TelegramAdapter:
         first = None
         for chunk in _chunks(text, MessageLimit.MAX_TEXT_LENGTH):
             try:
-                sent = await self._send(lambda c=chunk: self.bot.send_message(
-                    message.chat.id, c, reply_parameters=reply), "sendMessage")
+                sent = await self._send(functools.partial(
+                    self.bot.send_message, message.chat.id, chunk, reply_parameters=reply),
+                    "sendMessage")
             except OutcomeUnknown:
                 return None  # logged by _send
             if sent is None:
@@ -441,8 +472,9 @@ class TelegramAdapter:
             try:
                 result = await call()
             except RetryAfter as exc:
-                wait = exc.retry_after
-                wait = wait.total_seconds() if isinstance(wait, timedelta) else float(wait)
+                retry_after = exc.retry_after
+                wait = (retry_after.total_seconds() if isinstance(retry_after, timedelta)
+                        else float(retry_after))
                 log.warning("telegram: %s rate limited, retrying in %.1f s", method, wait)
                 await asyncio.sleep(wait)
                 continue
@@ -478,7 +510,7 @@ class TelegramAdapter:
             log.debug("telegram: chat action failed: %s", exc)
 
     @contextlib.asynccontextmanager
-    async def _chat_action(self, chat_id: int, action: str):
+    async def _chat_action(self, chat_id: int, action: str) -> AsyncIterator[None]:
         async def renew() -> None:
             while True:
                 await self._action_once(chat_id, action)

@@ -6,7 +6,9 @@ No models: the application is built but never started.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -120,19 +122,20 @@ class FakeInteraction:
                                            manage_channels=False)
         self.guild_id = 1
         self.channel = None
-        self.sent: list[dict] = []
+        self.sent: list[dict[str, Any]] = []
         self.response = SimpleNamespace(send_message=self._send, defer=self._defer)
         self.followup = SimpleNamespace(send=self._send)
 
-    async def _send(self, content: str | None = None, **kwargs) -> None:
+    async def _send(self, content: str | None = None, **kwargs: Any) -> None:
         self.sent.append({"content": content, **kwargs})
 
-    async def _defer(self, **kwargs) -> None:
+    async def _defer(self, **kwargs: Any) -> None:
         pass
 
 
 async def test_discord_options_become_typed_requests_and_replies_are_chinese(zh_app, monkeypatch):
     import discord
+    from discord import app_commands
 
     from adapters.discord_bot import DiscordAdapter
 
@@ -140,9 +143,13 @@ async def test_discord_options_become_typed_requests_and_replies_are_chinese(zh_
     adapter = DiscordAdapter(zh_app)
     zh_app.curation.add("你是谁？", "我是慢慢。", "test")  # pair #1
 
-    async def slash(name: str, interaction: FakeInteraction, **options) -> list[dict]:
+    async def slash(name: str, interaction: FakeInteraction, **options: Any
+                    ) -> list[dict[str, Any]]:
         command = adapter.tree.get_command(name)
-        await command.callback(interaction, **options)
+        assert isinstance(command, app_commands.Command)
+        # Called as discord.py would, with the fake in place of its Interaction.
+        callback: Callable[..., Awaitable[None]] = command.callback
+        await callback(interaction, **options)
         return interaction.sent
 
     fixed = await slash("correct", FakeInteraction("7"), pair_id=1, answer="运行 ls | grep foo")
@@ -165,8 +172,10 @@ async def test_discord_options_become_typed_requests_and_replies_are_chinese(zh_
     assert embed.footer.text == "回复 /approve 编号、/correct 编号 <回答> 或 /reject 编号。"
     # The context menu on an answer: the message it was used on names the pair.
     menu = adapter.tree.get_command("Approve answer", type=discord.AppCommandType.message)
+    assert menu is not None
     approved = FakeInteraction("7")
-    await menu.callback(approved, SimpleNamespace(id=555, channel=SimpleNamespace(id=444)))
+    on_message: Callable[..., Awaitable[None]] = menu.callback
+    await on_message(approved, SimpleNamespace(id=555, channel=SimpleNamespace(id=444)))
     assert approved.sent[0]["content"] == "已通过 #2：你好吗？ → 很好。"
     assert recorded.requests == [
         Correct("运行 ls | grep foo", 1, None), Approve(99), Pending(1),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+from pathlib import Path
+from typing import Any
 
 import pytest
 from discord.gateway import DiscordWebSocket
@@ -52,7 +54,8 @@ def _restore_discord_endpoints():
     Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = base, gateway
 
 
-async def started(tmp_path, fake, asr, llm, tts, **overrides):
+async def started(tmp_path: Path, fake: FakeDiscord, asr: Any, llm: Any, tts: Any,
+                  **overrides: Any) -> tuple[ChatmanApp, DiscordAdapter]:
     settings = make_settings(tmp_path / "data", discord_bot_token=TOKEN,
                              discord_api_base_url=fake.api_base,
                              discord_gateway_url=fake.gateway_url, discord_guild_ids=GUILD_ID,
@@ -67,21 +70,31 @@ async def started(tmp_path, fake, asr, llm, tts, **overrides):
 
 
 
-async def handled(fake, bot, message: dict) -> None:
+async def handled(fake: FakeDiscord, adapter: DiscordAdapter, message: dict[str, Any]) -> None:
     """Until the bot has finished with ``message``: answered, retried, refused or ignored."""
     key = (str(message["channel_id"]), str(message["id"]))
-    await fake.wait_for(lambda: key in bot.discord.handled)
+    await fake.wait_for(lambda: key in adapter.handled)
 
 @pytest.fixture
-async def bot(tmp_path, fake, asr, llm, tts):
+async def running(tmp_path, fake, asr, llm, tts):
     # Ada is a bot admin (CHATMAN_ADMIN_IDS) as well as an Administrator of the guild.
     app, adapter = await started(tmp_path, fake, asr, llm, tts,
                                  admin_ids=f"discord:{ADMIN['id']}")
-    app.discord = adapter  # tests wait on adapter.handled: "processed, nothing more to come"
-    yield app
+    yield app, adapter
     await adapter.stop()
     await app.stop()
     app.close()
+
+
+@pytest.fixture
+def bot(running: tuple[ChatmanApp, DiscordAdapter]) -> ChatmanApp:
+    return running[0]
+
+
+@pytest.fixture
+def adapter(running: tuple[ChatmanApp, DiscordAdapter]) -> DiscordAdapter:
+    """Tests wait on its ``handled``: "processed, nothing more to come"."""
+    return running[1]
 
 
 async def test_a_dm_voice_message_gets_a_native_voice_message_back(fake, bot, speak, asr, codec):
@@ -102,7 +115,7 @@ async def test_a_dm_voice_message_gets_a_native_voice_message_back(fake, bot, sp
     assert DM_CHANNEL in fake.typing
 
 
-async def test_guild_messages_need_a_mention_or_a_reply(fake, bot):
+async def test_guild_messages_need_a_mention_or_a_reply(fake, adapter):
     await fake.send_message(TEXT_CHANNEL, BOB, "lunch at noon, anyone?")
     asked = await fake.send_message(TEXT_CHANNEL, BOB, f"{MENTION} what is the capital of Japan?",
                                     mentions=[BOT_USER])
@@ -111,7 +124,7 @@ async def test_guild_messages_need_a_mention_or_a_reply(fake, bot):
     follow = await fake.send_message(TEXT_CHANNEL, ALICE, "And what is it famous for?",
                                      reply_to=first.message)
     await fake.wait_for(lambda: len(fake.replies_in(TEXT_CHANNEL)) == 2)
-    await handled(fake, bot, await fake.send_message(TEXT_CHANNEL, BOB, "thanks"))
+    await handled(fake, adapter, await fake.send_message(TEXT_CHANNEL, BOB, "thanks"))
     assert [p.reply_to for p in fake.replies_in(TEXT_CHANNEL)] == [asked["id"], follow["id"]]
 
 
@@ -207,12 +220,12 @@ async def test_typed_options_reach_the_service_unparsed(fake, bot):
                                                           "ls | grep foo", "approved")
 
 
-async def test_a_429_then_success_delivers_exactly_one_reply(fake, bot):
+async def test_a_429_then_success_delivers_exactly_one_reply(fake, adapter):
     fake.fail_next[f"POST channels/{OTHER_CHANNEL}/messages"] = [(429, {"retry_after": 0.5}),
                                                                  (500, None)]
     asked = await fake.send_message(OTHER_CHANNEL, ALICE, f"{MENTION} capital of Japan?",
                                     mentions=[BOT_USER])
-    await handled(fake, bot, asked)
+    await handled(fake, adapter, asked)
     sent = fake.replies_in(OTHER_CHANNEL)
     assert len(sent) == 1 and sent[0].reply_to == asked["id"]
     assert fake.calls.count(f"POST channels/{OTHER_CHANNEL}/messages") == 3
@@ -254,10 +267,11 @@ async def test_listed_admins_may_use_admin_commands_without_the_guild_permission
         await app.stop()
         app.close()
     assert done[0].content.startswith("Queued training job #1") and done[0].flags & EPHEMERAL
-    assert job.max_steps == 5 and job.notify.chat_id == TEXT_CHANNEL
+    assert job.max_steps == 5 and job.notify is not None and job.notify.chat_id == TEXT_CHANNEL
     assert no.content == "Only admins can do that."
     assert cancelled[0].content.startswith("Training job #1 cancelled; ")
-    assert app.jobs.get(job.id).error == f"cancelled by discord:{BOB['id']}"
+    stopped = app.jobs.get(job.id)
+    assert stopped is not None and stopped.error == f"cancelled by discord:{BOB['id']}"
 
 
 async def test_training_notices_reach_the_channel(fake, bot, tmp_path):

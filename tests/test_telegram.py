@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+from typing import Any
 
 import aiohttp
 import httpx
@@ -69,19 +70,30 @@ async def started(settings, asr, llm, tts, **adapter_options) -> tuple[ChatmanAp
 
 
 @pytest.fixture
-async def bot(tmp_path, fake, asr, llm, tts):
+async def running(tmp_path, fake, asr, llm, tts):
     app, adapter = await started(tg_settings(tmp_path, fake), asr, llm, tts)
-    app.telegram = adapter  # tests wait on adapter.handled: "processed, nothing more to come"
-    yield app
+    yield app, adapter
     await adapter.stop()
     await app.stop()
     app.close()
 
 
-async def handled(fake: FakeTelegram, bot: ChatmanApp, message: dict) -> None:
+@pytest.fixture
+def bot(running: tuple[ChatmanApp, TelegramAdapter]) -> ChatmanApp:
+    return running[0]
+
+
+@pytest.fixture
+def adapter(running: tuple[ChatmanApp, TelegramAdapter]) -> TelegramAdapter:
+    """Tests wait on its ``handled``: "processed, nothing more to come"."""
+    return running[1]
+
+
+async def handled(fake: FakeTelegram, adapter: TelegramAdapter, message: dict[str, Any]
+                  ) -> None:
     """Until the bot has finished with ``message``: answered, retried, refused or ignored."""
     key = (str(message["chat"]["id"]), str(message["message_id"]))
-    await fake.wait_for(lambda: key in bot.telegram.handled)
+    await fake.wait_for(lambda: key in adapter.handled)
 
 
 def replies(fake: FakeTelegram, chat_id: int, method: str = "sendMessage"):
@@ -108,7 +120,7 @@ async def test_a_private_voice_note_gets_a_voice_note_back(fake, bot, speak, asr
     assert exchange[0].reply_message_id == str(sent.message["message_id"])
 
 
-async def test_groups_answer_mentions_and_replies_only(fake, bot):
+async def test_groups_answer_mentions_and_replies_only(fake, bot, adapter):
     await fake.send_text(GROUP, BOB, "hello everyone, lunch at noon?")
     mention = await fake.send_text(GROUP, BOB, f"{MENTION} what is the capital of Japan?")
     first = (await fake.wait_for(lambda: replies(fake, GROUP["id"])))[0]
@@ -116,7 +128,7 @@ async def test_groups_answer_mentions_and_replies_only(fake, bot):
     follow = await fake.send_text(GROUP, ALICE, "And what is it famous for?",
                                   reply_to_message=first.message)
     await fake.wait_for(lambda: len(replies(fake, GROUP["id"])) == 2)
-    await handled(fake, bot, await fake.send_text(GROUP, BOB, "thanks!"))
+    await handled(fake, adapter, await fake.send_text(GROUP, BOB, "thanks!"))
     answered = replies(fake, GROUP["id"])
     assert [s.reply_to for s in answered] == [mention["message_id"], follow["message_id"]]
     # One shared memory, with each speaker's name in it, and the mention removed.
@@ -249,20 +261,20 @@ def test_only_failures_that_delivered_nothing_are_resent(failure, safe):
     assert resend_is_safe(failure) is safe
 
 
-async def test_rate_limits_and_server_errors_deliver_exactly_one_reply(fake, bot):
+async def test_rate_limits_and_server_errors_deliver_exactly_one_reply(fake, adapter):
     fake.fail_next["sendMessage"] = [(429, {"retry_after": 1}), (502, None)]
     asked = await fake.send_text(private_chat(ALICE), ALICE, "What is the capital of Japan?")
-    await handled(fake, bot, asked)
+    await handled(fake, adapter, asked)
     sent = replies(fake, ALICE["id"])
     assert len(sent) == 1 and sent[0].reply_to == asked["message_id"]
     assert fake.calls.count("sendMessage") == 3
 
 
-async def test_a_user_who_blocked_the_bot_is_logged_not_retried(fake, bot, caplog):
+async def test_a_user_who_blocked_the_bot_is_logged_not_retried(fake, bot, adapter, caplog):
     fake.fail_next["sendMessage"] = [(403, None)]
     with caplog.at_level(logging.WARNING, logger="adapters.telegram"):
-        await handled(fake, bot, await fake.send_text(private_chat(BOB), BOB,
-                                                      "What is the capital of Japan?"))
+        await handled(fake, adapter, await fake.send_text(private_chat(BOB), BOB,
+                                                          "What is the capital of Japan?"))
     assert fake.calls.count("sendMessage") == 1 and replies(fake, BOB["id"]) == []
     assert "not allowed to send" in caplog.text
     # Nothing reached the user, so nothing was stored.
@@ -323,7 +335,7 @@ async def test_voice_over_the_limits_is_refused_before_download(fake, bot, speak
 
 async def test_five_chats_at_once_are_answered_in_order_within_each(fake, bot):
     people = [user(910 + i, f"User{i}") for i in range(5)]
-    asked = {}
+    asked: dict[int, list[int]] = {}
     for n in (1, 2):
         for p in people:
             m = await fake.send_text(private_chat(p), p, f"Say the number {n}.")
@@ -361,7 +373,8 @@ async def test_training_notices_reach_the_admins_chat(fake, bot, tmp_path):
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 async def test_webhook_mode_checks_the_secret_token(tmp_path, fake, asr, llm, tts):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+from typing import Any
 
 import httpx
 import pytest
 
+from adapters.app import ChatmanApp
 from bot.infra.storage.models import Pair
 from tests.conftest import REPO, start_web, stop_web
 from tests.fakes import eventually
@@ -19,12 +21,19 @@ CSRF = {"X-ChatMan": "1"}
 ADMIN = {**CSRF, "Authorization": f"Bearer {TOKEN}"}
 
 
+class WebClient(httpx.AsyncClient):
+    """An HTTP client of the console, with the app behind it at hand."""
+
+    def __init__(self, app: ChatmanApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.app = app
+
+
 @pytest.fixture
 async def web(tmp_path, asr, llm, tts):
     app, adapter = await start_web(tmp_path, asr, llm, tts, web_admin_token=TOKEN,
                                    max_upload_mb=1)
-    async with httpx.AsyncClient(base_url=adapter.url, timeout=120) as client:
-        client.app = app
+    async with WebClient(app, base_url=adapter.url, timeout=120) as client:
         yield client
     await stop_web(app, adapter)
 

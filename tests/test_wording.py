@@ -31,7 +31,7 @@ class Anything:
         return "⟨x⟩"
 
 
-class AllParams(dict):
+class AllParams(dict[str, Anything]):
     def __missing__(self, key: str) -> Anything:
         return Anything()
 

@@ -20,9 +20,10 @@ import re
 import secrets
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Body, FastAPI, Form, HTTPException, Query, Request, UploadFile
@@ -112,7 +113,7 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
     settings = app.settings
     replies = app.reply_audio
     queues = app.queues
-    notices: deque[dict] = deque(maxlen=200)
+    notices: deque[dict[str, Any]] = deque(maxlen=200)
 
     async def remember(chat: ChatRef, notice: Notice) -> None:
         notices.append({"job_id": notice.job_id, "text": notice.text, "final": notice.final,
@@ -128,7 +129,8 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
                        lambda n: ServerBusy(f"{n} uploads in progress"))
 
     @api.middleware("http")
-    async def guard(request: Request, call_next):
+    async def guard(request: Request,
+                    call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         if request.method not in ("GET", "HEAD", "OPTIONS"):
             origin = request.headers.get("origin")
             if request.headers.get(CSRF_HEADER) != "1" or (
@@ -155,20 +157,20 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
         return await call_next(request)
 
     @api.exception_handler(UserFacingError)
-    async def user_error(request: Request, err: UserFacingError):
+    async def user_error(request: Request, err: UserFacingError) -> JSONResponse:
         log.info("web: refused %s: %s", request.url.path, err)
         headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Busy) else None
         return JSONResponse(error_json(err, app.language), status_code=_status(err),
                             headers=headers)
 
     @api.exception_handler(RequestValidationError)
-    async def invalid(request: Request, err: RequestValidationError):
+    async def invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         message = _validation_message(err)
         log.info("web: refused %s: %s", request.url.path, message)
         return JSONResponse({"error": message}, status_code=400)
 
     @api.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, err: StarletteHTTPException):
+    async def http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
         detail = err.detail if isinstance(err.detail, str) else "Request refused."
         if err.status_code == 400 and "parsing the body" in detail:
             detail = "The request body could not be read (too large a field, or malformed)."
@@ -193,7 +195,7 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
     @api.post("/api/chat")
     async def chat(text: Annotated[str | None, Form()] = None,
                    conversation_id: Annotated[str | None, Form()] = None,
-                   audio: UploadFile | None = None) -> dict:
+                   audio: UploadFile | None = None) -> dict[str, Any]:
         conversation = conversation_id or uuid.uuid4().hex[:16]
         if not CONVERSATION.match(conversation):
             raise HTTPException(400, "Bad conversation_id.")
@@ -228,7 +230,7 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
                 "timings_ms": turn.timings_ms}
 
     @api.post("/api/forget")
-    async def forget(body: ForgetBody) -> dict:
+    async def forget(body: ForgetBody) -> dict[str, Any]:
         """Delete this conversation: its messages, pairs and reply audio (the user's /forget)."""
         actor = Actor(PLATFORM, body.conversation_id, "Web visitor")
         return await run(Forget(), actor)
@@ -244,60 +246,60 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
     # Every route builds the typed request from the request's fields as they are: nothing is
     # rebuilt into command text and parsed again.
     async def run(request: Command, actor: Actor = ADMIN, origin: ChatRef | None = None
-                  ) -> dict:
+                  ) -> dict[str, Any]:
         result = await asyncio.to_thread(app.admin.run, actor, request, origin)
         return result_json(result, app.language)
 
     @api.get("/api/admin/pending")
-    async def pending(page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1) -> dict:
+    async def pending(page: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 1) -> dict[str, Any]:
         return await run(Pending(page))
 
     @api.post("/api/admin/pairs/{pair_id}/approve")
-    async def approve(pair_id: PairId) -> dict:
+    async def approve(pair_id: PairId) -> dict[str, Any]:
         return await run(Approve(pair_id))
 
     @api.post("/api/admin/pairs/{pair_id}/reject")
-    async def reject(pair_id: PairId) -> dict:
+    async def reject(pair_id: PairId) -> dict[str, Any]:
         return await run(Reject(pair_id))
 
     @api.post("/api/admin/pairs/{pair_id}/correct")
-    async def correct(pair_id: PairId, body: CorrectBody) -> dict:
+    async def correct(pair_id: PairId, body: CorrectBody) -> dict[str, Any]:
         # The fields as given: an answer with "|" in it stays one answer, the question stays.
         if not body.answer.strip():
             raise HTTPException(400, "The answer is empty.")
         return await run(Correct(body.answer, pair_id, body.question))
 
     @api.get("/api/admin/dataset")
-    async def dataset() -> dict:
+    async def dataset() -> dict[str, Any]:
         return await run(Dataset())
 
     @api.post("/api/admin/retrain")
-    async def retrain(body: Annotated[RetrainBody | None, Body()] = None) -> dict:
+    async def retrain(body: Annotated[RetrainBody | None, Body()] = None) -> dict[str, Any]:
         steps = body.max_steps if body else None
         return await run(Retrain(steps), origin=ChatRef(PLATFORM, "admin"))
 
     @api.post("/api/admin/train/cancel")
-    async def cancel_training(body: Annotated[CancelBody | None, Body()] = None) -> dict:
+    async def cancel_training(body: Annotated[CancelBody | None, Body()] = None) -> dict[str, Any]:
         """Cancel the queued job, or stop the running one (waits for the runner to confirm)."""
         job_id = body.job_id if body else None
         return await run(CancelTraining(job_id))
 
     @api.get("/api/admin/trainstatus")
-    async def trainstatus() -> dict:
+    async def trainstatus() -> dict[str, Any]:
         result = await run(TrainStatus())
         result["notices"] = list(notices)[-20:]
         return result
 
     @api.get("/api/admin/models")
-    async def models() -> dict:
+    async def models() -> dict[str, Any]:
         return await run(Models())
 
     @api.post("/api/admin/models/{version}/activate")
-    async def activate(version: Annotated[str, PathParam(max_length=128)]) -> dict:
+    async def activate(version: Annotated[str, PathParam(max_length=128)]) -> dict[str, Any]:
         return await run(Activate(version))
 
     @api.post("/api/admin/rollback")
-    async def rollback() -> dict:
+    async def rollback() -> dict[str, Any]:
         return await run(Rollback())
 
     @api.get("/api/admin/models/{version}/loss.png")
@@ -309,7 +311,7 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
         return FileResponse(plot, media_type="image/png")
 
     @api.exception_handler(Exception)
-    async def crashed(request: Request, err: Exception):
+    async def crashed(request: Request, err: Exception) -> JSONResponse:
         log.error("web: %s %s failed", request.method, request.url.path, exc_info=err)
         return JSONResponse({"error": "Something went wrong on my side."}, status_code=500)
 
@@ -322,7 +324,7 @@ def _is_upload(request: Request) -> bool:
     return length is None or not length.isdigit() or int(length) > UPLOAD_THRESHOLD
 
 
-def body_limit_for(app: ChatmanApp):
+def body_limit_for(app: ChatmanApp) -> Callable[[str], int]:
     def limit(path: str) -> int:
         return app.settings.max_upload_bytes + FORM_OVERHEAD if path == "/api/chat" \
             else JSON_BODY_LIMIT
@@ -345,7 +347,7 @@ class WebAdapter:
             guarded, host=s.web_host, port=s.web_port, log_level="warning", access_log=False,
             lifespan="off", log_config=None,
             http=HeaderTimeoutH11.with_timeout(s.web_header_timeout_seconds)))
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.url = ""
 
     async def start(self) -> None:
