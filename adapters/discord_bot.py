@@ -296,7 +296,7 @@ class DiscordAdapter:
             int(chat.chat_id))
         if not isinstance(channel, discord.abc.Messageable):
             raise TypeError(f"discord: channel {chat.chat_id} takes no messages")
-        await self._send_text(channel, notice.text, None)
+        await self._send_text(channel, word(notice.message, self.app.language), None)
         image = notice.image
         if image is not None:
             data = await asyncio.to_thread(image.read_bytes)

@@ -427,7 +427,8 @@ class TelegramAdapter:
     async def notify(self, chat: ChatRef, notice: Notice) -> None:
         chat_id = int(chat.chat_id)
         with contextlib.suppress(OutcomeUnknown):  # logged; the rest of the notice still goes
-            for chunk in _chunks(notice.text, MessageLimit.MAX_TEXT_LENGTH):
+            for chunk in _chunks(word(notice.message, self.app.language),
+                                MessageLimit.MAX_TEXT_LENGTH):
                 await self._send(functools.partial(self.bot.send_message, chat_id, chunk),
                                  "sendMessage")
         image = notice.image

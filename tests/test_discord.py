@@ -14,6 +14,8 @@ from discord.http import Route
 
 from adapters.app import ChatmanApp
 from adapters.discord_bot import DiscordAdapter
+from bot.core.jobs import progress_message
+from bot.core.messages import Message
 from bot.infra.llm.chat_model import GenerationSettings
 from bot.infra.storage.models import Pair
 from tests.conftest import make_settings
@@ -29,6 +31,10 @@ from tests.fakes.discord_api import (
     user,
 )
 from tests.speech_checks import recall
+
+# A training notice as the runner sends it; its words are the persona's language's.
+PROGRESS = Message("notice.progress", {"version": "manman-v1",
+                                         "progress": progress_message({"step": 1, "max_steps": 2})})
 
 ALICE = user("1015000000000000301", "Alice")
 BOB = user("1015000000000000302", "Bob")
@@ -280,8 +286,8 @@ async def test_training_notices_reach_the_channel(fake, bot, tmp_path):
 
     png = tmp_path / "loss.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    await bot.notify(ChatRef("discord", TEXT_CHANNEL), Notice(1, "Training manman-v1: step 1/2",
+    await bot.notify(ChatRef("discord", TEXT_CHANNEL), Notice(1, PROGRESS,
                                                              image=png, final=True))
     text, image = fake.replies_in(TEXT_CHANNEL)
-    assert text.content == "Training manman-v1: step 1/2"
+    assert text.content == "Training manman-v1: step 1/2 (50%)"
     assert image.files[0][0] == "loss.png" and image.files[0][2] == png.read_bytes()

@@ -18,7 +18,11 @@ from telegram.error import NetworkError, TelegramError, TimedOut
 
 from adapters.app import ChatmanApp
 from adapters.telegram import TelegramAdapter, resend_is_safe
-from bot.core.jobs import Notice
+from bot.core.jobs import (
+    Notice,
+    progress_message,
+)
+from bot.core.messages import Message
 from bot.core.types import ChatKind, ChatRef
 from bot.infra.llm.chat_model import GenerationSettings
 from bot.infra.storage.models import Pair
@@ -36,6 +40,10 @@ from tests.fakes.telegram_api import (
 )
 from tests.speech_checks import recall
 from tests.test_cli import chatman
+
+# A training notice as the runner sends it; its words are the persona's language's.
+PROGRESS = Message("notice.progress", {"version": "manman-v1",
+                                         "progress": progress_message({"step": 1, "max_steps": 2})})
 
 ADMIN = user(900, "Ada")
 ALICE = user(901, "Alice")
@@ -364,7 +372,7 @@ async def test_a_flood_in_one_chat_gets_busy_replies(tmp_path, fake, asr, llm, t
 async def test_training_notices_reach_the_admins_chat(fake, bot, tmp_path):
     png = tmp_path / "loss.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    await bot.notify(ChatRef("telegram", "900"), Notice(1, "Training manman-v1: step 1/2",
+    await bot.notify(ChatRef("telegram", "900"), Notice(1, PROGRESS,
                                                           image=png, final=True))
     assert [s.method for s in fake.sent_to(900)] == ["sendMessage", "sendPhoto"]
     assert fake.sent_to(900)[1].file == png.read_bytes()

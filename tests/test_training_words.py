@@ -46,3 +46,28 @@ def test_registry_and_job_refusals_are_worded_in_the_personas_language(zh_app):
         "现在没有排队或正在进行的训练任务，不需要取消。",
         "No training job is queued or running; nothing to cancel.")
     assert said(zh_app, "/canceltrain 42") == ("没有训练任务 #42。", "There is no training job #42.")
+
+
+def test_training_notices_reach_the_web_console_in_the_personas_language(zh_app):
+    import asyncio
+
+    from starlette.testclient import TestClient
+
+    from adapters.web.server import create_api
+    from bot.core.jobs import Notice, progress_message
+    from bot.core.messages import Message
+    from bot.core.types import ChatRef
+
+    token = "test-admin-token-123"
+    progress = Message("notice.progress", {"version": "manman-v2", "progress": progress_message(
+        {"step": 3, "max_steps": 20, "loss": 0.91234, "eta_s": 425})})
+    with TestClient(create_api(zh_app, token)) as web:
+        asyncio.run(zh_app.notify(ChatRef("web", "admin"), Notice(4, progress)))
+        status = web.get("/api/admin/trainstatus",
+                         headers={"X-ChatMan": "1", "Authorization": f"Bearer {token}"})
+    assert status.status_code == 200, status.text
+    [notice] = status.json()["notices"]
+    assert notice["text"] == "正在训练 manman-v2：第 3/20 步（15%），loss 0.912，最多还需 7 分 05 秒"
+    assert notice["code"] == "notice.progress" and notice["params"]["version"] == "manman-v2"
+    assert Notice(4, progress).text == ("Training manman-v2: step 3/20 (15%), loss 0.912, at most "
+                                        "7 min 05 s left")

@@ -58,6 +58,7 @@ from bot.core.commands import (
 from bot.core.errors import AudioTooLarge, Busy, ServerBusy, UserFacingError
 from bot.core.jobs import Notice
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef
+from bot.core.wording import word
 from bot.services.chat_queue import InFlight
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,8 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
     notices: deque[dict[str, Any]] = deque(maxlen=200)
 
     async def remember(chat: ChatRef, notice: Notice) -> None:
-        notices.append({"job_id": notice.job_id, "text": notice.text, "final": notice.final,
+        notices.append({"job_id": notice.job_id, "text": word(notice.message, app.language),
+                        **notice.message.to_dict(), "final": notice.final,
                         "plot": bool(notice.image)})
 
     app.notifiers[PLATFORM] = remember
