@@ -29,25 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.app import ChatmanApp, build_llm
 from bot.core.config import Settings
-from bot.infra.llm.chat_model import TransformersChatModel
 from bot.infra.logs import configure_logging
 from training.evaluate import Decoding, answer_general, evaluate, general_items
 from training.run import run_training
 from training.sft import TrainConfig
 
 if TYPE_CHECKING:
-    from bot.core.ports import ChatModel
     from training.evaluate import Answerer, EvalReport
 
 
 def _peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-
-
-def _answerer(llm: ChatModel) -> TransformersChatModel:
-    """``build_llm``'s model as evaluation uses it (the port leaves ``answer_many`` out)."""
-    assert isinstance(llm, TransformersChatModel)
-    return llm
 
 
 def _scores(report: EvalReport) -> dict[str, object]:
@@ -74,7 +66,7 @@ def main() -> None:
     persona, language = app.persona, app.language
     decoding = Decoding.serving(settings, persona, language, args.samples)
     markers = [persona.display_name, *persona.training.leak_markers]
-    base_llm = _answerer(build_llm(settings, max_new_tokens=decoding.max_new_tokens))
+    base_llm = build_llm(settings, max_new_tokens=decoding.max_new_tokens)
     base_answers = answer_general(base_llm, persona.prompt_for(language), general_items(),
                                   markers, decoding, persona.speech, language)
 
@@ -93,7 +85,7 @@ def main() -> None:
         v = app.registry.get(installed)
         assert v is not None  # installed just now
         results["shipped_starter"] = {"version": installed, "install_s": install_s,
-                                      **judge(_answerer(build_llm(settings, v.model_dir, v.version)),
+                                      **judge(build_llm(settings, v.model_dir, v.version),
                                               v.config.get("system_prompt", "full"))}
     else:
         results["shipped_starter"] = {"error": "no shipped starter for this persona/base"}
@@ -114,9 +106,9 @@ def main() -> None:
             "peak_rss_mb_before": rss_before, "peak_rss_mb_after": _peak_rss_mb(),
         }
         if out.model_dir is not None:
-            results["fresh_train"] = {**train, **judge(_answerer(
+            results["fresh_train"] = {**train, **judge(
                 build_llm(settings, str(out.model_dir), "fresh",
-                          max_new_tokens=decoding.max_new_tokens)), config.system_prompt)}
+                          max_new_tokens=decoding.max_new_tokens), config.system_prompt)}
         else:
             results["fresh_train"] = train
     app.close()

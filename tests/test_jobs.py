@@ -64,12 +64,19 @@ async def test_a_rejected_candidate_reports_and_keeps_the_model(job_app):
             app.admin.execute(ADMIN, "/retrain", origin=ADMIN_CHAT)
         assert "already waiting" in refused.value.user_message
 
-        running = await wait_for(app, job_id, lambda j: j.status == JobStatus.RUNNING)
-        assert running
-        # The bot answers and text commands respond while the worker trains.
-        turn = await ask(app, "What is the capital of Japan?")
-        assert turn.model_version == "SmolLM2-135M-Instruct.Q4_1" and turn.reply
-        assert "#1 running" in app.admin.execute(ADMIN, "/trainstatus").message
+        running = await wait_for(app, job_id,
+                                 lambda j: j.status == JobStatus.RUNNING and j.pid is not None)
+        assert running and running.pid is not None
+        # The bot answers and text commands respond while the worker trains. The trainer is
+        # held (SIGSTOP) meanwhile: two steps on the tiny model may otherwise end before the
+        # answer does, and /trainstatus would rightly no longer say "running".
+        os.kill(running.pid, signal.SIGSTOP)
+        try:
+            turn = await ask(app, "What is the capital of Japan?")
+            assert turn.model_version == "SmolLM2-135M-Instruct.Q4_1" and turn.reply
+            assert "#1 running" in app.admin.execute(ADMIN, "/trainstatus").message
+        finally:
+            os.kill(running.pid, signal.SIGCONT)
 
         job = await finished(app, job_id)
     finally:
