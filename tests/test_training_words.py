@@ -71,3 +71,19 @@ def test_training_notices_reach_the_web_console_in_the_personas_language(zh_app)
     assert notice["code"] == "notice.progress" and notice["params"]["version"] == "manman-v2"
     assert Notice(4, progress).text == ("Training manman-v2: step 3/20 (15%), loss 0.912, at most "
                                         "7 min 05 s left")
+
+
+def test_trainstatus_describes_jobs_in_the_personas_language(zh_app):
+    from bot.core.jobs import JobStatus
+
+    queued, _ = zh_app.jobs.enqueue("telegram:1", None, 60, None)
+    assert said(zh_app, "/trainstatus")[0].splitlines()[1] == "任务 #1 排队中，由 telegram:1 发起"
+    zh_app.jobs.claim_next()
+    zh_app.jobs.update(queued.id, model_version="manman-v1",
+                       progress={"step": 3, "max_steps": 20, "loss": 0.5, "eta_s": 61})
+    words, english = said(zh_app, "/trainstatus")
+    assert words.splitlines()[1] == ("任务 #1 进行中（manman-v1）：第 3/20 步（15%），loss 0.500，"
+                                     "最多还需 1 分 01 秒")
+    assert english.splitlines()[1] == ("Job #1 running (manman-v1): step 3/20 (15%), loss 0.500, "
+                                       "at most 1 min 01 s left")
+    assert zh_app.jobs.get(queued.id).status == JobStatus.RUNNING

@@ -75,22 +75,30 @@ class JobView:
         return TrainingKey(self.dataset_sha256, self.base_model, same_config_form(self.config))
 
     def describe(self) -> str:
-        head = f"#{self.id} {self.status}"
-        if self.model_version:
-            head += f" ({self.model_version})"
+        """One line about the job, in English (logs); front ends word :meth:`summary`."""
+        return word(self.summary(), "en")
+
+    def summary(self) -> Message:
+        """One line about the job: number, status, version, then progress, who asked, or
+        why it ended."""
+        none = Message.text("")
         p = self.progress
+        detail = none
         if self.status == JobStatus.RUNNING and self.cancel_requested_by:
-            head += f": stopping, cancelled by {self.cancel_requested_by}"
+            detail = Message("job.stopping", {"by": self.cancel_requested_by})
         elif self.status == JobStatus.RUNNING:
             if p.get("step"):
-                head += f": {progress_line(p)}"
+                detail = Message("job.detail", {"text": progress_message(p)})
             elif p.get("stage"):
-                head += f": {p['stage']}"
+                detail = Message("job.detail", {"text": str(p["stage"])})
         elif self.status == JobStatus.QUEUED:
-            head += f", requested by {self.requested_by}"
+            detail = Message("job.requested_by", {"by": self.requested_by})
         elif self.error:
-            head += f": {self.error}"
-        return head
+            detail = Message("job.detail", {"text": self.error})
+        version = (Message("job.version", {"version": self.model_version})
+                   if self.model_version else none)
+        return Message("job.line", {"id": self.id, "status": Message(f"job_status.{self.status}"),
+                                    "version": version, "detail": detail})
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if k != "notify"}
@@ -121,10 +129,6 @@ def progress_message(p: dict[str, Any]) -> Message:
     return Message("progress.line", {"step": step, "total": total,
                                      "percent": 100 * step // max(total, 1), "loss": loss,
                                      "eta": eta})
-
-
-def progress_line(p: dict[str, Any]) -> str:
-    return word(progress_message(p), "en")
 
 
 def _duration(seconds: float) -> Message:

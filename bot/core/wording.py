@@ -224,6 +224,18 @@ EN: dict[str, str] = {
                       "answering."),
     "notice.cancelled": ("Training job #{id} was cancelled by {by}. The current model keeps "
                          "answering."),
+    # --- one line about a training job (/trainstatus, /retrain, /canceltrain) ----------
+    "job.line": "#{id} {status}{version}{detail}",
+    "job.version": " ({version})",
+    "job.detail": ": {text}",
+    "job.stopping": ": stopping, cancelled by {by}",
+    "job.requested_by": ", requested by {by}",
+    "job_status.queued": "queued",
+    "job_status.running": "running",
+    "job_status.succeeded": "succeeded",
+    "job_status.rejected": "rejected",
+    "job_status.failed": "failed",
+    "job_status.cancelled": "cancelled",
 }
 
 ZH: dict[str, str] = {
@@ -403,6 +415,18 @@ ZH: dict[str, str] = {
     "notice.not_loaded": "{version} 加载失败（{problem}）；之前的模型继续回答。",
     "notice.failed": "训练任务 #{id} 失败：{reason}。当前模型继续回答。",
     "notice.cancelled": "训练任务 #{id} 已被 {by} 取消。当前模型继续回答。",
+    # --- one line about a training job (/trainstatus, /retrain, /canceltrain) ----------
+    "job.line": "#{id} {status}{version}{detail}",
+    "job.version": "（{version}）",
+    "job.detail": "：{text}",
+    "job.stopping": "：正在停止，{by} 取消了它",
+    "job.requested_by": "，由 {by} 发起",
+    "job_status.queued": "排队中",
+    "job_status.running": "进行中",
+    "job_status.succeeded": "已完成",
+    "job_status.rejected": "未通过",
+    "job_status.failed": "失败",
+    "job_status.cancelled": "已取消",
 }
 
 CATALOG: dict[str, dict[str, str]] = {"en": EN, "zh": ZH}

@@ -373,7 +373,7 @@ class AdminService:
             "steps": Message("retrain.steps", {"steps": steps}) if steps else "",
             "few": Message("retrain.few_steps", {"steps": steps})
             if steps and steps < FEW_STEPS else "",
-            "behind": Message("retrain.behind", {"id": behind.id, "describe": behind.describe()})
+            "behind": Message("retrain.behind", {"id": behind.id, "describe": behind.summary()})
             if behind is not None else "",
             "where": Message("retrain.progress_here" if here else "retrain.runner_elsewhere")})
         self.on_job_queued()
@@ -400,7 +400,7 @@ class AdminService:
         elif job.status == JobStatus.RUNNING:
             reply = Message("canceltrain.unconfirmed", {"id": job.id, "answering": answering})
         else:  # it ended on its own before the runner saw the request
-            reply = Message("canceltrain.finished", {"id": job.id, "describe": job.describe(),
+            reply = Message("canceltrain.finished", {"id": job.id, "describe": job.summary(),
                                                      "answering": answering})
         return CommandResult("canceltrain", reply, [], {
             "job": job.to_dict(), "cancelled": job.status == JobStatus.CANCELLED})
@@ -419,11 +419,11 @@ class AdminService:
                  if active else Message("trainstatus.answering_base",
                                         {"model": self.model_version()})]
         open_jobs = self.jobs.open_jobs()
-        lines += [Message("trainstatus.job", {"describe": j.describe()}) for j in open_jobs] \
+        lines += [Message("trainstatus.job", {"describe": j.summary()}) for j in open_jobs] \
             or [Message("trainstatus.no_job")]
         finished = [j for j in self.jobs.recent(3) if j.status not in ("queued", "running")]
         if finished:
-            lines.append(Message("trainstatus.last", {"describe": finished[0].describe()}))
+            lines.append(Message("trainstatus.last", {"describe": finished[0].summary()}))
         return CommandResult("trainstatus", Message("lines", {"lines": lines}), [], {
             "active": active.to_dict() if active else None,
             "jobs": [j.to_dict() for j in open_jobs],
