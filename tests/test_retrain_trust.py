@@ -85,7 +85,7 @@ def test_cancelling_queued_and_running_jobs_in_the_queue(queue):
     with pytest.raises(JobError) as which:
         queue.cancel(None, "test:1")
     assert which.value.user_message == (
-        f"Jobs #{running.id} (running), #{waiting.id} (queued) are open; say which, e.g. "
+        f"Jobs #{running.id} (running) and #{waiting.id} (queued) are open; say which, e.g. "
         f"/canceltrain {running.id}.")
 
     cancelled = queue.cancel(waiting.id, "test:ada")

@@ -18,6 +18,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from bot.core.jobs import DuplicateJob, JobError, JobStatus, JobUpdate, JobView, TrainingKey
+from bot.core.messages import Message
 from bot.core.types import ChatRef
 from bot.infra.storage.models import TrainingJob, utcnow
 from bot.infra.storage.store import SqlStore
@@ -183,7 +184,9 @@ class SqlJobQueue:
                 raise JobError("nothing to cancel", code="job.nothing_to_cancel")
             if len(open_jobs) > 1:
                 raise JobError("which job?", code="job.which", params={
-                    "ids": ", ".join(f"#{j.id} ({j.status})" for j in open_jobs), "id": open_jobs[0].id})
+                    # At most one job runs and one waits (enqueue refuses more).
+                    "first": _ref(open_jobs[0]), "second": _ref(open_jobs[1]),
+                    "id": open_jobs[0].id})
             return open_jobs[0]
         job = s.get(TrainingJob, job_id)
         if job is None or job.persona != self.persona:
@@ -247,3 +250,8 @@ def _require(s: Session, job_id: int) -> TrainingJob:
     if job is None:
         raise JobError(f"no job {job_id}", code="job.missing", params={"id": job_id})
     return job
+
+
+def _ref(job: TrainingJob) -> Message:
+    """``#3 (running)``, the status worded per language."""
+    return Message("job.ref", {"id": job.id, "status": Message(f"job_status.{job.status}")})
