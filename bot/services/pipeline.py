@@ -98,7 +98,7 @@ class VoicePipeline:
         self._chat_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
-        self._isolated = decoder
+        self._decoder = decoder
         self.decodes = InFlight(DECODE_WORKERS + DECODE_WAITING, lambda n: ServerBusy(
             f"{n} uploads being decoded"))
         self.turns = InFlight(config.max_turns_in_flight, lambda n: ServerBusy(
@@ -114,13 +114,13 @@ class VoicePipeline:
 
     async def warm_up(self) -> None:
         """Start the decoder processes (models are loaded by the application)."""
-        if self._isolated is not None:
-            await self._isolated.warm_up()
+        if self._decoder is not None:
+            await self._decoder.warm_up()
 
     def close(self) -> None:
         """Stop the decoder processes (the application closes the pipeline)."""
-        if self._isolated is not None:
-            self._isolated.close()
+        if self._decoder is not None:
+            self._decoder.close()
 
     @staticmethod
     async def _run(fn: Callable[..., T], *args: object) -> T:
@@ -131,7 +131,7 @@ class VoicePipeline:
         stop here)."""
         assert msg.audio is not None
         with self.decodes.claim(), timer.stage("decode"):
-            pcm = await (self._isolated.decode(msg.audio) if self._isolated is not None
+            pcm = await (self._decoder.decode(msg.audio) if self._decoder is not None
                          else self._run(self.codec.decode, msg.audio))
         if is_silent(pcm):
             raise NoSpeech(f"silent audio ({pcm.duration_s:.1f}s)")
