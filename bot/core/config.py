@@ -9,7 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -66,6 +73,31 @@ class Settings(BaseSettings):
     starter_persona: bool = Field(
         default=True, description="Install the persona's shipped starter version (starter LLM)")
     llm_context_tokens: int = Field(default=1536, ge=64)
+    # --- where the LLM runs: in this process, or on an OpenAI-compatible engine (vLLM...) ---
+    llm_backend: Literal["transformers", "openai"] = Field(
+        default="transformers",
+        description="transformers: in process; openai: an OpenAI-compatible chat-completions "
+                    "server at CHATMAN_LLM_BASE_URL")
+    llm_base_url: str | None = Field(
+        default=None, description="The engine's API root, e.g. http://127.0.0.1:8000/v1")
+    llm_api_key: SecretStr | None = Field(default=None, description="The engine's API key")
+    llm_served_model: str | None = Field(
+        default=None,
+        description="The base model's name on the engine; default: CHATMAN_LLM_MODEL's folder")
+    llm_served_versions: str = Field(
+        default="", description="version=served-name pairs (comma-separated) for engines that "
+                                "serve each exported version under a name of their own")
+    llm_lora_adapters: bool = Field(
+        default=False, description="Load each version's LoRA adapter into the engine at run "
+                                   "time (vLLM --enable-lora) and ask for it by version name")
+    llm_timeout_seconds: float = Field(default=60.0, gt=0, le=600)
+    llm_retries: int = Field(default=2, ge=0, le=10,
+                             description="Retries (with backoff) on 5xx and connection errors")
+    llm_batch_window_ms: float = Field(
+        default=15.0, ge=0, le=1000,
+        description="In process: how long a reply waits for others to share its batch")
+    llm_max_batch: int = Field(default=8, ge=1, le=64,
+                               description="In process: replies generated together, at most")
     history_max_messages: int = Field(default=40, ge=0)
 
     tts_backend: Literal["piper", "chattts"] = "piper"
@@ -164,6 +196,27 @@ class Settings(BaseSettings):
                     "not a database URL: write it like postgresql+psycopg://user:password@host"
                     ":5432/chatman or sqlite:////absolute/path/chatman.db (percent-encode special "
                     "characters in the password)") from None
+        return value
+
+    @model_validator(mode="after")
+    def _engine_has_an_address(self) -> Settings:
+        if self.llm_backend == "openai" and not self.llm_base_url:
+            raise ValueError("CHATMAN_LLM_BACKEND=openai needs CHATMAN_LLM_BASE_URL (the "
+                             "engine's API root, e.g. http://127.0.0.1:8000/v1)")
+        return self
+
+    @property
+    def served_versions(self) -> dict[str, str]:
+        """CHATMAN_LLM_SERVED_VERSIONS as a mapping (version → the engine's name for it)."""
+        pairs = (entry.partition("=") for entry in self.llm_served_versions.split(","))
+        return {k.strip(): v.strip() for k, _, v in pairs if k.strip() and v.strip()}
+
+    @field_validator("llm_served_versions")
+    @classmethod
+    def _served_versions_are_pairs(cls, value: str) -> str:
+        for entry in (x.strip() for x in value.split(",")):
+            if entry and not all(part.strip() for part in entry.partition("=")[::2]):
+                raise ValueError(f"{entry!r} is not version=served-name")
         return value
 
     @field_validator("admin_ids")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from bot.core.streaming import ReplyStream
 from bot.core.types import ChatMessage, ChatRef, LlmReply, Pcm, Transcript, Turn, UserRef, VoiceNote
 
 
@@ -60,6 +61,10 @@ class ChatModel(Protocol):
         """The messages to send: system + as much recent history as the budget allows + user."""
 
     def generate(self, messages: Sequence[ChatMessage]) -> LlmReply: ...
+
+    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+        """The reply as it is written (see :mod:`bot.core.streaming`): pieces of text, then
+        the whole reply; it can be stopped early."""
 
     def count_conversation_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Tokens of a whole conversation as the model's chat template renders it."""

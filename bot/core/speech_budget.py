@@ -104,3 +104,66 @@ def _cut_at_clause(text: str, language: str) -> str:
     # No clause boundary at all: whole words only, and say it trails off.
     words = text.rsplit(" ", 1)[0] if " " in text else text
     return words.rstrip(" ,;:") + "…"
+
+
+class SentenceStream:
+    """The reply's sentences as the model writes them, cut to the budget as :func:`shape_reply`
+    cuts the whole text: what it emits, joined, is ``shape_reply(everything fed, ...)``.
+
+    A sentence is final once something follows it (or whitespace follows its end mark), so
+    "3." waits to see whether "5" comes. Once the budget is spent, :attr:`full` says so and the
+    caller can stop the model: nothing it writes after that would be said.
+    """
+
+    def __init__(self, budget: SpeechBudget, language: str) -> None:
+        self.budget, self.language = budget, language
+        self._joiner = "" if language == "zh" else " "
+        self._raw = ""
+        self.sentences: list[str] = []
+        self.full = False
+
+    @property
+    def text(self) -> str:
+        """What has been emitted so far, joined as the reply is."""
+        return self._joiner.join(self.sentences)
+
+    def _take(self, piece: str) -> bool:
+        """Emit ``piece`` if the budget allows; False (and :attr:`full`) when it does not."""
+        if self.full:
+            return False
+        if self.sentences and (
+                len(self.sentences) >= self.budget.max_sentences
+                or self.budget.seconds(self._joiner.join([*self.sentences, piece]),
+                                       self.language) > self.budget.max_seconds):
+            self.full = True
+            return False
+        self.sentences.append(piece)
+        if len(self.sentences) >= self.budget.max_sentences:
+            self.full = True
+        return True
+
+    def feed(self, delta: str) -> list[str]:
+        """Add the model's next text; returns the sentences that became final and fit."""
+        self._raw += delta
+        pieces = split_sentences(self._raw)
+        done = len(pieces) - 1
+        if pieces and self._raw[-1:].isspace() and ends_sentence(pieces[-1]):
+            done = len(pieces)
+        out = []
+        for piece in pieces[len(self.sentences):done]:
+            if not self._take(piece):
+                break
+            out.append(piece)
+        return out
+
+    def finish(self, *, truncated: bool) -> list[str]:
+        """The model stopped (``truncated``: at its token cap); returns the last sentences."""
+        pieces = split_sentences(self._raw)
+        rest = pieces[len(self.sentences):]
+        if self.full or not rest:
+            return []
+        if truncated and not ends_sentence(rest[-1]):
+            unfinished = rest.pop()
+            if not pieces[:-1]:
+                rest = [_cut_at_clause(unfinished, self.language)]
+        return [piece for piece in rest if self._take(piece)]

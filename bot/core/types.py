@@ -63,6 +63,8 @@ class LlmReply:
     model_version: str
     # Generation hit the token cap: the text may end mid-sentence (see bot/core/speech_budget.py).
     truncated: bool = False
+    # The caller stopped it early (its speech budget was spent): the text ends wherever it was.
+    stopped: bool = False
 
 
 @dataclass(frozen=True, slots=True)

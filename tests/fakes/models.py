@@ -3,10 +3,12 @@ lines, loads nothing, and records what it was asked."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
+from threading import Event
 
 import numpy as np
 
+from bot.core.streaming import GeneratorReplyStream, ReplyStream
 from bot.core.types import ChatMessage, LlmReply, Pcm, Role, Transcript
 
 
@@ -45,6 +47,18 @@ class ScriptedLLM:
     def generate(self, messages: Sequence[ChatMessage]) -> LlmReply:
         self.prompts.append(list(messages))
         return LlmReply(self.answer, 5, 10, self.version)
+
+    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+        return GeneratorReplyStream(lambda stop: self._pieces(messages, stop))
+
+    def _pieces(self, messages: Sequence[ChatMessage],
+                stop: Event) -> Generator[str, None, LlmReply]:
+        reply = self.generate(messages)
+        for n, word in enumerate(reply.text.split(" ")):
+            if stop.is_set():
+                break
+            yield word if n == 0 else " " + word
+        return reply
 
     def count_conversation_tokens(self, messages: Sequence[ChatMessage]) -> int:
         return sum(len(m.content.split()) + 4 for m in messages)

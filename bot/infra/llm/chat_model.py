@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from bot.core.streaming import GeneratorReplyStream, ReplyStream, drain
 from bot.core.types import ChatMessage, LlmReply, Role
 from bot.infra.devices import resolve_device
 from bot.infra.llm.source import resolve_llm
@@ -192,42 +193,91 @@ class TransformersChatModel:
                     "budget", len(ids), keep, self.context_tokens)
         return ChatMessage(user.role, content, user.speaker)
 
+    def _generation_kwargs(self) -> dict[str, Any]:
+        assert self._tokenizer is not None
+        g = self.generation
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": g.max_new_tokens,
+            "repetition_penalty": g.repetition_penalty,
+            "pad_token_id": (
+                self._tokenizer.pad_token_id
+                if self._tokenizer.pad_token_id is not None
+                else self._tokenizer.eos_token_id
+            ),
+        }
+        if g.temperature > 0:
+            kwargs.update(do_sample=True, temperature=g.temperature, top_p=g.top_p)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        return kwargs
+
     def generate(self, messages: Sequence[ChatMessage]) -> LlmReply:
+        return drain(self.stream(messages))
+
+    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+        """Pieces of the reply as they are generated (transformers' TextIteratorStreamer);
+        ``stop()`` ends the generation at the next token."""
         self.load()
+        return GeneratorReplyStream(lambda stop: self._stream(messages, stop))
+
+    def _stream(self, messages: Sequence[ChatMessage],
+                stop: threading.Event) -> Generator[str, None, LlmReply]:
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         assert self._model is not None and self._tokenizer is not None
-        g = self.generation
+        model, tokenizer = self._model, self._tokenizer
         inputs = self._encode(messages).to(self.device)
-        with self._generate_lock:
-            kwargs: dict[str, Any] = {
-                "max_new_tokens": g.max_new_tokens,
-                "repetition_penalty": g.repetition_penalty,
-                "pad_token_id": (
-                    self._tokenizer.pad_token_id
-                    if self._tokenizer.pad_token_id is not None
-                    else self._tokenizer.eos_token_id
-                ),
-            }
-            if g.temperature > 0:
-                kwargs.update(do_sample=True, temperature=g.temperature, top_p=g.top_p)
-                if g.seed is not None:
-                    torch.manual_seed(g.seed)
-            else:
-                kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-            with torch.inference_mode():
-                output = self._model.generate(**inputs, **kwargs)
-        prompt_len = inputs["input_ids"].shape[1]
-        new_ids = output[0][prompt_len:]
-        text = decode_text(self._tokenizer, new_ids).strip()
-        stops = _stop_ids(self._model, self._tokenizer)
+        kwargs = self._generation_kwargs()
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
+                         **_: Any) -> torch.BoolTensor:
+                done = torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+                return done  # type: ignore[return-value]  # BoolTensor is a Tensor at run time
+
+        outcome: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                with self._generate_lock:
+                    if stop.is_set():
+                        return
+                    if self.generation.seed is not None and kwargs.get("do_sample"):
+                        torch.manual_seed(self.generation.seed)
+                    with torch.inference_mode():
+                        outcome["output"] = model.generate(
+                            **inputs, **kwargs, streamer=streamer,
+                            stopping_criteria=StoppingCriteriaList([Cancelled()]))
+            except BaseException as exc:  # handed to the consumer, which raises it
+                outcome["error"] = exc
+            finally:
+                if "output" not in outcome:
+                    streamer.end()  # type: ignore[no-untyped-call]  # unannotated upstream
+
+        worker = threading.Thread(target=run, name="llm-generate", daemon=True)
+        worker.start()
+        try:
+            for piece in streamer:
+                if piece:
+                    yield piece
+        finally:
+            stop.set()
+            worker.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        prompt_len = int(inputs["input_ids"].shape[1])
+        new_ids = outcome["output"][0][prompt_len:]
+        stops = _stop_ids(model, tokenizer)
         return LlmReply(
-            text=text,
+            text=decode_text(tokenizer, new_ids).strip(),
             new_tokens=int(new_ids.shape[0]),
-            prompt_tokens=int(prompt_len),
+            prompt_tokens=prompt_len,
             model_version=self.version,
-            truncated=(int(new_ids.shape[0]) >= g.max_new_tokens
+            truncated=(int(new_ids.shape[0]) >= self.generation.max_new_tokens
                        and not any(int(t) in stops for t in new_ids)),
+            stopped=stop.is_set(),
         )
 
     def answer_many(self, conversations: Sequence[Sequence[ChatMessage]],
