@@ -114,13 +114,13 @@ async def test_2_sdp_uploads_bind_no_ports_and_do_not_hold_up_others(web):
 # --- 3. text flood -----------------------------------------------------------------------
 async def test_3_an_oversized_text_is_refused_before_the_model(web):
     calls: list[int] = []
-    real = web.app.pipeline.llm.generate
+    real = web.app.pipeline.llm.stream
 
     def counted(messages):
         calls.append(1)
         return real(messages)
 
-    web.app.pipeline.llm.generate = counted
+    web.app.pipeline.llm.stream = counted
     for size in (2_001, 8 * 1024, 900 * 1024):
         response = await web.post("/api/chat", headers=CSRF, data={"text": "a" * size})
         assert response.status_code == 400, response.text
@@ -275,14 +275,14 @@ async def test_10_half_open_connections_are_closed(tmp_path, asr, llm, tts):
 async def test_10_turns_in_flight_are_bounded_for_everybody(tmp_path, asr, llm, tts, monkeypatch):
     app, adapter = await serve(tmp_path, asr, llm, tts, max_turns_in_flight=1)
     entered, release = threading.Event(), threading.Event()
-    real = app.pipeline.llm.generate
+    real = app.pipeline.llm.stream
 
     def held(messages):
         entered.set()
         release.wait(60)
         return real(messages)
 
-    monkeypatch.setattr(app.pipeline.llm, "generate", held)
+    monkeypatch.setattr(app.pipeline.llm, "stream", held)
     try:
         async with httpx.AsyncClient(base_url=adapter.url, timeout=120) as client:
             first = asyncio.create_task(client.post("/api/chat", headers=CSRF,

@@ -39,13 +39,13 @@ def incoming(chat: int, n: int) -> Incoming:
 
 async def test_hot_swap_under_concurrent_requests_drops_none(tmp_path, llm, tiny_qwen2_dir):
     starter = copy.copy(llm)
-    generating = threading.Event()  # set once a turn is inside the starter's generate()
+    generating = threading.Event()  # set once a turn is inside the starter's stream()
 
-    def generate(prompt):
+    def stream(prompt):
         generating.set()
-        return llm.generate(prompt)
+        return llm.stream(prompt)
 
-    starter.generate = generate
+    starter.stream = stream
     app = ChatmanApp.from_settings(make_settings(tmp_path / "data"), llm=starter)
     await app.start(load_models=False)
     version = register(app, tiny_qwen2_dir)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from bot.core.persona import load_persona
 from bot.core.ports import ChatModel, SpeechSynthesizer
-from bot.core.speech_budget import SpeechBudget, ends_sentence, shape_reply, split_sentences
+from bot.core.streaming import ReplyStream
+from bot.core.speech_budget import (
+    SentenceStream,
+    SpeechBudget,
+    ends_sentence,
+    shape_reply,
+    split_sentences,
+)
 from bot.core.types import ChatMessage, LlmReply, Pcm
 
 BUDGET = SpeechBudget(max_sentences=3, max_seconds=12)
@@ -87,10 +95,25 @@ class RawReplies:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.llm, name)
 
-    def generate(self, prompt: Sequence[ChatMessage]) -> LlmReply:
-        reply = self.llm.generate(prompt)
-        self.raw.append(reply)
-        return reply
+    def stream(self, prompt: Sequence[ChatMessage]) -> ReplyStream:
+        inner, raw = self.llm.stream(prompt), self.raw
+
+        class Recorded:
+            def __iter__(self) -> Iterator[str]:
+                yield from inner
+                raw.append(inner.reply)
+
+            def stop(self) -> None:
+                inner.stop()
+
+            def close(self) -> None:
+                inner.close()
+
+            @property
+            def reply(self) -> LlmReply:
+                return inner.reply
+
+        return Recorded()
 
 
 async def test_a_reply_cut_by_the_cap_ends_on_a_sentence_and_the_voice_says_the_same(
@@ -117,7 +140,8 @@ async def test_a_reply_cut_by_the_cap_ends_on_a_sentence_and_the_voice_says_the_
     assert raw.truncated and raw.new_tokens == 30  # it ran into the cap...
     assert turn.reply != raw.text and raw.text.startswith(turn.reply)
     assert ends_sentence(turn.reply), turn.reply  # ...and was cut back to a whole sentence
-    assert voice.said == [turn.reply]  # the voice note says exactly what the text shows
+    # The voice note says exactly what the text shows, sentence by sentence.
+    assert " ".join(voice.said) == turn.reply
     assert turn.voice is not None and turn.voice.data[:4] == b"OggS"
 
 
@@ -130,3 +154,55 @@ def test_the_seed_answers_teach_short_spoken_replies():
         seconds = persona.speech.seconds(row.output, language)
         assert 1 <= seconds <= persona.speech.max_seconds, (row.output, seconds)
         assert persona.speech.fits(row.output, language), row.output
+
+
+STREAMED = [
+    "Hello there. I am Manman! It costs 3.5 dollars. Really? Yes... ok",
+    "One. Two. Three. Four.",
+    "你好！我是慢慢。今天天气很好，我们去散步吧？好的",
+    'e.g.x is fine. "Quoted." Then more',
+    "No stop at all here",
+    "A very long first sentence that goes on and on, with clauses, and more clauses, and it",
+    "Wait... what?! (Really.) Yes. And then a sentence long enough to run past twelve seconds "
+    "of speech by far: words words words words words words words words words words words.",
+    "",
+    "“你好！”他说。再见",
+]
+
+
+@pytest.mark.parametrize("budget", [BUDGET, SpeechBudget(max_sentences=1),
+                                    SpeechBudget(max_seconds=2),
+                                    SpeechBudget(max_sentences=10, max_seconds=100)])
+@pytest.mark.parametrize("truncated", [False, True])
+def test_sentences_streamed_in_any_pieces_make_the_reply_shape_reply_makes(budget, truncated):
+    """The voice is made sentence by sentence as the model writes; what it says must be the
+    reply the whole text would have been cut to, wherever the model's pieces happen to end."""
+    rng = random.Random(7)
+    for text in STREAMED:
+        for language in ("en", "zh"):
+            for _ in range(15):
+                stream, said, at = SentenceStream(budget, language), [], 0
+                while at < len(text):
+                    step = rng.randint(1, 6)
+                    said += stream.feed(text[at:at + step])
+                    at += step
+                said += stream.finish(truncated=truncated)
+                joined = ("" if language == "zh" else " ").join(said)
+                assert joined == shape_reply(text, budget, language, truncated=truncated)
+                assert joined == stream.text
+
+
+def test_a_sentence_is_final_only_once_what_follows_cannot_change_it():
+    stream = SentenceStream(SpeechBudget(max_sentences=5, max_seconds=60), "en")
+    assert stream.feed("It costs 3.") == []  # "3.5" may follow
+    assert stream.feed("5 dollars.") == []
+    assert stream.feed(" Then") == ["It costs 3.5 dollars."]
+    assert stream.feed(" we left! ") == ["Then we left!"]  # whitespace after the mark: final
+
+
+def test_a_full_budget_says_so_and_takes_nothing_more():
+    stream = SentenceStream(SpeechBudget(max_sentences=2), "en")
+    assert stream.feed("One. Two. ") == ["One.", "Two."]
+    assert stream.full
+    assert stream.feed("Three. Four. ") == []
+    assert stream.finish(truncated=False) == []

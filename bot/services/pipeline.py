@@ -1,4 +1,5 @@
-"""decode → ASR → LLM → TTS → encode → deliver → store, one :class:`Incoming` at a time per chat.
+"""decode → ASR → LLM ⇉ TTS (sentence by sentence) → encode → deliver → store, one
+:class:`Incoming` at a time per chat.
 
 Every model call runs in a worker thread, so the event loop (and the text commands it serves)
 stays responsive; user files are decoded in worker processes of their own
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from bot.core.errors import EmptyInput, NoSpeech, ServerBusy, TextTooLong, UserFacingError
+from bot.core.events import Heard, OnEvent, Stage
 from bot.core.loudness import is_silent
 from bot.core.ports import (
     AudioCodec,
@@ -32,10 +34,11 @@ from bot.core.ports import (
     SpeechSynthesizer,
     Store,
 )
-from bot.core.speech_budget import SpeechBudget, shape_reply
+from bot.core.speech_budget import SpeechBudget
 from bot.core.textkeys import clean_user_text
 from bot.core.types import ChatKind, ChatMessage, Incoming, Pcm, Role, Transcript, Turn
 from bot.services.chat_queue import InFlight
+from bot.services.spoken_reply import speak_reply
 
 log = logging.getLogger(__name__)
 
@@ -157,30 +160,39 @@ class VoicePipeline:
             raise NoSpeech(f"no speech recognised in {pcm.duration_s:.1f}s of audio")
         return transcript
 
-    async def handle(self, msg: Incoming, deliver: Deliver | None = None) -> Turn:
-        """Answer ``msg``; ``deliver`` runs before the turn is stored (see the module doc)."""
+    async def handle(self, msg: Incoming, deliver: Deliver | None = None,
+                     on_event: OnEvent | None = None) -> Turn:
+        """Answer ``msg``; ``deliver`` runs before the turn is stored (see the module doc).
+
+        ``on_event`` hears the turn as it happens (:mod:`bot.core.events`): the web console
+        shows the text growing and plays each sentence as soon as it is voiced."""
         # The chat's lock is taken on arrival (asyncio locks are FIFO), so a quick text message
         # cannot overtake a voice note sent before it that is still being transcribed.
         async with self._lock_for(msg):
             try:
-                return await self._handle_in_order(msg, deliver)
+                return await self._handle_in_order(msg, deliver, on_event)
             except UserFacingError as err:
                 log.info("refused input in %s/%s: %s", msg.chat.platform, msg.chat.chat_id, err)
                 raise
 
-    async def _handle_in_order(self, msg: Incoming, deliver: Deliver | None) -> Turn:
+    async def _handle_in_order(self, msg: Incoming, deliver: Deliver | None,
+                               on_event: OnEvent | None) -> Turn:
         timer = _Timer()
         started = time.perf_counter()
+        if on_event is not None and msg.audio is not None:
+            await on_event(Stage("listening"))
         pcm = await self._decode(msg, timer) if msg.audio is not None else None
         typed = self._text(msg) if pcm is None else None
         # A turn's place is taken only by input that is fit to answer.
         with self.turns.claim():
             transcript = typed if pcm is None else await self._transcribe(pcm, timer)
             assert transcript is not None
-            return await self._answer(msg, deliver, transcript, timer, started)
+            if on_event is not None:
+                await on_event(Heard(transcript.text, transcript.language))
+            return await self._answer(msg, deliver, transcript, timer, started, on_event)
 
     async def _answer(self, msg: Incoming, deliver: Deliver | None, transcript: Transcript,
-                      timer: _Timer, started: float) -> Turn:
+                      timer: _Timer, started: float, on_event: OnEvent | None) -> Turn:
         speaker = msg.user.display_name if msg.chat.kind is ChatKind.GROUP else None
         user_turn = ChatMessage(Role.USER, transcript.text, speaker)
 
@@ -192,18 +204,30 @@ class VoicePipeline:
         # One model for the whole turn: a hot swap (see ChatmanApp.sync_model) replaces
         # self.llm between turns, never under one.
         llm, system_prompt = self.llm, self.system_prompt
-        with timer.stage("llm"):
+        with timer.stage("prompt"):
             prompt = await self._run(llm.fit_history, system_prompt, history, user_turn)
-            reply = await self._run(llm.generate, prompt)
-        # What is shown is what is said: both are the reply cut to the persona's budget.
-        text = shape_reply(reply.text, self.config.speech, transcript.language,
-                           truncated=reply.truncated) or FALLBACK_REPLY
+        if on_event is not None:
+            await on_event(Stage("thinking"))
+        # What is shown is what is said: both are the reply cut to the persona's budget,
+        # sentence by sentence as the model writes it (see bot/services/spoken_reply.py).
+        asked_ms = (time.perf_counter() - started) * 1000
+        spoken = await speak_reply(
+            llm, prompt, budget=self.config.speech, language=transcript.language,
+            fallback=FALLBACK_REPLY, tts=self.tts if msg.want_voice else None,
+            codec=self.codec, on_event=on_event)
+        reply, text = spoken.reply, spoken.text
+        # "llm" is the model's whole reply (TTS overlaps it); the first_* marks count from the
+        # turn's start, as the user waits.
+        timer.ms["llm"] = spoken.llm_ms
+        if spoken.first_token_ms is not None:
+            timer.ms["first_token"] = round(asked_ms + spoken.first_token_ms, 1)
         voice = None
-        if msg.want_voice:
-            with timer.stage("tts"):
-                pcm = await self._run(self.tts.synthesize, text, transcript.language)
+        if spoken.audio is not None:
+            timer.ms["tts"] = spoken.tts_ms
+            if spoken.first_audio_ms is not None:
+                timer.ms["first_audio"] = round(asked_ms + spoken.first_audio_ms, 1)
             with timer.stage("encode"):
-                voice = await self._run(self.codec.encode_voice_note, pcm)
+                voice = await self._run(self.codec.encode_voice_note, spoken.audio)
         timer.ms["total"] = round((time.perf_counter() - started) * 1000, 1)
         turn = Turn(
             transcript=transcript.text,
