@@ -26,6 +26,7 @@ from typing import TypeVar
 from bot.core.errors import EmptyInput, NoSpeech, ServerBusy, TextTooLong, UserFacingError
 from bot.core.events import Heard, OnEvent, Stage
 from bot.core.loudness import is_silent
+from bot.core.messages import Message
 from bot.core.ports import (
     AudioCodec,
     ChatModel,
@@ -37,6 +38,7 @@ from bot.core.ports import (
 from bot.core.speech_budget import SpeechBudget
 from bot.core.textkeys import clean_user_text
 from bot.core.types import ChatKind, ChatMessage, Incoming, Pcm, Role, Transcript, Turn
+from bot.core.wording import word
 from bot.services.chat_queue import InFlight
 from bot.services.spoken_reply import speak_reply
 
@@ -44,7 +46,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-FALLBACK_REPLY = "Sorry, I don't have an answer to that right now."
+#: Said when the model wrote nothing sayable (in the language of the question).
+FALLBACK_REPLY = Message("reply.fallback")
 #: Processes that decode user files: at most this many decodes run at once, and this many
 #: more may wait; beyond that an upload is refused as busy.
 DECODE_WORKERS = 2
@@ -213,7 +216,7 @@ class VoicePipeline:
         asked_ms = (time.perf_counter() - started) * 1000
         spoken = await speak_reply(
             llm, prompt, budget=self.config.speech, language=transcript.language,
-            fallback=FALLBACK_REPLY, tts=self.tts if msg.want_voice else None,
+            fallback=word(FALLBACK_REPLY, transcript.language), tts=self.tts if msg.want_voice else None,
             codec=self.codec, on_event=on_event)
         reply, text = spoken.reply, spoken.text
         # "llm" is the model's whole reply (TTS overlaps it); the first_* marks count from the
