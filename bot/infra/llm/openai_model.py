@@ -164,9 +164,14 @@ class OpenAIChatModel:
         import openai
 
         name = self._prepare()
+        g = self.generation
         try:
+            # Decoded as the turns will be: `transformers serve --continuous-batching` keeps the
+            # sampling settings of the first request it sees for every later one.
             self.engine.client.chat.completions.create(
-                model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=1)
+                model=name, messages=[{"role": "user", "content": "Hi"}], max_tokens=1,
+                temperature=g.temperature, top_p=g.top_p if g.temperature > 0 else openai.omit,
+                seed=g.seed if g.seed is not None else openai.omit)
         except openai.NotFoundError as exc:
             raise ModelNotServed(f"the engine at {self.engine.base_url} does not serve {name}: "
                                  f"{_body_text(exc)}") from exc
