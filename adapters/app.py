@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 
 from bot.core.config import STARTER, Settings
 from bot.core.curation import CurationRepository
+from bot.core.errors import EngineUnavailable
 from bot.core.jobs import JobRepository, Notice, Notify
 from bot.core.persona import PersonaProfile, load_persona
 from bot.core.ports import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer
@@ -29,6 +30,8 @@ from bot.infra.asr import FasterWhisperASR
 from bot.infra.audio.codec import PyAvCodec
 from bot.infra.audio.isolated import IsolatedDecoder
 from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
+from bot.infra.llm.openai_model import OpenAIChatModel, ServingEngine
+from bot.infra.llm.served import ServedNames
 from bot.infra.reply_audio import ReplyAudioStore
 from bot.infra.storage import migrate
 from bot.infra.storage.curation import SqlCuration
@@ -65,26 +68,56 @@ def reply_token_cap(s: Settings, persona: PersonaProfile | None, language: str) 
     return (persona.speech if persona else SpeechBudget()).max_new_tokens(language)
 
 
-def build_llm(s: Settings, model_ref: str | None = None, version: str | None = None,
-              max_new_tokens: int | None = None) -> TransformersChatModel:
-    """The configured LLM, or ``model_ref`` (a registry version's folder) named ``version``.
+def generation_settings(s: Settings, max_new_tokens: int | None = None) -> GenerationSettings:
+    """The serving decoding (``max_new_tokens``: the reply cap, see :func:`reply_token_cap`;
+    without it, the setting's or the default speech budget's English cap)."""
+    return GenerationSettings(
+        max_new_tokens=max_new_tokens or reply_token_cap(s, None, "en"),
+        temperature=s.llm_temperature,
+        top_p=s.llm_top_p,
+        repetition_penalty=s.llm_repetition_penalty,
+        seed=s.llm_seed,
+    )
 
-    ``max_new_tokens``: the reply cap (see :func:`reply_token_cap`); without it, the setting's
-    or the default speech budget's English cap.
-    """
+
+def build_local_llm(s: Settings, model_ref: str | None = None, version: str | None = None,
+                    max_new_tokens: int | None = None) -> TransformersChatModel:
+    """The LLM in this process, whatever CHATMAN_LLM_BACKEND says: evaluation and the gate
+    batch and seed their answers themselves (``answer_many``)."""
     return TransformersChatModel(
         model_ref or s.llm_model,
         version=version,
         cache_dir=s.resolved_model_cache_dir,
         device=s.llm_device,
         dtype=s.llm_dtype,
-        generation=GenerationSettings(
-            max_new_tokens=max_new_tokens or reply_token_cap(s, None, "en"),
-            temperature=s.llm_temperature,
-            top_p=s.llm_top_p,
-            repetition_penalty=s.llm_repetition_penalty,
-            seed=s.llm_seed,
-        ),
+        generation=generation_settings(s, max_new_tokens),
+        context_tokens=s.llm_context_tokens,
+    )
+
+
+def build_serving_engine(s: Settings) -> ServingEngine:
+    """The OpenAI-compatible engine at CHATMAN_LLM_BASE_URL (one client for every version)."""
+    assert s.llm_base_url is not None  # Settings refuses the openai backend without one
+    return ServingEngine(s.llm_base_url,
+                         api_key=s.llm_api_key.get_secret_value() if s.llm_api_key else None,
+                         timeout=s.llm_timeout_seconds, retries=s.llm_retries)
+
+
+def build_llm(s: Settings, model_ref: str | None = None, version: str | None = None,
+              max_new_tokens: int | None = None, *,
+              serving: ServingEngine | None = None) -> ChatModel:
+    """The configured LLM (CHATMAN_LLM_BACKEND), or ``model_ref`` (a registry version's folder)
+    named ``version``. ``serving``: the engine client to share (the application's), else a new
+    one."""
+    if s.llm_backend == "transformers":
+        return build_local_llm(s, model_ref, version, max_new_tokens)
+    return OpenAIChatModel(
+        model_ref or s.llm_model,
+        version=version,
+        engine=serving or build_serving_engine(s),
+        names=ServedNames(cache_dir=s.resolved_model_cache_dir, served_model=s.llm_served_model,
+                          served_versions=s.served_versions, lora_adapters=s.llm_lora_adapters),
+        generation=generation_settings(s, max_new_tokens),
         context_tokens=s.llm_context_tokens,
     )
 
@@ -189,7 +222,9 @@ class ChatmanApp:
                           max_cpu_seconds=settings.decode_cpu_seconds)
         asr = asr or build_asr(settings)
         token_cap = reply_token_cap(settings, persona, language)
-        llm = llm or build_llm(settings, max_new_tokens=token_cap)
+        # One client for the engine, whichever version it serves (connections are pooled).
+        serving = build_serving_engine(settings) if settings.llm_backend == "openai" else None
+        llm = llm or build_llm(settings, max_new_tokens=token_cap, serving=serving)
         tts = tts or build_tts(settings, persona)
         pipeline = VoicePipeline(
             codec=codec, asr=asr, llm=llm, tts=tts, store=store,
@@ -219,7 +254,7 @@ class ChatmanApp:
         )
 
         def model_for(model_ref: str, version: str | None) -> ChatModel:
-            return build_llm(settings, model_ref, version, token_cap)
+            return build_llm(settings, model_ref, version, token_cap, serving=serving)
 
         models = ModelSwitcher(registry=registry, pipeline=pipeline, persona=persona,
                                language=language, base_ref=settings.llm_model, factory=model_for)
@@ -264,8 +299,8 @@ class ChatmanApp:
         await asyncio.to_thread(self.install_starter)
         await self.models.sync(load=False)
         if load_models:
-            await asyncio.gather(self.pipeline.warm_up(),
-                                 *(asyncio.to_thread(m.load) for m in (self.asr, self.llm, self.tts)))
+            await asyncio.gather(self.pipeline.warm_up(), asyncio.to_thread(self._load_llm),
+                                 *(asyncio.to_thread(m.load) for m in (self.asr, self.tts)))
         if background:
             stuck = await asyncio.to_thread(self.jobs.recover, "interrupted: the bot restarted",
                                             stop_leftover_worker)
@@ -280,6 +315,14 @@ class ChatmanApp:
                 asyncio.create_task(self.runner.run_forever(), name="training-jobs"),
                 asyncio.create_task(self.models.follow(self.settings.registry_poll_seconds),
                                     name="model-registry")]
+
+    def _load_llm(self) -> None:
+        try:
+            self.llm.load()
+        except EngineUnavailable as exc:
+            # A serving engine is often still starting when the bot does (vLLM takes minutes):
+            # the bot comes up anyway, turns say the engine isn't answering until it does.
+            log.warning("LLM %s: %s; answering once it responds", self.llm.version, exc)
 
     async def stop(self) -> None:
         """Stop background work (a running trainer is stopped and its job recorded). Safe to

@@ -260,6 +260,14 @@ def doctor() -> None:
         model_ref, version, _ = _resolve_model(s, name, None)
         return app_module.build_llm(s, model_ref, version)
 
+    if settings.llm_backend == "openai":
+        def engine() -> str:
+            serving = app_module.build_serving_engine(settings)
+            ids = serving.models()
+            shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+            return f"{serving.base_url} answers; it lists {shown or 'no models'}"
+
+        check("engine", engine)
     check("llm", loaded(served_llm))
     check("tts", loaded(lambda s: app_module.build_tts(
         s, load_persona(s.persona, s.persona_dir))))
@@ -409,7 +417,7 @@ def eval_command(
     """
     from dataclasses import replace
 
-    from adapters.app import build_llm
+    from adapters.app import build_local_llm
     from bot.core.persona import load_persona
     from training.evaluate import (
         Decoding,
@@ -434,8 +442,8 @@ def eval_command(
     language = settings.language or persona.language
     model_ref, version, prompt_kind = _resolve_model(settings, persona.name, model)
     base_ref = base or settings.train_base_model or persona.training.base_model
-    candidate = build_llm(settings, model_ref, version)
-    base_llm = candidate if base_ref == model_ref else build_llm(
+    candidate = build_local_llm(settings, model_ref, version)
+    base_llm = candidate if base_ref == model_ref else build_local_llm(
         settings.model_copy(update={"llm_model": base_ref}))
     decoding = Decoding.serving(settings, persona, language, samples)
     if max_new_tokens is not None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.app import ChatmanApp, build_llm
+from adapters.app import ChatmanApp, build_local_llm
 from bot.core.config import Settings
 from bot.infra.logs import configure_logging
 from training.evaluate import Decoding, answer_general, evaluate, general_items
@@ -66,7 +66,7 @@ def main() -> None:
     persona, language = app.persona, app.language
     decoding = Decoding.serving(settings, persona, language, args.samples)
     markers = [persona.display_name, *persona.training.leak_markers]
-    base_llm = build_llm(settings, max_new_tokens=decoding.max_new_tokens)
+    base_llm = build_local_llm(settings, max_new_tokens=decoding.max_new_tokens)
     base_answers = answer_general(base_llm, persona.prompt_for(language), general_items(),
                                   markers, decoding, persona.speech, language)
 
@@ -85,7 +85,7 @@ def main() -> None:
         v = app.registry.get(installed)
         assert v is not None  # installed just now
         results["shipped_starter"] = {"version": installed, "install_s": install_s,
-                                      **judge(build_llm(settings, v.model_dir, v.version),
+                                      **judge(build_local_llm(settings, v.model_dir, v.version),
                                               v.config.get("system_prompt", "full"))}
     else:
         results["shipped_starter"] = {"error": "no shipped starter for this persona/base"}
@@ -107,7 +107,7 @@ def main() -> None:
         }
         if out.model_dir is not None:
             results["fresh_train"] = {**train, **judge(
-                build_llm(settings, str(out.model_dir), "fresh",
+                build_local_llm(settings, str(out.model_dir), "fresh",
                           max_new_tokens=decoding.max_new_tokens), config.system_prompt)}
         else:
             results["fresh_train"] = train

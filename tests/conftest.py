@@ -37,7 +37,7 @@ MODEL_CACHE = Path(os.environ.get("CHATMAN_TEST_MODEL_CACHE", REPO / ".cache" / 
 
 # The model tier: tests that load a real model (directly or through a fixture that does) or
 # run the `chatman` CLI in a subprocess (which loads them). `make check` runs everything else.
-MODEL_FIXTURES = {"asr", "llm", "tts", "speak", "tiny_qwen2_dir", "chattts_dir"}
+MODEL_FIXTURES = {"asr", "llm", "tts", "speak", "tiny_qwen2_dir", "chattts_dir", "served_engine"}
 SUBPROCESS_MODULES = {"test_cli", "test_admin_cli", "test_secrets", "test_startup_errors",
                       "test_training", "test_evaluate", "test_starter", "test_tts", "test_chattts"}
 

@@ -86,6 +86,14 @@ class ServerBusy(Busy):
     retry_after = 20
 
 
+class EngineUnavailable(UserFacingError):
+    """The LLM serving engine (CHATMAN_LLM_BASE_URL) did not answer, or answered with an error:
+    nothing was generated, so there is no turn to store. ``detail`` says what happened (for the
+    log, never the API key)."""
+
+    code = "llm.unavailable"
+
+
 class NotDelivered(Exception):
     """An adapter could not hand the reply to the user; the turn is not stored."""
 

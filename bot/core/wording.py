@@ -49,6 +49,8 @@ EN: dict[str, str] = {
                       "under {limit}."),
     "busy.chat": "I'm still working on your earlier messages here. Please try again in a minute.",
     "busy.server": "I'm answering a lot of people right now. Please try again in a minute.",
+    "llm.unavailable": ("I can't answer right now: my language engine isn't responding. "
+                        "Please try again in a minute."),
     "speech.none": "I couldn't hear anything — could you say it again?",
     "reply.fallback": "Sorry, I don't have an answer to that right now.",
     "admin.only": "Only admins can do that.",
@@ -260,6 +262,7 @@ ZH: dict[str, str] = {
     "text.too_long": "消息太长了（{length} 个字），请控制在 {limit} 个字以内。",
     "busy.chat": "我还在处理你之前发的消息，请过一分钟再试。",
     "busy.server": "现在找我聊天的人太多了，请过一分钟再试。",
+    "llm.unavailable": "我现在没法回答：语言引擎没有响应。请过一分钟再试。",
     "speech.none": "我什么都没听到，能再说一遍吗？",
     "reply.fallback": "抱歉，这个问题我现在答不上来。",
     "admin.only": "只有管理员才能这么做。",

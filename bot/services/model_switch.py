@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 
+from bot.core.errors import EngineUnavailable
 from bot.core.persona import PersonaProfile
 from bot.core.ports import ModelFactory
 from bot.core.registry import RegistryRepository, Served
@@ -81,6 +82,12 @@ class ModelSwitcher:
                 try:
                     if load:
                         await asyncio.to_thread(llm.load)
+                except EngineUnavailable as exc:
+                    # The engine is down, not the version: keep answering with what answers
+                    # now (or saying the engine is down) and switch at a later sync.
+                    log.warning("could not switch to %s yet: %s",
+                                served.version or served.model_ref, exc)
+                    return
                 except Exception as exc:
                     log.exception("could not load model %s", served.version or served.model_ref)
                     if served.version is None:

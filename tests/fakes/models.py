@@ -3,7 +3,9 @@ lines, loads nothing, and records what it was asked."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Generator, Sequence
+from pathlib import Path
 from threading import Event
 
 import numpy as np
@@ -73,3 +75,32 @@ class ToneTTS:
     def synthesize(self, text: str, language: str) -> Pcm:
         t = np.arange(16_000 * 0.5) / 16_000
         return Pcm((0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16_000)
+
+
+#: A ChatML-like template: enough for prompt fitting and counting to run their real code.
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }}<|im_end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}")
+
+
+def write_tiny_tokenizer(out: Path) -> Path:
+    """A model folder with a word-level tokenizer and a chat template, and no weights: what a
+    backend that only counts and fits prompts (the serving-engine one) reads. Built here, so
+    nothing is downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
+    for word in "system user assistant hello there hi i am a you are who what".split():
+        vocab.setdefault(word, len(vocab))
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]  # unannotated upstream
+        tokenizer_object=words, unk_token="<unk>", bos_token="<|im_start|>",
+        eos_token="<|im_end|>")
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer.save_pretrained(out)
+    (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    return out
