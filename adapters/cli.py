@@ -408,6 +408,9 @@ def eval_command(
     samples: Annotated[int, typer.Option("--samples", min=1, help="Seeded draws per question "
                                          "(1 when CHATMAN_LLM_TEMPERATURE=0).")] = 3,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    engine: Annotated[bool, typer.Option(
+        "--engine", help="Ask the serving engine (CHATMAN_LLM_BASE_URL) for the answers, as "
+                         "users are answered, instead of loading the models here.")] = False,
 ) -> None:
     """Score a model as users hear it: in persona on the probes, and what it kept of the base.
 
@@ -417,9 +420,11 @@ def eval_command(
     """
     from dataclasses import replace
 
-    from adapters.app import build_local_llm
+    from adapters.app import build_llm, build_local_llm, build_serving_engine
     from bot.core.persona import load_persona
+    from bot.infra.llm.openai_model import OpenAIChatModel
     from training.evaluate import (
+        Answerer,
         Decoding,
         EvalFileError,
         Gate,
@@ -442,9 +447,26 @@ def eval_command(
     language = settings.language or persona.language
     model_ref, version, prompt_kind = _resolve_model(settings, persona.name, model)
     base_ref = base or settings.train_base_model or persona.training.base_model
-    candidate = build_local_llm(settings, model_ref, version)
-    base_llm = candidate if base_ref == model_ref else build_local_llm(
-        settings.model_copy(update={"llm_model": base_ref}))
+    if engine:
+        if settings.llm_base_url is None:
+            raise _fail("--engine needs CHATMAN_LLM_BASE_URL (the engine's API root)")
+        # Both models as the engine serves them (the version's served name, the base's
+        # CHATMAN_LLM_SERVED_MODEL), through the same client; requests run concurrently.
+        on_engine = settings.model_copy(update={"llm_backend": "openai"})
+        serving = build_serving_engine(on_engine)
+
+        def served(s: Settings, ref: str | None, name: str | None = None) -> Answerer:
+            model = build_llm(s, ref, name, serving=serving)
+            assert isinstance(model, OpenAIChatModel)  # the openai backend, set above
+            return model
+
+        candidate: Answerer = served(on_engine, model_ref, version)
+        base_llm: Answerer = candidate if base_ref == model_ref else served(
+            on_engine.model_copy(update={"llm_model": base_ref}), None)
+    else:
+        candidate = build_local_llm(settings, model_ref, version)
+        base_llm = candidate if base_ref == model_ref else build_local_llm(
+            settings.model_copy(update={"llm_model": base_ref}))
     decoding = Decoding.serving(settings, persona, language, samples)
     if max_new_tokens is not None:
         decoding = replace(decoding, max_new_tokens=max_new_tokens)
@@ -456,6 +478,8 @@ def eval_command(
         report = evaluate(candidate, persona, language, base_general=base_answers,
                           base_model=base_llm.version, probes=probe_items, general=general_set,
                           decoding=decoding, system=system)
+    except UserFacingError as exc:  # the engine is down or does not serve the model
+        raise _fail(f"the engine could not answer: {exc}") from exc
     except (EvalFileError, OSError, ValueError) as exc:
         raise _fail(str(exc)) from exc
     reasons = Gate().check(report)

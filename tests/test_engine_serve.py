@@ -207,3 +207,24 @@ async def test_a_version_switch_asks_the_engine_for_the_other_model(tmp_path, se
         assert after.model_version == version
         assert swapped.served_name in loaded_models(served_engine)
     assert {e.model_version for e in app.store.exchanges()} == {STARTER, version}
+
+
+async def test_evaluation_on_the_engine_answers_as_in_process(tmp_path, served_engine, llm):
+    """`chatman eval --engine`: the answers the gate scores come from the engine, decoded as
+    asked, and (greedy) are the in-process model's own."""
+    settings = engine_settings(tmp_path, served_engine)
+    app = ChatmanApp.from_settings(settings)
+    try:
+        engine_llm = app.llm
+        assert isinstance(engine_llm, OpenAIChatModel)
+        greedy = GenerationSettings(max_new_tokens=20, temperature=0.0, repetition_penalty=1.0)
+        questions = ["What is the capital of France?", "Name a primary colour.",
+                     "How many days are in a week?"]
+        conversations = [[ChatMessage(Role.SYSTEM, "You are a helpful assistant."),
+                          ChatMessage(Role.USER, q)] for q in questions]
+        served = await asyncio.to_thread(engine_llm.answer_many, conversations, greedy, 3)
+        local = await asyncio.to_thread(llm.answer_many, conversations, greedy, 1)
+    finally:
+        app.close()
+    assert [a.text for a in served] == [a.text for a in local]
+    assert all(a.new_tokens > 0 for a in served)

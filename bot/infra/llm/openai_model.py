@@ -23,6 +23,7 @@ from bot.core.errors import EngineUnavailable
 from bot.core.streaming import GeneratorReplyStream, ReplyStream, drain
 from bot.core.types import ChatMessage, LlmReply
 from bot.infra.llm.chat_model import (
+    Generated,
     GenerationSettings,
     TransformersChatModel,
     to_template_messages,
@@ -197,11 +198,26 @@ class OpenAIChatModel:
         next piece; the engine aborts a generation whose client went away."""
         return GeneratorReplyStream(lambda stop: self._stream(messages, stop))
 
-    def _open(self, name: str, messages: Sequence[ChatMessage]) -> Stream[ChatCompletionChunk]:
-        """The SSE response, decoded as in process; raises EngineUnavailable."""
+    def answer_many(self, conversations: Sequence[Sequence[ChatMessage]],
+                    settings: GenerationSettings, batch_size: int = 8) -> list[Generated]:
+        """Answers to many prompts decoded as ``settings`` say (``chatman eval --engine``):
+        ``batch_size`` requests in flight at once, and the engine batches them. Each request
+        carries ``settings.seed``, so a draw repeats on engines that honour seeds (vLLM)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(conversation: Sequence[ChatMessage]) -> Generated:
+            reply = drain(GeneratorReplyStream(
+                lambda stop: self._stream(conversation, stop, settings)))
+            return Generated(reply.text, reply.new_tokens, reply.truncated)
+
+        with ThreadPoolExecutor(max_workers=batch_size, thread_name_prefix="engine-eval") as pool:
+            return list(pool.map(one, conversations))
+
+    def _open(self, name: str, messages: Sequence[ChatMessage],
+              g: GenerationSettings) -> Stream[ChatCompletionChunk]:
+        """The SSE response, decoded as ``g`` says; raises EngineUnavailable."""
         import openai
 
-        g = self.generation
         sent = cast("list[ChatCompletionMessageParam]", to_template_messages(messages))
         reloaded = False
         for _ in range(3):
@@ -243,8 +259,8 @@ class OpenAIChatModel:
         except ModelNotServed as exc:
             raise EngineUnavailable(str(exc)) from exc
 
-    def _stream(self, messages: Sequence[ChatMessage],
-                stop: threading.Event) -> Generator[str, None, LlmReply]:
+    def _stream(self, messages: Sequence[ChatMessage], stop: threading.Event,
+                settings: GenerationSettings | None = None) -> Generator[str, None, LlmReply]:
         import httpx2
         import openai
 
@@ -252,7 +268,7 @@ class OpenAIChatModel:
             name = self._prepare()
         except ModelNotServed as exc:
             raise EngineUnavailable(str(exc)) from exc
-        response = self._open(name, messages)
+        response = self._open(name, messages, settings or self.generation)
         pieces: list[str] = []
         finish: str | None = None
         usage = None
