@@ -316,6 +316,35 @@ async def test_a_conversation_is_given_back_after_a_reload(web):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--autoplay-policy=no-user-gesture-required",
+    # A microphone that plays a beep, granted without asking: hold-to-talk can record.
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+# Watches the chat page from its first moment: each length the reply being written had, every
+# play() with whether it was a sentence clip (blob:) or the whole reply, and when the whole
+# reply's player appeared (the `done` event), in page milliseconds.
+WATCH_THE_REPLY = """
+window.seen = { lengths: [], plays: [], done: null, busyWhileWriting: [] };
+const play = HTMLMediaElement.prototype.play;
+HTMLMediaElement.prototype.play = function () {
+  window.seen.plays.push({ t: performance.now(), clip: this.src.startsWith("blob:") });
+  return play.apply(this, arguments);
+};
+new MutationObserver(() => {
+  const bot = document.querySelector("#log li.bot:last-of-type");
+  if (!bot || window.seen.done !== null) return;
+  const length = bot.querySelector(".text").textContent.length;
+  const last = window.seen.lengths[window.seen.lengths.length - 1];
+  if (!last || last.length !== length) {
+    window.seen.lengths.push({ t: performance.now(), length });
+    window.seen.busyWhileWriting.push(document.getElementById("send").disabled &&
+                                      document.getElementById("text").disabled);
+  }
+  if (bot.querySelector("audio[src^='/api/audio/']")) window.seen.done = performance.now();
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
 
 
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"),
@@ -325,10 +354,7 @@ async def test_a_browser_asks_by_upload_hears_the_reply_and_an_admin_approves(we
 
     assert CHROMIUM, "CI must run the browser test: .ci/run installs chromium"
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--autoplay-policy=no-user-gesture-required"])
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page()
             await page.goto(str(web.base_url) + "/")
@@ -402,3 +428,73 @@ def exported_versions(app, folder, n: int) -> list[str]:
         app.registry.activate(v, "test:ada")
         names.append(v)
     return names
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"),
+                    reason="Debian's chromium is not installed (.ci/run installs it)")
+async def test_a_browser_sees_the_reply_written_and_hears_it_before_it_is_done(talkative):
+    from playwright.async_api import async_playwright
+
+    assert CHROMIUM, "CI must run the browser test: .ci/run installs chromium"
+    web = talkative
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 390, "height": 844})
+            await page.add_init_script(WATCH_THE_REPLY)
+            await page.goto(str(web.base_url) + "/")
+            question = "Tell me about yourself and about your work."
+            await page.fill("#text", question)
+            await page.press("#text", "Enter")
+            await page.wait_for_selector("#log li.bot audio", timeout=180_000)
+            seen = await page.evaluate("window.seen")
+            clips = [play["t"] for play in seen["plays"] if play["clip"]]
+            assert clips and seen["done"] is not None, seen
+            # The first sentence was heard before the reply was done, while it was written.
+            assert clips[0] < seen["done"], seen
+            assert len({n["length"] for n in seen["lengths"] if n["t"] < clips[0]}) >= 2, seen
+            assert all(seen["busyWhileWriting"]), seen  # inputs were disabled while sending
+            assert await page.input_value("#text") == ""  # accepted, so cleared
+            assert await page.is_enabled("#send")
+            (row,) = web.app.store.exchanges()
+            assert await page.inner_text("#log li.you") == question
+            assert (await page.inner_text("#log li.bot")).strip() == row.reply_text
+            assert await page.evaluate("document.scrollingElement.scrollWidth") <= 390
+
+            # A reload gives the conversation back, audio included.
+            conversation = await page.evaluate("localStorage.getItem('chatman-conversation')")
+            await page.reload()
+            await page.wait_for_selector("#log li.bot audio")
+            assert await page.inner_text("#log li.you") == question
+            assert (await page.inner_text("#log li.bot")).strip() == row.reply_text
+            src = await page.get_attribute("#log li.bot audio", "src")
+            assert src == f"/api/audio/{row.reply_message_id}"
+            assert await page.evaluate("document.scrollingElement.scrollWidth") <= 390
+
+            # Space in the text field is a space; elsewhere, holding it records a voice note.
+            await page.focus("#text")
+            await page.keyboard.press("Space")
+            assert await page.input_value("#text") == " "
+            assert not await page.is_visible("#record.on")
+            await page.fill("#text", "")
+            await page.evaluate("document.activeElement.blur()")
+            async with page.expect_response("**/api/chat/stream", timeout=180_000) as sent:
+                await page.keyboard.down("Space")
+                await page.wait_for_selector("#record.on")
+                await page.keyboard.up("Space")
+            answer = await sent.value
+            # The fake microphone's beep of a moment: decoded, then answered or found wordless.
+            assert "multipart/form-data" in answer.request.headers["content-type"]
+            assert answer.status in (200, 400), await answer.text()
+            await page.wait_for_function("!document.body.classList.contains('busy')",
+                                         timeout=180_000)
+            assert await page.locator("#log li.error, #log li.bot").count() >= 2
+
+            # A new conversation: an empty page and another id.
+            await page.click("#new")
+            assert await page.locator("#log li").count() == 0
+            assert await page.evaluate(
+                "localStorage.getItem('chatman-conversation')") not in (None, conversation)
+        finally:
+            await browser.close()
+
