@@ -10,7 +10,6 @@ import pytest
 
 from bot.core.persona import load_persona
 from bot.core.ports import ChatModel, SpeechSynthesizer
-from bot.core.streaming import ReplyStream
 from bot.core.speech_budget import (
     SentenceStream,
     SpeechBudget,
@@ -18,6 +17,7 @@ from bot.core.speech_budget import (
     shape_reply,
     split_sentences,
 )
+from bot.core.streaming import ReplyStream
 from bot.core.types import ChatMessage, LlmReply, Pcm
 
 BUDGET = SpeechBudget(max_sentences=3, max_seconds=12)
