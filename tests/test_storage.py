@@ -92,3 +92,23 @@ def test_exchanges_and_history_survive_a_new_store(database_url):
         assert store.recent_history(ChatRef("telegram", "other"), 10) == []
     finally:
         engine.dispose()
+
+
+def test_a_conversation_is_read_back_oldest_first_and_bounded(database_url):
+    chat, visitor = ChatRef("web", "conv123"), UserRef("web", "conv123", "Web visitor")
+    engine = make_engine(database_url)
+    migrate.upgrade(engine)
+    try:
+        store = SqlStore(engine)
+        ids = [store.record_turn(chat, visitor, None, _turn(f"Q{n}", f"A{n}"), "text",
+                                 f"{n:032x}.ogg") for n in range(3)]
+        store.record_turn(ChatRef("web", "another"), UserRef("web", "another", "Web visitor"),
+                          None, _turn("Other", "Not yours"), "text")
+        turns = store.conversation(chat, limit=10)
+        assert [(t.exchange_id, t.transcript, t.reply) for t in turns] == [
+            (ids[0], "Q0", "A0"), (ids[1], "Q1", "A1"), (ids[2], "Q2", "A2")]
+        assert turns[0].reply_message_id == f"{0:032x}.ogg" and turns[0].reply_duration_s == 1.5
+        assert [t.transcript for t in store.conversation(chat, limit=2)] == ["Q1", "Q2"]
+        assert store.conversation(ChatRef("web", "nobody"), 10) == []
+    finally:
+        engine.dispose()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import os
 import shutil
+import threading
 from typing import Any
 
 import httpx
 import pytest
 
 from adapters.app import ChatmanApp
+from adapters.web.server import WebAdapter
 from bot.infra.storage.models import Pair
 from tests.conftest import REPO, start_web, stop_web
 from tests.fakes import eventually
@@ -24,16 +29,16 @@ ADMIN = {**CSRF, "Authorization": f"Bearer {TOKEN}"}
 class WebClient(httpx.AsyncClient):
     """An HTTP client of the console, with the app behind it at hand."""
 
-    def __init__(self, app: ChatmanApp, **kwargs: Any) -> None:
+    def __init__(self, app: ChatmanApp, adapter: WebAdapter, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.app = app
+        self.app, self.adapter = app, adapter
 
 
 @pytest.fixture
 async def web(tmp_path, asr, llm, tts):
     app, adapter = await start_web(tmp_path, asr, llm, tts, web_admin_token=TOKEN,
                                    max_upload_mb=1)
-    async with WebClient(app, base_url=adapter.url, timeout=120) as client:
+    async with WebClient(app, adapter, base_url=adapter.url, timeout=120) as client:
         yield client
     await stop_web(app, adapter)
 
@@ -133,7 +138,213 @@ async def test_admin_json_fields_reach_the_service_unparsed(web):
     assert actions == ["ls | grep foo", "find . -name foo"]
 
 
+# --- the streamed chat (/api/chat/stream) --------------------------------------------------
+Events = list[tuple[str, dict[str, Any]]]
+
+
+@pytest.fixture
+async def talkative(tmp_path, asr, llm, tts):
+    """The console with replies long enough to have several sentences in the making."""
+    app, adapter = await start_web(tmp_path, asr, llm, tts, web_admin_token=TOKEN,
+                                   max_upload_mb=1, max_new_tokens=60)
+    async with WebClient(app, adapter, base_url=adapter.url, timeout=120) as client:
+        yield client
+    await stop_web(app, adapter)
+
+
+async def stream(client: httpx.AsyncClient, **kwargs: Any) -> tuple[httpx.Response, Events]:
+    """POST /api/chat/stream; its server-sent events as (name, data), or none for a refusal."""
+    events: Events = []
+    async with client.stream("POST", "/api/chat/stream", headers=CSRF, **kwargs) as response:
+        if not response.headers["content-type"].startswith("text/event-stream"):
+            await response.aread()
+            return response, events
+        name = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    return response, events
+
+
+def of(events: Events, name: str) -> list[dict[str, Any]]:
+    return [data for kind, data in events if kind == name]
+
+
+def words(text: str) -> list[str]:
+    return text.split()
+
+
+async def test_the_stream_tells_a_voice_note_as_it_happens(talkative, asr, codec):
+    response, events = await stream(talkative, files={
+        "audio": ("q.ogg", SAMPLE.read_bytes(), "audio/ogg")})
+    assert response.status_code == 200 and response.headers["cache-control"] == "no-store"
+    kinds = [k for k, _ in events]
+    stages = [d["name"] for d in of(events, "stage")]
+    assert stages == ["listening", "thinking", "speaking"], kinds
+    # listening, heard, thinking; then the model writes; "speaking" comes with the first
+    # sentence's audio; done closes the stream.
+    assert kinds[:4] == ["stage", "heard", "stage", "delta"] and kinds[-1] == "done", kinds
+    speaking = events.index(("stage", {"name": "speaking"}))
+    assert kinds[speaking + 1] == "sentence" and "sentence" not in kinds[:speaking]
+    heard, done = of(events, "heard")[0], of(events, "done")[0]
+    assert recall("who are you and what do you do", heard["transcript"]) >= 0.8
+    assert heard["language"] == "en" and heard["conversation_id"] == done["conversation_id"]
+
+    sentences = of(events, "sentence")
+    assert [s["index"] for s in sentences] == list(range(len(sentences)))
+    assert " ".join(s["text"] for s in sentences) == done["reply"]
+    # The deltas are the model's words as written; the reply is cut from them.
+    written = words("".join(d["text"] for d in of(events, "delta")))
+    assert written[:3] == words(done["reply"])[:3], (written, done["reply"])
+    for s in sentences:
+        clip = base64.b64decode(s["audio"])
+        assert clip[:4] == b"OggS" and s["mime"].startswith("audio/ogg") and s["duration_s"] > 0
+    said = asr.transcribe(codec.decode(base64.b64decode(sentences[0]["audio"])))
+    assert recall(sentences[0]["text"], said.text) >= 0.5, (sentences[0]["text"], said.text)
+
+    # done is what /api/chat answers, and what was stored.
+    (row,) = talkative.app.store.exchanges()
+    assert (done["exchange_id"], done["transcript"], done["reply"]) == (
+        row.id, row.transcript, row.reply_text)
+    assert done["timings_ms"]["first_audio"] <= done["timings_ms"]["total"]
+    whole = await talkative.get(done["audio_url"])
+    assert whole.status_code == 200 and whole.content[:4] == b"OggS"
+
+
+async def test_stream_refusals_before_the_answer_are_json_like_api_chat(web):
+    long = await web.post("/api/chat/stream", headers=CSRF, data={"text": "a" * 2001})
+    assert long.status_code == 400 and long.headers["content-type"] == "application/json"
+    assert long.json()["code"] == "text.too_long" and "2000" in long.json()["error"]
+    empty = await web.post("/api/chat/stream", headers=CSRF, data={"text": "  "})
+    assert empty.status_code == 400 and "empty" in empty.json()["error"]
+    junk = await web.post("/api/chat/stream", headers=CSRF,
+                          files={"audio": ("x.ogg", b"not audio at all", "audio/ogg")})
+    assert junk.status_code == 400 and "couldn't read that file" in junk.json()["error"]
+    # The body limit of /api/chat holds here too (1 MB in this console).
+    too_big = await web.post("/api/chat/stream", headers=CSRF,
+                             files={"audio": ("big.ogg", b"\0" * (2 * 2**20), "audio/ogg")})
+    assert too_big.status_code == 413 and "too big" in too_big.json()["error"]
+    bad = await web.post("/api/chat/stream", headers=CSRF,
+                         data={"text": "hi", "conversation_id": "../x"})
+    assert bad.status_code == 400
+    assert (await web.post("/api/chat/stream", data={"text": "hi"})).status_code == 403
+    assert web.app.store.exchanges() == []
+    assert web.app.pipeline.turns.count == 0 and not web.app.queues._pending
+
+
+async def test_a_busy_conversation_is_refused_before_the_stream(tmp_path, asr, llm, tts,
+                                                                 monkeypatch):
+    app, adapter = await start_web(tmp_path, asr, llm, tts, chat_queue_limit=1)
+    entered, release = threading.Event(), threading.Event()
+    real = app.pipeline.llm.stream
+
+    def held(messages):
+        entered.set()
+        release.wait(60)
+        return real(messages)
+
+    monkeypatch.setattr(app.pipeline.llm, "stream", held)
+    try:
+        async with httpx.AsyncClient(base_url=adapter.url, timeout=120) as client:
+            first = asyncio.create_task(stream(client, data={"text": "Hello",
+                                                             "conversation_id": "conv-busy"}))
+            await asyncio.to_thread(entered.wait, 60)
+            second = await client.post("/api/chat/stream", headers=CSRF, data={
+                "text": "Hi", "conversation_id": "conv-busy"})
+            assert second.status_code == 429 and int(second.headers["Retry-After"]) > 0
+            assert second.json()["code"]
+            release.set()
+            response, events = await first
+            assert response.status_code == 200 and events[-1][0] == "done"
+    finally:
+        release.set()
+        await stop_web(app, adapter)
+
+
+async def test_a_failure_after_the_stream_began_is_an_error_event(web, monkeypatch):
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("bot.infra.reply_audio.os.fsync", disk_full)
+    response, events = await stream(web, data={"text": "Hello there"})
+    assert response.status_code == 200
+    kinds = [k for k, _ in events]
+    assert kinds[:3] == ["heard", "stage", "delta"] and kinds[-1] == "error", kinds
+    assert events[-1][1]["code"] == "error.internal" and events[-1][1]["error"]
+    assert web.app.store.exchanges() == []
+    folder = web.app.reply_audio.folder("web")
+    assert not folder.exists() or list(folder.iterdir()) == []
+
+
+async def test_a_client_that_goes_away_leaves_the_turn_to_finish(web):
+    async with web.stream("POST", "/api/chat/stream", headers=CSRF,
+                          data={"text": "Tell me about yourself."}) as response:
+        assert response.status_code == 200
+        async for line in response.aiter_lines():
+            if line.startswith("event: heard"):
+                break  # and hang up
+    # The turn is stored with its audio (all the user would have received exists), and no
+    # task outlives it.
+    (row,) = await eventually(lambda: web.app.store.exchanges(), 60, lambda: "nothing stored")
+    assert web.app.reply_audio.path("web", row.reply_message_id) is not None
+    await eventually(lambda: not web.adapter.api.state.turns, 30,
+                     lambda: "a streamed turn still runs")
+    assert web.app.pipeline.turns.count == 0 and not web.app.queues._pending
+
+
+async def test_a_conversation_is_given_back_after_a_reload(web):
+    first = (await web.post("/api/chat", headers=CSRF, data={"text": "Who are you?"})).json()
+    conversation = first["conversation_id"]
+    _, events = await stream(web, data={"text": "And what do you do?",
+                                        "conversation_id": conversation})
+    second = of(events, "done")[0]
+    await web.post("/api/chat", headers=CSRF, data={"text": "Someone else"})
+
+    restored = await web.get(f"/api/conversation/{conversation}")
+    assert restored.status_code == 200
+    turns = restored.json()["turns"]
+    assert [(t["exchange_id"], t["transcript"], t["reply"], t["audio_url"]) for t in turns] == [
+        (d["exchange_id"], d["transcript"], d["reply"], d["audio_url"]) for d in (first, second)]
+    assert (await web.get(turns[1]["audio_url"])).content[:4] == b"OggS"
+    assert (await web.get("/api/conversation/nobody-here")).json()["turns"] == []
+    assert (await web.get("/api/conversation/..%2Fetc")).status_code in (400, 404)
+
+    await web.post("/api/forget", headers=CSRF, json={"conversation_id": conversation})
+    assert (await web.get(f"/api/conversation/{conversation}")).json()["turns"] == []
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+    "--no-first-run", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--autoplay-policy=no-user-gesture-required",
+    # A microphone that plays a beep, granted without asking: hold-to-talk can record.
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+# Watches the chat page from its first moment: each length the reply being written had, every
+# play() with whether it was a sentence clip (blob:) or the whole reply, and when the whole
+# reply's player appeared (the `done` event), in page milliseconds.
+WATCH_THE_REPLY = """
+window.seen = { lengths: [], plays: [], done: null, busyWhileWriting: [] };
+const play = HTMLMediaElement.prototype.play;
+HTMLMediaElement.prototype.play = function () {
+  window.seen.plays.push({ t: performance.now(), clip: this.src.startsWith("blob:") });
+  return play.apply(this, arguments);
+};
+new MutationObserver(() => {
+  const bot = document.querySelector("#log li.bot:last-of-type");
+  if (!bot || window.seen.done !== null) return;
+  const length = bot.querySelector(".text").textContent.length;
+  const last = window.seen.lengths[window.seen.lengths.length - 1];
+  if (!last || last.length !== length) {
+    window.seen.lengths.push({ t: performance.now(), length });
+    window.seen.busyWhileWriting.push(document.getElementById("send").disabled &&
+                                      document.getElementById("text").disabled);
+  }
+  if (bot.querySelector("audio[src^='/api/audio/']")) window.seen.done = performance.now();
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
 
 
 @pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"),
@@ -143,10 +354,7 @@ async def test_a_browser_asks_by_upload_hears_the_reply_and_an_admin_approves(we
 
     assert CHROMIUM, "CI must run the browser test: .ci/run installs chromium"
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--autoplay-policy=no-user-gesture-required"])
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = await browser.new_page()
             await page.goto(str(web.base_url) + "/")
@@ -220,3 +428,73 @@ def exported_versions(app, folder, n: int) -> list[str]:
         app.registry.activate(v, "test:ada")
         names.append(v)
     return names
+
+
+@pytest.mark.skipif(not CHROMIUM and not os.environ.get("CI"),
+                    reason="Debian's chromium is not installed (.ci/run installs it)")
+async def test_a_browser_sees_the_reply_written_and_hears_it_before_it_is_done(talkative):
+    from playwright.async_api import async_playwright
+
+    assert CHROMIUM, "CI must run the browser test: .ci/run installs chromium"
+    web = talkative
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 390, "height": 844})
+            await page.add_init_script(WATCH_THE_REPLY)
+            await page.goto(str(web.base_url) + "/")
+            question = "Tell me about yourself and about your work."
+            await page.fill("#text", question)
+            await page.press("#text", "Enter")
+            await page.wait_for_selector("#log li.bot audio", timeout=180_000)
+            seen = await page.evaluate("window.seen")
+            clips = [play["t"] for play in seen["plays"] if play["clip"]]
+            assert clips and seen["done"] is not None, seen
+            # The first sentence was heard before the reply was done, while it was written.
+            assert clips[0] < seen["done"], seen
+            assert len({n["length"] for n in seen["lengths"] if n["t"] < clips[0]}) >= 2, seen
+            assert all(seen["busyWhileWriting"]), seen  # inputs were disabled while sending
+            assert await page.input_value("#text") == ""  # accepted, so cleared
+            assert await page.is_enabled("#send")
+            (row,) = web.app.store.exchanges()
+            assert await page.inner_text("#log li.you") == question
+            assert (await page.inner_text("#log li.bot")).strip() == row.reply_text
+            assert await page.evaluate("document.scrollingElement.scrollWidth") <= 390
+
+            # A reload gives the conversation back, audio included.
+            conversation = await page.evaluate("localStorage.getItem('chatman-conversation')")
+            await page.reload()
+            await page.wait_for_selector("#log li.bot audio")
+            assert await page.inner_text("#log li.you") == question
+            assert (await page.inner_text("#log li.bot")).strip() == row.reply_text
+            src = await page.get_attribute("#log li.bot audio", "src")
+            assert src == f"/api/audio/{row.reply_message_id}"
+            assert await page.evaluate("document.scrollingElement.scrollWidth") <= 390
+
+            # Space in the text field is a space; elsewhere, holding it records a voice note.
+            await page.focus("#text")
+            await page.keyboard.press("Space")
+            assert await page.input_value("#text") == " "
+            assert not await page.is_visible("#record.on")
+            await page.fill("#text", "")
+            await page.evaluate("document.activeElement.blur()")
+            async with page.expect_response("**/api/chat/stream", timeout=180_000) as sent:
+                await page.keyboard.down("Space")
+                await page.wait_for_selector("#record.on")
+                await page.keyboard.up("Space")
+            answer = await sent.value
+            # The fake microphone's beep of a moment: decoded, then answered or found wordless.
+            assert "multipart/form-data" in answer.request.headers["content-type"]
+            assert answer.status in (200, 400), await answer.text()
+            await page.wait_for_function("!document.body.classList.contains('busy')",
+                                         timeout=180_000)
+            assert await page.locator("#log li.error, #log li.bot").count() >= 2
+
+            # A new conversation: an empty page and another id.
+            await page.click("#new")
+            assert await page.locator("#log li").count() == 0
+            assert await page.evaluate(
+                "localStorage.getItem('chatman-conversation')") not in (None, conversation)
+        finally:
+            await browser.close()
+

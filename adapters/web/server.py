@@ -8,19 +8,26 @@ FastAPI, :mod:`adapters.web.limits` checks the ``Host`` header and bounds reques
 bodies in size and time. Every answer that is not a success is ``{"error": …}`` with a 4xx;
 a refusal of the user's own input or command adds its ``code`` and ``params``, and its words are
 in the persona's language (as are results' ``message``).
+
+``POST /api/chat/stream`` is ``/api/chat`` told as it happens, as server-sent events (see
+:func:`create_api`'s ``chat_stream`` for the protocol); ``GET /api/conversation/{id}`` gives a
+conversation back to a page that was reloaded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hmac
+import json
 import logging
 import re
 import secrets
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
@@ -29,7 +36,7 @@ import uvicorn
 from fastapi import Body, FastAPI, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -56,7 +63,9 @@ from bot.core.commands import (
     TrainStatus,
 )
 from bot.core.errors import AudioTooLarge, Busy, ServerBusy, UserFacingError
+from bot.core.events import Heard, OnEvent, ReplyDelta, Stage, TurnEvent
 from bot.core.jobs import Notice
+from bot.core.messages import Message
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef
 from bot.core.wording import word
 from bot.services.chat_queue import InFlight
@@ -64,6 +73,10 @@ from bot.services.chat_queue import InFlight
 log = logging.getLogger(__name__)
 
 PLATFORM = "web"
+CHAT_PATH = "/api/chat"
+STREAM_PATH = "/api/chat/stream"
+#: A reloaded page gets this many of its conversation's last exchanges back.
+RESTORE_LIMIT = 200
 CSRF_HEADER = "x-chatman"
 CONVERSATION = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
 ADMIN = Actor(PLATFORM, "admin", "Web admin", granted_admin=True)
@@ -100,6 +113,42 @@ def _page(name: str) -> str:
 
 def _status(err: UserFacingError) -> int:
     return 413 if isinstance(err, AudioTooLarge) else 429 if isinstance(err, Busy) else 400
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """The turn is stored: what /api/chat would have answered."""
+
+    answer: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: BaseException
+
+
+_Item = TurnEvent | _Done | _Failed
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    # One JSON line per event: JSON never holds a raw newline, so no data line is split.
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _event_sse(item: TurnEvent, conversation: str) -> bytes:
+    if isinstance(item, Stage):
+        return _sse("stage", {"name": item.name})
+    if isinstance(item, Heard):
+        return _sse("heard", {"conversation_id": conversation, "transcript": item.text,
+                              "language": item.language})
+    if isinstance(item, ReplyDelta):
+        return _sse("delta", {"text": item.text})
+    audio = item.audio  # the one kind left: SentenceSpoken
+    return _sse("sentence", {
+        "index": item.index, "text": item.text,
+        "audio": base64.b64encode(audio.data).decode("ascii") if audio else None,
+        "mime": "audio/ogg; codecs=opus" if audio else None,
+        "duration_s": audio.duration_s if audio else None})
 
 
 def _validation_message(err: RequestValidationError) -> str:
@@ -145,7 +194,7 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
                 log.warning("web: refused admin request %s without a valid token",
                             request.url.path)
                 return JSONResponse({"error": "Admin token required."}, status_code=401)
-        if request.url.path == "/api/chat" and _is_upload(request):
+        if request.url.path in (CHAT_PATH, STREAM_PATH) and _is_upload(request):
             try:
                 with uploads.claim():
                     return await call_next(request)
@@ -194,42 +243,144 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
         media = "text/css" if name.endswith(".css") else "text/javascript"
         return Response(_page(name), media_type=media)
 
-    @api.post("/api/chat")
-    async def chat(text: Annotated[str | None, Form()] = None,
-                   conversation_id: Annotated[str | None, Form()] = None,
-                   audio: UploadFile | None = None) -> dict[str, Any]:
+    def chat_of(conversation_id: str | None) -> tuple[str, ChatRef]:
         conversation = conversation_id or uuid.uuid4().hex[:16]
         if not CONVERSATION.match(conversation):
             raise HTTPException(400, "Bad conversation_id.")
-        chat_ref = ChatRef(PLATFORM, conversation, ChatKind.PRIVATE)
-        # Claimed before any decoding or model work: beyond the bounds, refused at once (429).
-        async with queues.enter(chat_ref):
-            data = None
-            if audio is not None:
-                data = await audio.read(settings.max_upload_bytes + 1)
-                app.codec.check_declared(len(data), None)
-            saved: list[str] = []
+        return conversation, ChatRef(PLATFORM, conversation, ChatKind.PRIVATE)
 
-            async def keep(turn: Turn) -> str | None:
-                # Written completely before the turn is stored (disk full → nothing stored).
-                if turn.voice is None:
-                    return None
-                saved.append(await asyncio.to_thread(replies.save, PLATFORM, turn.voice.data))
-                return saved[-1]
+    async def read_upload(audio: UploadFile | None) -> bytes | None:
+        if audio is None:
+            return None
+        data = await audio.read(settings.max_upload_bytes + 1)
+        app.codec.check_declared(len(data), None)
+        return data
 
-            try:
-                turn = await app.pipeline.handle(Incoming(
-                    chat=chat_ref, user=UserRef(PLATFORM, conversation, "Web visitor"),
-                    audio=data, text=text, message_id=None, want_voice=True), deliver=keep)
-            except BaseException:
-                await asyncio.to_thread(replies.delete, PLATFORM, saved)  # not stored: no file
-                raise
+    async def answer(conversation: str, chat_ref: ChatRef, text: str | None, data: bytes | None,
+                     on_event: OnEvent | None = None) -> dict[str, Any]:
+        """One turn, its reply audio written to disk: the JSON /api/chat answers."""
+        saved: list[str] = []
+
+        async def keep(turn: Turn) -> str | None:
+            # Written completely before the turn is stored (disk full → nothing stored).
+            if turn.voice is None:
+                return None
+            saved.append(await asyncio.to_thread(replies.save, PLATFORM, turn.voice.data))
+            return saved[-1]
+
+        try:
+            turn = await app.pipeline.handle(Incoming(
+                chat=chat_ref, user=UserRef(PLATFORM, conversation, "Web visitor"),
+                audio=data, text=text, message_id=None, want_voice=True), deliver=keep,
+                on_event=on_event)
+        except BaseException:
+            await asyncio.to_thread(replies.delete, PLATFORM, saved)  # not stored: no file
+            raise
         name = saved[-1] if saved else None
         return {"conversation_id": conversation, "transcript": turn.transcript,
                 "reply": turn.reply, "exchange_id": turn.exchange_id,
                 "audio_url": f"/api/audio/{name}" if name else None,
                 "duration_s": turn.voice.duration_s if turn.voice else None,
                 "timings_ms": turn.timings_ms}
+
+    @api.post(CHAT_PATH)
+    async def chat(text: Annotated[str | None, Form()] = None,
+                   conversation_id: Annotated[str | None, Form()] = None,
+                   audio: UploadFile | None = None) -> dict[str, Any]:
+        conversation, chat_ref = chat_of(conversation_id)
+        # Claimed before any decoding or model work: beyond the bounds, refused at once (429).
+        async with queues.enter(chat_ref):
+            return await answer(conversation, chat_ref, text, await read_upload(audio))
+
+    # Turns whose stream was answered: they outlive their request (a client that goes away
+    # does not stop a turn that is stored with its audio), and the adapter ends them on stop.
+    streaming: set[asyncio.Task[None]] = set()
+    api.state.turns = streaming
+
+    @api.post(STREAM_PATH)
+    async def chat_stream(text: Annotated[str | None, Form()] = None,
+                          conversation_id: Annotated[str | None, Form()] = None,
+                          audio: UploadFile | None = None) -> Response:
+        """/api/chat as server-sent events, each ``event: NAME`` with one JSON ``data`` line:
+
+        ``stage`` {name: listening|thinking|speaking}, ``heard`` {conversation_id, transcript,
+        language}, ``delta`` {text} (the model's words as written, before the reply is cut to
+        the speech budget), ``sentence`` {index, text, audio (base64 OGG/Opus, or null), mime,
+        duration_s} (the reply is exactly the sentences joined), then ``done`` {what /api/chat
+        answers} or ``error`` {error, code, params}; nothing follows either.
+
+        The answer is held until the turn reports more than "listening" (for a voice note:
+        decoded and transcribed): everything refused before then (bad input, busy, an
+        unreadable file, no speech) gets the same 4xx JSON as /api/chat, so a client handles
+        refusals in one place; only failures of the answering itself arrive as ``error``.
+        """
+        conversation, chat_ref = chat_of(conversation_id)
+        slot = queues.enter(chat_ref)  # a full line is refused now (429), like /api/chat
+        events: asyncio.Queue[_Item] = asyncio.Queue()
+
+        async def run() -> None:
+            # Every outcome is queued, never raised: nobody awaits this task's result.
+            try:
+                async with slot:
+                    result = await answer(conversation, chat_ref, text,
+                                          await read_upload(audio), on_event=events.put)
+            except Exception as err:  # reported to the client (failure_json logs it)
+                events.put_nowait(_Failed(err))
+            except BaseException as err:  # cancelled: the console is stopping
+                events.put_nowait(_Failed(err))
+                raise
+            else:
+                events.put_nowait(_Done(result))
+
+        task = asyncio.create_task(run(), name=f"web-turn-{conversation}")
+        streaming.add(task)
+        task.add_done_callback(streaming.discard)
+        held: list[_Item] = [await events.get()]
+        while isinstance(held[-1], Stage) and held[-1].name == "listening":
+            held.append(await events.get())
+        if isinstance(held[-1], _Failed):
+            err = held[-1].error
+            raise err if isinstance(err, Exception) else HTTPException(503, "Stopping.")
+
+        async def tell() -> AsyncIterator[bytes]:
+            while True:
+                item = held.pop(0) if held else await events.get()
+                if isinstance(item, _Done):
+                    yield _sse("done", item.answer)
+                    return
+                if isinstance(item, _Failed):
+                    yield _sse("error", failure_json(item.error))
+                    return
+                yield _event_sse(item, conversation)
+
+        return StreamingResponse(tell(), media_type="text/event-stream", headers={
+            "Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    def failure_json(err: BaseException) -> dict[str, Any]:
+        if isinstance(err, UserFacingError):
+            log.info("web: refused a streamed turn: %s", err)
+            return error_json(err, app.language)
+        log.error("web: a streamed turn failed", exc_info=err)
+        internal = Message("error.internal")
+        return {"error": word(internal, app.language), **internal.to_dict()}
+
+    @api.get("/api/conversation/{conversation_id}")
+    async def conversation(
+            conversation_id: Annotated[str, PathParam(pattern=CONVERSATION.pattern)]
+    ) -> dict[str, Any]:
+        """The conversation's exchanges, oldest first, for a page that was reloaded. Its id is
+        the key (the page's are random, like reply audio names)."""
+        chat_ref = ChatRef(PLATFORM, conversation_id, ChatKind.PRIVATE)
+        found = await asyncio.to_thread(app.store.conversation, chat_ref, RESTORE_LIMIT)
+
+        def audio_url(name: str | None) -> str | None:
+            return f"/api/audio/{name}" if name and replies.path(PLATFORM, name) else None
+
+        turns = [{"exchange_id": e.exchange_id, "input_kind": e.input_kind,
+                  "transcript": e.transcript, "reply": e.reply,
+                  "audio_url": audio_url(e.reply_message_id), "duration_s": e.reply_duration_s,
+                  "created_at": e.created_at.isoformat()} for e in found]
+        return {"conversation_id": conversation_id, "turns": turns}
 
     @api.post("/api/forget")
     async def forget(body: ForgetBody) -> dict[str, Any]:
@@ -328,7 +479,7 @@ def _is_upload(request: Request) -> bool:
 
 def body_limit_for(app: ChatmanApp) -> Callable[[str], int]:
     def limit(path: str) -> int:
-        return app.settings.max_upload_bytes + FORM_OVERHEAD if path == "/api/chat" \
+        return app.settings.max_upload_bytes + FORM_OVERHEAD if path in (CHAT_PATH, STREAM_PATH) \
             else JSON_BODY_LIMIT
     return limit
 
@@ -375,3 +526,8 @@ class WebAdapter:
         if self._task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._task
+        # Streamed turns whose client went away still run: end them before the app stops.
+        turns: set[asyncio.Task[None]] = self.api.state.turns
+        for turn in list(turns):
+            turn.cancel()
+        await asyncio.gather(*turns, return_exceptions=True)

@@ -7,6 +7,8 @@ other storage modules and tests use its concrete type (its sessions and ORM rows
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,20 @@ def make_engine(url: str) -> Engine:
 
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredExchange:
+    """One exchange of a chat as its front end shows it again (the web console's restore)."""
+
+    exchange_id: int
+    input_kind: str
+    transcript: str
+    reply: str
+    #: the platform's id of the reply (for the web console: its audio file's name)
+    reply_message_id: str | None
+    reply_duration_s: float | None
+    created_at: datetime
 
 
 class SqlStore:
@@ -151,6 +167,21 @@ class SqlStore:
             changed = bool(row.answer_all_voice) != on
             row.answer_all_voice = on
             return changed
+
+    def conversation(self, chat: ChatRef, limit: int) -> list[StoredExchange]:
+        """The chat's last ``limit`` exchanges, oldest first (none for an unknown chat)."""
+        if limit <= 0:
+            return []
+        with self.session() as s:
+            rows = s.scalars(
+                select(Exchange).join(Chat)
+                .where(Chat.platform == chat.platform, Chat.platform_chat_id == chat.chat_id)
+                .order_by(Exchange.id.desc())
+                .limit(limit)
+            ).all()
+            return [StoredExchange(r.id, r.input_kind, r.transcript, r.reply_text,
+                                   r.reply_message_id, r.reply_duration_s, r.created_at)
+                    for r in reversed(rows)]
 
     def exchanges(self, chat: ChatRef | None = None) -> list[Exchange]:
         """ORM rows, for tests and storage code (not part of the Store port)."""
