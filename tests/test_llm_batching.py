@@ -3,6 +3,7 @@ model answering several chats in one batch exactly as it answers each alone."""
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections.abc import Callable, Iterator, Sequence
 
@@ -313,3 +314,14 @@ def test_a_failing_generate_reaches_every_caller_and_the_next_batch_is_served(ba
     assert all(isinstance(r, RuntimeError) and "out of memory" in str(r) for r in failed)
     monkeypatch.undo()
     assert [r[1] if isinstance(r, tuple) else r for r in _together(batched)] == alone
+
+
+def test_a_copy_with_other_settings_batches_on_its_own(llm):
+    """Copies share the weights but not the worker: the worker generates with its model's
+    settings, so a copy's must reach its own replies."""
+    short = copy.copy(llm)
+    short.generation = GenerationSettings(max_new_tokens=5, temperature=0.0)
+    prompt = _prompt(QUESTIONS[2])
+    assert short.generate(prompt).new_tokens == 5
+    assert llm.generate(prompt).new_tokens == llm.generation.max_new_tokens
+    short.close()

@@ -90,8 +90,19 @@ class TransformersChatModel:
         # One generate at a time per model: the batch worker's and answer_many's (evaluation)
         # would share sampling seeds and memory.
         self._generate_lock = threading.Lock()
+        self.batch_window_ms = batch_window_ms
+        self.max_batch = max_batch
         self._scheduler = BatchScheduler(self._run_batch, window_ms=batch_window_ms,
                                          max_batch=max_batch)
+
+    def __copy__(self) -> TransformersChatModel:
+        """A copy shares the weights, the tokenizer and the generate lock, but batches on its
+        own: its generation settings (what a copy is usually made to change) are its own."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin._scheduler = BatchScheduler(twin._run_batch, window_ms=self.batch_window_ms,
+                                         max_batch=self.max_batch)
+        return twin
 
     def _torch_dtype(self) -> torch.dtype:
         import torch
