@@ -92,6 +92,8 @@ def build_local_llm(s: Settings, model_ref: str | None = None, version: str | No
         dtype=s.llm_dtype,
         generation=generation_settings(s, max_new_tokens),
         context_tokens=s.llm_context_tokens,
+        batch_window_ms=s.llm_batch_window_ms,
+        max_batch=s.llm_max_batch,
     )
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from bot.core.streaming import GeneratorReplyStream, ReplyStream, drain
+from bot.core.streaming import ReplyStream, drain
 from bot.core.types import ChatMessage, LlmReply, Role
 from bot.infra.devices import resolve_device
+from bot.infra.llm.batching import BatchScheduler, BatchStats, Request, RequestStream, Rows
 from bot.infra.llm.source import resolve_llm
 
 if TYPE_CHECKING:
@@ -65,8 +66,15 @@ class TransformersChatModel:
         generation: GenerationSettings = GenerationSettings(),
         context_tokens: int = 1536,
         version: str | None = None,
+        batch_window_ms: float = 15.0,
+        max_batch: int = 8,
     ) -> None:
-        """``version`` names the model in replies and logs (a registry version's name)."""
+        """``version`` names the model in replies and logs (a registry version's name).
+
+        Replies wanted together share a ``generate``: a reply waits up to ``batch_window_ms``
+        for others to join its batch of at most ``max_batch`` (CHATMAN_LLM_BATCH_WINDOW_MS,
+        CHATMAN_LLM_MAX_BATCH).
+        """
         self.model_ref = model
         self.version_name = version
         self.cache_dir = cache_dir
@@ -79,9 +87,22 @@ class TransformersChatModel:
         self._model: CausalLM | None = None
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._load_lock = threading.Lock()
-        # One generate at a time per model: sampling seeds and KV caches are per-call state
-        # that concurrent conversations must not share.
+        # One generate at a time per model: the batch worker's and answer_many's (evaluation)
+        # would share sampling seeds and memory.
         self._generate_lock = threading.Lock()
+        self.batch_window_ms = batch_window_ms
+        self.max_batch = max_batch
+        self._scheduler = BatchScheduler(self._run_batch, window_ms=batch_window_ms,
+                                         max_batch=max_batch)
+
+    def __copy__(self) -> TransformersChatModel:
+        """A copy shares the weights, the tokenizer and the generate lock, but batches on its
+        own: its generation settings (what a copy is usually made to change) are its own."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        twin._scheduler = BatchScheduler(twin._run_batch, window_ms=self.batch_window_ms,
+                                         max_batch=self.max_batch)
+        return twin
 
     def _torch_dtype(self) -> torch.dtype:
         import torch
@@ -215,70 +236,73 @@ class TransformersChatModel:
         return drain(self.stream(messages))
 
     def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
-        """Pieces of the reply as they are generated (transformers' TextIteratorStreamer);
-        ``stop()`` ends the generation at the next token."""
+        """Pieces of the reply as they are generated, in a batch with whatever other replies
+        are wanted at the same time (see :mod:`bot.infra.llm.batching`); ``stop()`` ends this
+        reply at its next token without ending the others."""
         self.load()
-        return GeneratorReplyStream(lambda stop: self._stream(messages, stop))
+        request = Request(self._encode(messages)["input_ids"][0].tolist())
+        self._scheduler.submit(request)
+        return RequestStream(request)
 
-    def _stream(self, messages: Sequence[ChatMessage],
-                stop: threading.Event) -> Generator[str, None, LlmReply]:
+    @property
+    def batch_stats(self) -> BatchStats:
+        """How many batches the worker has run, for how many replies."""
+        return self._scheduler.stats
+
+    def close(self) -> None:
+        """Stop the generation worker: replies still waiting fail, running ones are stopped.
+        Idempotent; the model answers no more."""
+        self._scheduler.close()
+
+    def _run_batch(self, requests: list[Request]) -> None:
+        """One ``generate`` for the batch, left-padded (as :func:`generate_batch`); each row
+        streams to its own request and ends on its own.
+
+        Sampling is seeded with ``generation.seed`` once per batch, so a sampled reply
+        repeats exactly only when its batch does (alone, it always does).
+        """
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
 
         assert self._model is not None and self._tokenizer is not None
         model, tokenizer = self._model, self._tokenizer
-        inputs = self._encode(messages).to(self.device)
+        rows = Rows(requests, decode=lambda ids: decode_text(tokenizer, ids),
+                    stops=_stop_ids(model, tokenizer),
+                    max_new_tokens=self.generation.max_new_tokens, version=self.version)
+        prompts = rows.prompts
+        if not prompts:
+            return
         kwargs = self._generation_kwargs()
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        pad_id = kwargs["pad_token_id"]
+        width = max(len(p) for p in prompts)
+        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
 
-        class Cancelled(StoppingCriteria):
+        class RowStreamer(BaseStreamer):
+            def put(self, value: torch.Tensor) -> None:
+                if value.dim() == 1:  # the prompt comes first, as a 2-D batch: not news
+                    rows.put(value.tolist())
+
+            def end(self) -> None:
+                pass  # rows end one by one; the worker ends the rest when generate returns
+
+        class RowStops(StoppingCriteria):
             def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
                          **_: Any) -> torch.BoolTensor:
-                done = torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool)
+                done = torch.tensor(rows.done(int(input_ids.shape[1]) - width),
+                                    dtype=torch.bool, device=input_ids.device)
                 return done  # type: ignore[return-value]  # BoolTensor is a Tensor at run time
 
-        outcome: dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                with self._generate_lock:
-                    if stop.is_set():
-                        return
-                    if self.generation.seed is not None and kwargs.get("do_sample"):
-                        torch.manual_seed(self.generation.seed)
-                    with torch.inference_mode():
-                        outcome["output"] = model.generate(
-                            **inputs, **kwargs, streamer=streamer,
-                            stopping_criteria=StoppingCriteriaList([Cancelled()]))
-            except BaseException as exc:  # handed to the consumer, which raises it
-                outcome["error"] = exc
-            finally:
-                if "output" not in outcome:
-                    streamer.end()  # type: ignore[no-untyped-call]  # unannotated upstream
-
-        worker = threading.Thread(target=run, name="llm-generate", daemon=True)
-        worker.start()
-        try:
-            for piece in streamer:
-                if piece:
-                    yield piece
-        finally:
-            stop.set()
-            worker.join()
-        if "error" in outcome:
-            raise outcome["error"]
-        prompt_len = int(inputs["input_ids"].shape[1])
-        new_ids = outcome["output"][0][prompt_len:]
-        stops = _stop_ids(model, tokenizer)
-        return LlmReply(
-            text=decode_text(tokenizer, new_ids).strip(),
-            new_tokens=int(new_ids.shape[0]),
-            prompt_tokens=prompt_len,
-            model_version=self.version,
-            truncated=(int(new_ids.shape[0]) >= self.generation.max_new_tokens
-                       and not any(int(t) in stops for t in new_ids)),
-            stopped=stop.is_set(),
-        )
+        with self._generate_lock:
+            if self.generation.seed is not None and kwargs.get("do_sample"):
+                torch.manual_seed(self.generation.seed)
+            with torch.inference_mode():
+                model.generate(input_ids=input_ids.to(self.device),
+                               attention_mask=mask.to(self.device), **kwargs,
+                               streamer=RowStreamer(),
+                               stopping_criteria=StoppingCriteriaList([RowStops()]))
+        rows.finish()
 
     def answer_many(self, conversations: Sequence[Sequence[ChatMessage]],
                     settings: GenerationSettings, batch_size: int = 8) -> list[Generated]:
