@@ -9,7 +9,8 @@ conversations) to ``/api/chat/stream``; per reply it records the time to the fir
 audio and to the whole reply (the ``done`` event), then reports p50/p95 of both, replies per
 minute, and busy refusals. The ``openai`` backend starts a real ``transformers serve
 --continuous-batching`` on the starter persona's exported folder unless ``--base-url`` names an
-engine (vLLM on a GPU: pass its URL and served model). Greedy decoding with the persona's speech
+engine (vLLM on a GPU: pass its URL and served model). Concurrency 1 asks six questions one
+after another; its wall_s is their mean. Greedy decoding with the persona's speech
 budget (so replies run to several sentences), the settings' models otherwise.
 
 Goals (issue 15): for multi-sentence replies, first audio at most half the full-reply time;
@@ -64,6 +65,8 @@ QUESTIONS = [
     "What makes a city pleasant to live in?",
 ]
 CSRF = {"X-ChatMan": "1"}
+#: Concurrency 1 is measured over this many questions asked one after another (wall_s: mean).
+SEQUENTIAL = 6
 
 
 def peak_rss_mb() -> float:
@@ -120,12 +123,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def transformers_serve(folder: str) -> Any:
-    """A real OpenAI-compatible engine on CPU: ``transformers serve --continuous-batching``."""
+def transformers_serve() -> Any:
+    """A real OpenAI-compatible engine on CPU: ``transformers serve --continuous-batching``,
+    loading whichever exported folder a request names (as a version switch asks for it)."""
     port = free_port()
     exe = Path(sys.executable).with_name("transformers")
-    proc = subprocess.Popen([str(exe), "serve", "--continuous-batching", "--port", str(port),
-                             folder], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen([str(exe), "serve", "--continuous-batching", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
         deadline = time.monotonic() + 300
@@ -164,9 +168,17 @@ async def run_backend(base: Settings, backend: str, levels: list[int], clips: li
             await ask(client, clips[0], "warm-up-" + backend)  # first-request costs apart
             for n in levels:
                 start = time.perf_counter()
-                replies = await asyncio.gather(*(
-                    ask(client, clips[i % len(clips)], f"{backend}-{n}-{i}") for i in range(n)))
-                wall = walls[n] = time.perf_counter() - start
+                if n == 1:
+                    # One at a time over several questions: the single-chat latency, and enough
+                    # replies of several sentences to see how early the voice starts.
+                    replies = [await ask(client, clip, f"{backend}-1-{i}")
+                               for i, clip in enumerate(clips[:SEQUENTIAL])]
+                    wall = walls[n] = (time.perf_counter() - start) / SEQUENTIAL
+                else:
+                    replies = list(await asyncio.gather(*(
+                        ask(client, clips[i % len(clips)], f"{backend}-{n}-{i}")
+                        for i in range(n))))
+                    wall = walls[n] = time.perf_counter() - start
                 ok = [r for r in replies if r.refused is None]
                 firsts = [r.first_audio_ms for r in ok if r.first_audio_ms is not None]
                 fulls = [r.full_ms for r in ok]
@@ -174,7 +186,8 @@ async def run_backend(base: Settings, backend: str, levels: list[int], clips: li
                 rounds.append({
                     "concurrency": n,
                     "wall_s": round(wall, 2),
-                    "replies_per_min": round(len(ok) / wall * 60, 1),
+                    "replies_per_min": round(len(ok) / (wall * (SEQUENTIAL if n == 1 else 1))
+                                             * 60, 1),
                     "refused": len(replies) - len(ok),
                     "first_audio_ms": {"p50": percentile(firsts, 0.5),
                                        "p95": percentile(firsts, 0.95)} if firsts else None,
@@ -220,16 +233,14 @@ async def main() -> None:
     clips = [setup.codec.encode_voice_note(setup.tts.synthesize(q, "en")).data
              for q in QUESTIONS]
     served = setup.served
-    folder = served.model_ref
     await setup.stop()
     setup.close()
 
     results = []
     for backend in args.backends.split(","):
         if backend == "openai" and not args.base_url:
-            with transformers_serve(folder) as url:
-                results.append(await run_backend(base, backend, levels, clips, tmp, url,
-                                                 folder))
+            with transformers_serve() as url:
+                results.append(await run_backend(base, backend, levels, clips, tmp, url, None))
         else:
             results.append(await run_backend(base, backend, levels, clips, tmp, args.base_url,
                                              args.served_model))

@@ -49,7 +49,8 @@ T = TypeVar("T")
 #: Said when the model wrote nothing sayable (in the language of the question).
 FALLBACK_REPLY = Message("reply.fallback")
 #: Processes that decode user files: at most this many decodes run at once, and this many
-#: more may wait; beyond that an upload is refused as busy.
+#: more (or as many as the turns in flight, if more) may wait; beyond that an upload is
+#: refused as busy.
 DECODE_WORKERS = 2
 DECODE_WAITING = 4
 
@@ -105,7 +106,11 @@ class VoicePipeline:
             weakref.WeakValueDictionary()
         )
         self._decoder = decoder
-        self.decodes = InFlight(DECODE_WORKERS + DECODE_WAITING, lambda n: ServerBusy(
+        # A burst of legitimate voice notes (as many as may be answered at once) queues for the
+        # decoders rather than being refused; each decode is bounded in CPU time, so the wait
+        # stays short even when the queue is all hostile files.
+        waiting = max(DECODE_WAITING, config.max_turns_in_flight)
+        self.decodes = InFlight(DECODE_WORKERS + waiting, lambda n: ServerBusy(
             f"{n} uploads being decoded"))
         self.turns = InFlight(config.max_turns_in_flight, lambda n: ServerBusy(
             f"{n} turns in flight (limit {config.max_turns_in_flight})"))
