@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapters.app import ChatmanApp
 from adapters.web.server import WebAdapter
 from bot.core.config import Settings
+from bot.core.types import ChatMessage, Role
 from bot.infra.logs import configure_logging
 
 QUESTIONS = [
@@ -148,6 +149,27 @@ def transformers_serve() -> Any:
         proc.wait(30)
 
 
+async def llm_rounds(app: ChatmanApp) -> dict[str, Any]:
+    """The model alone (no ASR, no TTS: those are CPU-bound per turn and do not batch): one
+    reply, then eight at once, each a different question in a fresh conversation."""
+    prompts = [app.llm.fit_history(app.pipeline.system_prompt, [],
+                                   ChatMessage(Role.USER, q)) for q in QUESTIONS[:8]]
+
+    async def reply(prompt: list[ChatMessage]) -> int:
+        return (await asyncio.to_thread(app.llm.generate, prompt)).new_tokens
+
+    start = time.perf_counter()
+    one = [await reply(p) for p in prompts[:3]]
+    single = (time.perf_counter() - start) / 3
+    start = time.perf_counter()
+    eight = await asyncio.gather(*(reply(p) for p in prompts))
+    together = time.perf_counter() - start
+    return {"one_s": round(single, 2), "eight_s": round(together, 2),
+            "eight_over_one": round(together / single, 2),
+            "tokens_one_mean": round(statistics.mean(one), 1),
+            "tokens_eight_mean": round(statistics.mean(eight), 1)}
+
+
 async def run_backend(base: Settings, backend: str, levels: list[int], clips: list[bytes],
                       tmp: Path, engine_url: str | None, served: str | None) -> dict[str, Any]:
     update: dict[str, Any] = {"database_url": None, "data_dir": tmp / backend, "web_port": 0,
@@ -200,11 +222,13 @@ async def run_backend(base: Settings, backend: str, levels: list[int], clips: li
                         r.first_audio_ms / r.full_ms for r in multi if r.first_audio_ms), 3)
                     if multi else None,
                 })
+        llm_only = await llm_rounds(app)
     finally:
         await web.stop()
         await app.stop()
         app.close()
-    out: dict[str, Any] = {"backend": backend, "model": app.llm.version, "rounds": rounds}
+    out: dict[str, Any] = {"backend": backend, "model": app.llm.version, "rounds": rounds,
+                           "llm_only": llm_only}
     if 1 in walls and 8 in walls:
         out["wall_8_over_1"] = round(walls[8] / walls[1], 2)
     return out
