@@ -48,7 +48,8 @@ def test_ask_with_the_demo_question_prints_json_and_writes_the_voice_note(tmp_pa
     with av.open(io.BytesIO(out.read_bytes())) as c:
         assert c.streams.audio[0].codec_context.name == "opus"
     assert payload["duration_s"] > 0.5
-    assert set(payload["timings_ms"]) == {"decode", "asr", "llm", "tts", "encode", "total"}
+    assert set(payload["timings_ms"]) == {"decode", "asr", "prompt", "first_token", "llm",
+                                          "first_audio", "tts", "encode", "total"}
 
     # Continue the same conversation by id: the store now holds both turns of it.
     again = chatman(tmp_path, "ask", "--text", "Thanks!", "--chat-id", payload["chat_id"], "--json")
