@@ -456,6 +456,10 @@ def eval_command(
         serving = build_serving_engine(on_engine)
 
         def served(s: Settings, ref: str | None, name: str | None = None) -> Answerer:
+            if name is None and (ref or s.llm_model) != settings.llm_model:
+                # CHATMAN_LLM_SERVED_MODEL names the configured base only: another folder or
+                # hub id goes by its own name, or the engine's base would be scored as it.
+                s = s.model_copy(update={"llm_served_model": None})
             model = build_llm(s, ref, name, serving=serving)
             assert isinstance(model, OpenAIChatModel)  # the openai backend, set above
             return model

@@ -100,3 +100,10 @@ def test_admin_ids_must_name_their_platform(monkeypatch):
     monkeypatch.setenv("CHATMAN_ADMIN_IDS", "telegram:1,12345")
     with pytest.raises(ValidationError, match="'12345' is not platform:user_id"):
         Settings(_env_file=None)
+
+
+def test_an_engine_url_with_credentials_is_masked_and_its_password_kept_out_of_logs():
+    s = Settings(_env_file=None, llm_backend="openai",
+                 llm_base_url="http://bot:s3cret-pw@engine:8000/v1")
+    assert s.masked()["llm_base_url"] == "http://bot:***@engine:8000/v1"
+    assert "s3cret-pw" in s.secret_values()  # what the log filter masks

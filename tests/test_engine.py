@@ -221,3 +221,28 @@ async def test_engine_down_the_user_is_told_quickly_and_nothing_is_stored(tmp_pa
         assert "is not reachable" in str(err) and url in str(err)
         assert app.store.exchanges() == []
     assert "is not reachable" in caplog.text and KEY not in caplog.text
+
+
+async def test_engine_down_the_web_console_says_so_with_503_and_retry_after(tmp_path,
+                                                                           tokenizer_dir):
+    import httpx
+
+    from adapters.web.server import WebAdapter
+
+    url = f"http://127.0.0.1:{closed_port()}/v1"
+    app = engine_app(tmp_path, url, tokenizer_dir, llm_retries=0, llm_timeout_seconds=2,
+                     web_port=0)
+    async with app.running(load_models=False):
+        web = WebAdapter(app)
+        await web.start()
+        try:
+            async with httpx.AsyncClient(base_url=web.url, timeout=30) as client:
+                answer = await client.post("/api/chat", headers={"X-ChatMan": "1"},
+                                           data={"text": "Hello?"})
+        finally:
+            await web.stop()
+        # The server's fault, not the user's: 503, and when to try again.
+        assert answer.status_code == 503 and int(answer.headers["Retry-After"]) > 0
+        assert answer.json()["code"] == "llm.unavailable"
+        assert "language engine" in answer.json()["error"]
+        assert app.store.exchanges() == []

@@ -4,6 +4,7 @@ the voice note is the sentences joined. Fast tier: model stand-ins, SQLite."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Generator, Sequence
 
@@ -110,8 +111,9 @@ async def test_speech_of_the_first_sentence_overlaps_the_writing_of_the_next(tmp
     assert events[0] == Heard("Who are you?", "en")
     # Text grows before any sentence is spoken; "speaking" comes with the first audio.
     assert kinds.index("ReplyDelta") < kinds.index("SentenceSpoken")
-    assert events[kinds.index("SentenceSpoken") - 1] == Stage("speaking") or Stage(
-        "speaking") in events[:kinds.index("SentenceSpoken")]
+    # "speaking" comes with the first audio: after the text began, before the first sentence.
+    assert kinds.index("ReplyDelta") < events.index(Stage("speaking")) < kinds.index(
+        "SentenceSpoken")
     spoken = [e for e in events if isinstance(e, SentenceSpoken)]
     assert [s.index for s in spoken] == [0, 1, 2]
     assert [s.text for s in spoken] == tts.said
@@ -172,3 +174,48 @@ async def test_an_empty_reply_says_the_fallback(tmp_path):
     async with build(tmp_path, llm, tts).running(load_models=False) as app:
         turn = await app.pipeline.handle(question())
     assert turn.reply == tts.said[0] and "Sorry" in turn.reply
+
+
+class OpeningLLM(PacedLLM):
+    """Opening its stream fails, or waits for ``release`` (a model loading, a lock, an
+    adapter being loaded into the engine)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__(ANSWER)
+        self.fail = fail
+        self.opening, self.release = threading.Event(), threading.Event()
+
+    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+        self.opening.set()
+        if self.fail:
+            raise RuntimeError("the model has been closed")
+        assert self.release.wait(10)
+        return super().stream(messages)
+
+
+async def test_a_model_failing_to_open_its_stream_ends_the_turn(tmp_path):
+    llm = OpeningLLM(fail=True)
+    app = build(tmp_path, llm, TellingTTS())
+    async with app.running(load_models=False):
+        with pytest.raises(RuntimeError, match="closed"):
+            await asyncio.wait_for(app.pipeline.handle(question()), 10)
+        assert app.store.exchanges() == []
+        # The chat is not left locked: the next message is answered.
+        llm.fail = False
+        llm.release.set()
+        turn = await asyncio.wait_for(app.pipeline.handle(question()), 10)
+    assert turn.reply.startswith("First of all")
+
+
+async def test_a_turn_cancelled_while_the_model_opens_writes_nothing(tmp_path):
+    llm = OpeningLLM()
+    app = build(tmp_path, llm, TellingTTS())
+    async with app.running(load_models=False):
+        turn = asyncio.create_task(app.pipeline.handle(question()))
+        assert await asyncio.to_thread(llm.opening.wait, 10)
+        turn.cancel()
+        llm.release.set()  # the stream opens after the turn was given up...
+        with pytest.raises(asyncio.CancelledError):
+            await turn
+    assert llm.written == 0  # ...and is stopped before its first word
+    assert app.store.exchanges() == []

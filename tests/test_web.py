@@ -308,7 +308,9 @@ async def test_a_conversation_is_given_back_after_a_reload(web):
     assert [(t["exchange_id"], t["transcript"], t["reply"], t["audio_url"]) for t in turns] == [
         (d["exchange_id"], d["transcript"], d["reply"], d["audio_url"]) for d in (first, second)]
     assert (await web.get(turns[1]["audio_url"])).content[:4] == b"OggS"
-    assert (await web.get("/api/conversation/nobody-here")).json()["turns"] == []
+    assert (await web.get("/api/conversation/nobody-here-at-all")).json()["turns"] == []
+    # A short (guessable) id can talk, but not read its conversation back.
+    assert (await web.get("/api/conversation/abcdef")).status_code == 400
     assert (await web.get("/api/conversation/..%2Fetc")).status_code in (400, 404)
 
     await web.post("/api/forget", headers=CSRF, json={"conversation_id": conversation})

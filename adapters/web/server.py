@@ -62,7 +62,7 @@ from bot.core.commands import (
     Rollback,
     TrainStatus,
 )
-from bot.core.errors import AudioTooLarge, Busy, ServerBusy, UserFacingError
+from bot.core.errors import AudioTooLarge, Busy, EngineUnavailable, ServerBusy, UserFacingError
 from bot.core.events import Heard, OnEvent, ReplyDelta, Stage, TurnEvent
 from bot.core.jobs import Notice
 from bot.core.messages import Message
@@ -79,6 +79,9 @@ STREAM_PATH = "/api/chat/stream"
 RESTORE_LIMIT = 200
 CSRF_HEADER = "x-chatman"
 CONVERSATION = re.compile(r"^[A-Za-z0-9_-]{6,64}$")
+#: Reading a conversation back takes an id long enough not to be guessed (the page's are 16
+#: random hex digits; a client that chose a short one can still talk, not read it back).
+READABLE_CONVERSATION = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 ADMIN = Actor(PLATFORM, "admin", "Web admin", granted_admin=True)
 FORM_OVERHEAD = 16 * 1024  # multipart boundaries and the small text fields around a file
 JSON_BODY_LIMIT = 64 * 1024  # admin requests are a few fields of text
@@ -112,6 +115,8 @@ def _page(name: str) -> str:
 
 
 def _status(err: UserFacingError) -> int:
+    if isinstance(err, EngineUnavailable):
+        return 503  # not the user's fault: the model's engine is down, try again later
     return 413 if isinstance(err, AudioTooLarge) else 429 if isinstance(err, Busy) else 400
 
 
@@ -210,7 +215,8 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
     @api.exception_handler(UserFacingError)
     async def user_error(request: Request, err: UserFacingError) -> JSONResponse:
         log.info("web: refused %s: %s", request.url.path, err)
-        headers = {"Retry-After": str(err.retry_after)} if isinstance(err, Busy) else None
+        headers = ({"Retry-After": str(err.retry_after)}
+                   if isinstance(err, Busy | EngineUnavailable) else None)
         return JSONResponse(error_json(err, app.language), status_code=_status(err),
                             headers=headers)
 
@@ -360,33 +366,41 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
         if isinstance(err, UserFacingError):
             log.info("web: refused a streamed turn: %s", err)
             return error_json(err, app.language)
-        log.error("web: a streamed turn failed", exc_info=err)
+        if isinstance(err, asyncio.CancelledError):
+            log.info("web: a streamed turn was cancelled (the console is stopping)")
+        else:
+            log.error("web: a streamed turn failed", exc_info=err)
         internal = Message("error.internal")
         return {"error": word(internal, app.language), **internal.to_dict()}
 
     @api.get("/api/conversation/{conversation_id}")
     async def conversation(
-            conversation_id: Annotated[str, PathParam(pattern=CONVERSATION.pattern)]
+            conversation_id: Annotated[str, PathParam(pattern=READABLE_CONVERSATION.pattern)]
     ) -> dict[str, Any]:
         """The conversation's exchanges, oldest first, for a page that was reloaded. Its id is
         the key (the page's are random, like reply audio names)."""
         chat_ref = ChatRef(PLATFORM, conversation_id, ChatKind.PRIVATE)
-        found = await asyncio.to_thread(app.store.conversation, chat_ref, RESTORE_LIMIT)
 
         def audio_url(name: str | None) -> str | None:
             return f"/api/audio/{name}" if name and replies.path(PLATFORM, name) else None
 
-        turns = [{"exchange_id": e.exchange_id, "input_kind": e.input_kind,
-                  "transcript": e.transcript, "reply": e.reply,
-                  "audio_url": audio_url(e.reply_message_id), "duration_s": e.reply_duration_s,
-                  "created_at": e.created_at.isoformat()} for e in found]
-        return {"conversation_id": conversation_id, "turns": turns}
+        def read() -> list[dict[str, Any]]:  # the database and the disk, off the event loop
+            return [{"exchange_id": e.exchange_id, "input_kind": e.input_kind,
+                     "transcript": e.transcript, "reply": e.reply,
+                     "audio_url": audio_url(e.reply_message_id),
+                     "duration_s": e.reply_duration_s, "created_at": e.created_at.isoformat()}
+                    for e in app.store.conversation(chat_ref, RESTORE_LIMIT)]
+
+        return {"conversation_id": conversation_id, "turns": await asyncio.to_thread(read)}
 
     @api.post("/api/forget")
     async def forget(body: ForgetBody) -> dict[str, Any]:
         """Delete this conversation: its messages, pairs and reply audio (the user's /forget)."""
         actor = Actor(PLATFORM, body.conversation_id, "Web visitor")
-        return await run(Forget(), actor)
+        # In the conversation's line: a turn still being answered (its page was reloaded)
+        # finishes and is stored first, then forgotten with the rest, never stored after.
+        async with queues.enter(ChatRef(PLATFORM, body.conversation_id, ChatKind.PRIVATE)):
+            return await run(Forget(), actor)
 
     @api.get("/api/audio/{name}")
     async def reply_audio(name: str) -> FileResponse:

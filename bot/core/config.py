@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -277,6 +278,10 @@ class Settings(BaseSettings):
                         values.append(str(password))
                 elif raw:
                     values.append(raw)
+        # An engine URL may carry credentials (http://user:password@host/v1).
+        engine_password = urlsplit(self.llm_base_url or "").password
+        if engine_password:
+            values.append(engine_password)
         return values
 
     def masked(self) -> dict[str, str]:
@@ -286,6 +291,10 @@ class Settings(BaseSettings):
             value = getattr(self, name)
             if name == "database_url":
                 shown[name] = mask_url(self.resolved_database_url)
+            elif name == "llm_base_url" and value and urlsplit(value).password:
+                parts = urlsplit(value)
+                shown[name] = parts._replace(netloc=parts.netloc.replace(
+                    f":{parts.password}@", ":***@")).geturl()
             elif isinstance(value, SecretStr):
                 shown[name] = "***" if value.get_secret_value() else ""
             else:

@@ -92,6 +92,8 @@ class EngineUnavailable(UserFacingError):
     log, never the API key)."""
 
     code = "llm.unavailable"
+    #: Seconds a client should wait before asking again (engines restart in about a minute).
+    retry_after = 30
 
 
 class NotDelivered(Exception):

@@ -12,10 +12,11 @@ is shown (the sentences joined) and what is said are the same reply.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -69,25 +70,36 @@ async def speak_reply(
     out = SpokenReply(text="", reply=LlmReply("", 0, 0, llm.version), audio=None)
     pieces: asyncio.Queue[object] = asyncio.Queue()
     to_voice: asyncio.Queue[str | None] = asyncio.Queue()
+    # Set from the loop when nothing more the model writes is wanted (budget spent, the voice
+    # failed, the turn was cancelled), possibly before the writer has opened its stream.
+    abandon = threading.Event()
     holder: list[ReplyStream] = []
-    opened = threading.Event()
+    lock = threading.Lock()  # orders the writer's opening against stop_writing
 
     def write() -> LlmReply:
-        """In a worker thread: the model's pieces, handed to the loop as they come."""
-        stream = llm.stream(prompt)
-        holder.append(stream)
-        opened.set()
+        """In the writer thread: the model's pieces, handed to the loop as they come. The end
+        marker is always queued, whatever happens, so the loop never waits for nothing."""
         try:
-            for piece in stream:
-                loop.call_soon_threadsafe(pieces.put_nowait, piece)
-            return stream.reply
+            stream = llm.stream(prompt)
+            with lock:
+                holder.append(stream)
+                if abandon.is_set():
+                    stream.stop()
+            try:
+                for piece in stream:
+                    loop.call_soon_threadsafe(pieces.put_nowait, piece)
+                return stream.reply
+            finally:
+                stream.close()
         finally:
-            stream.close()
-            loop.call_soon_threadsafe(pieces.put_nowait, _END)
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is reading
+                loop.call_soon_threadsafe(pieces.put_nowait, _END)
 
     def stop_writing() -> None:
-        if opened.is_set():
-            holder[0].stop()
+        with lock:
+            abandon.set()
+            if holder:
+                holder[0].stop()
 
     async def emit(event: Stage | ReplyDelta | SentenceSpoken) -> None:
         if on_event is not None:
@@ -113,7 +125,7 @@ async def speak_reply(
             index += 1
         return chunks
 
-    writer = asyncio.ensure_future(asyncio.to_thread(write))
+    writer = _in_own_thread(loop, write)
     voicer = asyncio.ensure_future(voice())
     # A voice that fails stops the model at once rather than after the whole reply.
     def on_voiced(task: asyncio.Future[list[Pcm]]) -> None:
@@ -151,6 +163,35 @@ async def speak_reply(
     out.tts_ms = round(out.tts_ms, 1)
     out.audio = join_sentences(chunks) if chunks else None
     return out
+
+
+def _in_own_thread(loop: asyncio.AbstractEventLoop,
+                   fn: Callable[[], LlmReply]) -> asyncio.Future[LlmReply]:
+    """``fn`` in a thread of its own. A writer holds its thread for the whole reply: in the
+    loop's shared executor, a few of them would leave TTS, ASR and storage waiting behind
+    them, undoing the pipelining exactly under load."""
+    future: asyncio.Future[LlmReply] = loop.create_future()
+
+    def settle(result: LlmReply | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            assert result is not None
+            future.set_result(result)
+
+    def run() -> None:
+        result, error = None, None
+        try:
+            result = fn()
+        except BaseException as exc:  # handed to the awaiting turn
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="llm-writer", daemon=True).start()
+    return future
 
 
 def join_sentences(chunks: Sequence[Pcm]) -> Pcm:
