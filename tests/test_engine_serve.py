@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -76,24 +77,32 @@ def served_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     port = _free_port()
     log_path = export.parent / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    # --log-level info: uvicorn says when it listens, which is the signal we wait for.
     command = [str(Path(sys.executable).with_name("transformers")), "serve",
-               "--continuous-batching", "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
+               "--continuous-batching", "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "info"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               env=env, start_new_session=True)
+    listening = threading.Event()
+
+    def copy_output() -> None:
+        """The server's output into its log (read all along, so it never blocks on a full
+        pipe); sets ``listening`` at uvicorn's "running on" line."""
+        assert process.stdout is not None
+        with log_path.open("wb") as log_file:
+            for line in process.stdout:
+                log_file.write(line)
+                log_file.flush()
+                if b"Uvicorn running on" in line:
+                    listening.set()
+        listening.set()  # the server exited: stop waiting, the check below says so
+
+    threading.Thread(target=copy_output, name="serve-log", daemon=True).start()
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:  # polled: the server has no way to tell us it is up
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"transformers serve did not come up:\n"
-                                   f"{log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        if not listening.wait(120) or process.poll() is not None:
+            raise RuntimeError(f"transformers serve did not come up:\n"
+                               f"{log_path.read_text(errors='replace')[-3000:]}")
         started = time.monotonic()
         for folder in (base, export / "model"):  # the first answer loads the model (~20 s)
             _post(f"{url}/v1/chat/completions", {

@@ -380,3 +380,40 @@ async def test_8_the_web_console_forgets_its_conversation_and_its_audio(web):
         assert all("4242" not in p.question for p in s.query(Pair))
     bad = await web.post("/api/forget", headers=CSRF, json={"conversation_id": "../../etc"})
     assert bad.status_code == 400
+
+
+# --- 12. the streaming chat and the conversation read-back (issue 15) ----------------------
+async def test_12_the_stream_refuses_hostile_input_as_plain_json_and_keeps_nothing(web):
+    """Everything /api/chat refuses, /api/chat/stream refuses the same way before any event:
+    scripts that would read files or open sockets, huge and invisible text."""
+    before = udp_ports()
+    refusals = [
+        await web.post("/api/chat/stream", headers=CSRF, **upload(FFCONCAT, "x.ffconcat")),
+        await web.post("/api/chat/stream", headers=CSRF, **upload(SDP, "voice.sdp")),
+        await web.post("/api/chat/stream", headers=CSRF,
+                       files={"text": (None, "a" * (2 * 2**20))}),
+        *[await web.post("/api/chat/stream", headers=CSRF, data={"text": invisible})
+          for invisible in ("\0\0\0", "\u200b\u200b", "\u200d\ufeff \u2060")],
+    ]
+    for response in refusals:
+        assert 400 <= response.status_code < 500, (response.status_code, response.text)
+        assert response.headers["content-type"] == "application/json"
+        assert set(response.json()) <= ERROR_KEYS and response.json()["error"]
+    assert udp_ports() <= before
+    assert stored(web.app) == 0
+    assert not web.adapter.api.state.turns and not web.app.queues._pending
+    await assert_alive(web)
+
+
+@pytest.mark.parametrize("conversation", [
+    "..%2F..%2Fetc%2Fpasswd", "%2e%2e", "a" * 65, "short", "ab%00cdefghijklmnopq",
+    "%E2%80%AEmoc.exe-abcdefghijkl", "x" * 10_000,
+])
+async def test_12_reading_a_conversation_back_takes_only_a_plain_long_id(web, conversation):
+    response = await web.get(f"/api/conversation/{conversation}")
+    # A decoded slash leaves the route (404); anything else is not an id (400). Never a 500,
+    # never a file.
+    expected = 404 if "%2F" in conversation else 400
+    assert response.status_code == expected, (response.status_code, response.text)
+    assert set(response.json()) <= ERROR_KEYS and response.json()["error"]
+    await assert_alive(web)

@@ -314,8 +314,9 @@ async def test_a_trainer_that_ignores_sigterm_is_killed_after_the_grace_period(m
 
     monkeypatch.setattr(jobs, "STOP_GRACE_SECONDS", 0.5)
     stubborn = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
-        " print('ready', flush=True); time.sleep(600)", stdout=asyncio.subprocess.PIPE)
+        # It waits for a signal it does not ignore: only SIGKILL ends it.
+        sys.executable, "-c", "import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+        " print('ready', flush=True); signal.pause()", stdout=asyncio.subprocess.PIPE)
     assert stubborn.stdout is not None
     assert await stubborn.stdout.readline() == b"ready\n"  # SIGTERM is ignored from here on
     await jobs._stop(stubborn)
