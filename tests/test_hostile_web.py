@@ -10,7 +10,6 @@ import copy
 import errno
 import socket
 import tempfile
-import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from adapters.web.server import WebAdapter
 from bot.core.ports import ChatModel, SpeechRecognizer, SpeechSynthesizer
 from bot.infra.storage.models import Pair
 from tests.conftest import REPO, start_web, stop_web
+from tests.fakes.models import hold_replies
 from tests.test_codec import encode, tone
 
 SAMPLE = REPO / "persona" / "manman" / "samples" / "question.ogg"
@@ -274,15 +274,8 @@ async def test_10_half_open_connections_are_closed(tmp_path, asr, llm, tts):
 
 async def test_10_turns_in_flight_are_bounded_for_everybody(tmp_path, asr, llm, tts, monkeypatch):
     app, adapter = await serve(tmp_path, asr, llm, tts, max_turns_in_flight=1)
-    entered, release = threading.Event(), threading.Event()
-    real = app.pipeline.llm.stream
-
-    def held(messages):
-        entered.set()
-        release.wait(60)
-        return real(messages)
-
-    monkeypatch.setattr(app.pipeline.llm, "stream", held)
+    held = hold_replies(monkeypatch, app.pipeline.llm)
+    entered, release = held.entered, held.release
     try:
         async with httpx.AsyncClient(base_url=adapter.url, timeout=120) as client:
             first = asyncio.create_task(client.post("/api/chat", headers=CSRF,

@@ -7,7 +7,6 @@ import base64
 import json
 import os
 import shutil
-import threading
 from typing import Any
 
 import httpx
@@ -18,6 +17,7 @@ from adapters.web.server import WebAdapter
 from bot.infra.storage.models import Pair
 from tests.conftest import REPO, start_web, stop_web
 from tests.fakes import eventually
+from tests.fakes.models import hold_replies
 from tests.speech_checks import recall
 
 SAMPLE = REPO / "persona" / "manman" / "samples" / "question.ogg"
@@ -237,15 +237,8 @@ async def test_stream_refusals_before_the_answer_are_json_like_api_chat(web):
 async def test_a_busy_conversation_is_refused_before_the_stream(tmp_path, asr, llm, tts,
                                                                  monkeypatch):
     app, adapter = await start_web(tmp_path, asr, llm, tts, chat_queue_limit=1)
-    entered, release = threading.Event(), threading.Event()
-    real = app.pipeline.llm.stream
-
-    def held(messages):
-        entered.set()
-        release.wait(60)
-        return real(messages)
-
-    monkeypatch.setattr(app.pipeline.llm, "stream", held)
+    held = hold_replies(monkeypatch, app.pipeline.llm)
+    entered, release = held.entered, held.release
     try:
         async with httpx.AsyncClient(base_url=adapter.url, timeout=120) as client:
             first = asyncio.create_task(stream(client, data={"text": "Hello",

@@ -4,38 +4,23 @@ was reloaded: the turn goes on). Fast tier: model stand-ins, SQLite, real HTTP."
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Sequence
 
 import httpx
 
 from adapters.app import ChatmanApp
 from adapters.web.server import WebAdapter
-from bot.core.streaming import ReplyStream
-from bot.core.types import ChatKind, ChatMessage, ChatRef
+from bot.core.types import ChatKind, ChatRef
 from tests.conftest import make_settings
 from tests.fakes import eventually
-from tests.fakes.models import EchoASR, ScriptedLLM, ToneTTS
+from tests.fakes.models import EchoASR, ScriptedLLM, ToneTTS, hold_replies
 
 CSRF = {"X-ChatMan": "1"}
 CONVERSATION = "forget-me-while-answering"
 
 
-class HeldLLM(ScriptedLLM):
-    """Answers once ``release`` is set; says when a turn is waiting for it."""
-
-    def __init__(self) -> None:
-        super().__init__(answer="I will be forgotten.")
-        self.waiting, self.release = threading.Event(), threading.Event()
-
-    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
-        self.waiting.set()
-        assert self.release.wait(30)
-        return super().stream(messages)
-
-
-async def test_forget_waits_for_the_running_turn_and_leaves_nothing(tmp_path):
-    llm = HeldLLM()
+async def test_forget_waits_for_the_running_turn_and_leaves_nothing(tmp_path, monkeypatch):
+    llm = ScriptedLLM(answer="I will be forgotten.")
+    held = hold_replies(monkeypatch, llm)
     app = ChatmanApp.from_settings(make_settings(tmp_path / "data", web_port=0),
                                    asr=EchoASR(), llm=llm, tts=ToneTTS())
     async with app.running(load_models=False):
@@ -46,7 +31,7 @@ async def test_forget_waits_for_the_running_turn_and_leaves_nothing(tmp_path):
                 turn = asyncio.create_task(client.post(
                     "/api/chat", headers=CSRF,
                     data={"text": "Remember this.", "conversation_id": CONVERSATION}))
-                assert await asyncio.to_thread(llm.waiting.wait, 10)
+                assert await asyncio.to_thread(held.entered.wait, 10)
                 forget = asyncio.create_task(client.post(
                     "/api/forget", headers=CSRF, json={"conversation_id": CONVERSATION}))
                 # Forget queues behind the turn (two in the conversation's line)...
@@ -55,7 +40,7 @@ async def test_forget_waits_for_the_running_turn_and_leaves_nothing(tmp_path):
                                  lambda: f"line: {app.queues._pending}")
                 assert not forget.done()
                 # ...the turn then completes and is stored...
-                llm.release.set()
+                held.release.set()
                 answered, forgot = await turn, await forget
                 listed = await client.get(f"/api/conversation/{CONVERSATION}")
         finally:

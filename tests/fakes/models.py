@@ -4,9 +4,10 @@ lines, loads nothing, and records what it was asked."""
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from threading import Event
+from typing import Any
 
 import numpy as np
 
@@ -104,3 +105,24 @@ def write_tiny_tokenizer(out: Path) -> Path:
     tokenizer.save_pretrained(out)
     (out / "config.json").write_text(json.dumps({"model_type": "llama"}))
     return out
+
+
+class HeldReplies:
+    """A model's ``stream`` held at its start: ``entered`` is set once a reply is asked for,
+    and the reply goes on once ``release`` is set (a turn caught inside the model)."""
+
+    def __init__(self, stream: Callable[[Sequence[ChatMessage]], ReplyStream]) -> None:
+        self.entered, self.release = Event(), Event()
+        self._stream = stream
+
+    def __call__(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+        self.entered.set()
+        self.release.wait(60)
+        return self._stream(messages)
+
+
+def hold_replies(monkeypatch: Any, model: Any) -> HeldReplies:
+    """Hold ``model``'s replies (see :class:`HeldReplies`) for the test's duration."""
+    held = HeldReplies(model.stream)
+    monkeypatch.setattr(model, "stream", held)
+    return held
