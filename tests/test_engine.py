@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from bot.core.wording import word
 from bot.infra.llm.openai_model import OpenAIChatModel
 from bot.infra.llm.served import ServedNames, adapter_dir, served_model_name
 from tests.conftest import make_settings
+from tests.fakes import free_port
 from tests.fakes.models import EchoASR, ToneTTS, write_tiny_tokenizer
 from tests.fakes.vllm_api import FakeVllm
 
@@ -197,16 +197,9 @@ async def test_streamed_pieces_join_into_the_reply_decoded_as_served(tmp_path, v
         app.close()
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 async def test_engine_down_the_user_is_told_quickly_and_nothing_is_stored(tmp_path,
                                                                          tokenizer_dir, caplog):
-    url = f"http://127.0.0.1:{closed_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     app = engine_app(tmp_path, url, tokenizer_dir, llm_retries=0, llm_timeout_seconds=2)
     # The bot starts while the engine does not answer (vLLM takes minutes to come up).
     async with app.running(load_models=True):
@@ -229,7 +222,7 @@ async def test_engine_down_the_web_console_says_so_with_503_and_retry_after(tmp_
 
     from adapters.web.server import WebAdapter
 
-    url = f"http://127.0.0.1:{closed_port()}/v1"
+    url = f"http://127.0.0.1:{free_port()}/v1"
     app = engine_app(tmp_path, url, tokenizer_dir, llm_retries=0, llm_timeout_seconds=2,
                      web_port=0)
     async with app.running(load_models=False):

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +31,7 @@ from bot.infra.llm.chat_model import GenerationSettings
 from bot.infra.llm.openai_model import OpenAIChatModel
 from bot.infra.llm.source import resolve_llm
 from tests.conftest import MODEL_CACHE, make_settings
+from tests.fakes import free_port
 from tests.speech_checks import recall
 
 STARTER = "SmolLM2-135M-Instruct.Q4_1"
@@ -44,13 +44,6 @@ class Served:
     base: Path  # the de-quantised starter base folder
     export: Path  # the shipped starter persona merged into it: model/ and adapter/
     warm_s: float  # the first answer from each folder, model loading included
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def _post(url: str, body: dict[str, object], timeout: float) -> dict[str, object]:
@@ -74,7 +67,7 @@ def served_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     merge_adapter(release.adapter_dir, "starter", MODEL_CACHE, export,
                   system_prompt=persona.prompt_for("en", release.info["config"].get(
                       "system_prompt", "full")), info=release.info)
-    port = _free_port()
+    port = free_port()
     log_path = export.parent / "serve.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     # --log-level info: uvicorn says when it listens, which is the signal we wait for.

@@ -7,7 +7,6 @@ import copy
 import logging
 import os
 import signal
-import socket
 import sys
 from typing import Any
 
@@ -27,6 +26,7 @@ from bot.core.types import ChatKind, ChatRef
 from bot.infra.llm.chat_model import GenerationSettings
 from bot.infra.storage.models import Pair
 from tests.conftest import MODEL_CACHE, make_settings
+from tests.fakes import free_port
 from tests.fakes.telegram_api import (
     BOT,
     CHANNEL_BOT,
@@ -378,15 +378,8 @@ async def test_training_notices_reach_the_admins_chat(fake, bot, tmp_path):
     assert fake.sent_to(900)[1].file == png.read_bytes()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def test_webhook_mode_checks_the_secret_token(tmp_path, fake, asr, llm, tts):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/tg-hook"
     app, adapter = await started(tg_settings(
         tmp_path, fake, telegram_webhook_url=url, telegram_webhook_listen="127.0.0.1",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -46,3 +47,11 @@ async def eventually(predicate: Callable[[], T], timeout: float, describe: Calla
             return found
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out; {describe()}")
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now (for a server to start on, or to find closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
