@@ -214,24 +214,6 @@ class TransformersChatModel:
                     "budget", len(ids), keep, self.context_tokens)
         return ChatMessage(user.role, content, user.speaker)
 
-    def _generation_kwargs(self) -> dict[str, Any]:
-        assert self._tokenizer is not None
-        g = self.generation
-        kwargs: dict[str, Any] = {
-            "max_new_tokens": g.max_new_tokens,
-            "repetition_penalty": g.repetition_penalty,
-            "pad_token_id": (
-                self._tokenizer.pad_token_id
-                if self._tokenizer.pad_token_id is not None
-                else self._tokenizer.eos_token_id
-            ),
-        }
-        if g.temperature > 0:
-            kwargs.update(do_sample=True, temperature=g.temperature, top_p=g.top_p)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        return kwargs
-
     def generate(self, messages: Sequence[ChatMessage]) -> LlmReply:
         return drain(self.stream(messages))
 
@@ -273,11 +255,9 @@ class TransformersChatModel:
         prompts = rows.prompts
         if not prompts:
             return
-        kwargs = self._generation_kwargs()
-        pad_id = kwargs["pad_token_id"]
-        width = max(len(p) for p in prompts)
-        input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        kwargs = generation_kwargs(self.generation, pad_token_id(tokenizer))
+        input_ids, mask = left_padded(prompts, kwargs["pad_token_id"])
+        width = input_ids.shape[1]
 
         class RowStreamer(BaseStreamer):
             def put(self, value: torch.Tensor) -> None:
@@ -347,6 +327,35 @@ def _stop_ids(model: CausalLM, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """What batches are left-padded with: the pad token, else the end of sequence."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    assert isinstance(pad, int)
+    return pad
+
+
+def generation_kwargs(settings: GenerationSettings, pad_id: int) -> dict[str, Any]:
+    """``generate``'s arguments for ``settings``: greedy at temperature 0, else sampled."""
+    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": pad_id,
+                              "repetition_penalty": settings.repetition_penalty}
+    if settings.temperature > 0:
+        kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def left_padded(prompts: Sequence[Sequence[int]],
+                pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of several prompts as one left-padded batch, and its attention mask."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + list(p) for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return input_ids, mask
+
+
 def generate_batch(model: CausalLM, tokenizer: PreTrainedTokenizerBase,
                    conversations: Sequence[Sequence[ChatMessage]],
                    settings: GenerationSettings, batch_size: int = 8,
@@ -364,22 +373,15 @@ def generate_batch(model: CausalLM, tokenizer: PreTrainedTokenizerBase,
                                       tokenize=False)
         for c in conversations
     ]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = _stop_ids(model, tokenizer)
-    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "pad_token_id": pad_id,
-                    "repetition_penalty": settings.repetition_penalty}
-    if settings.temperature > 0:
-        kwargs.update(do_sample=True, temperature=settings.temperature, top_p=settings.top_p)
-    else:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    kwargs = generation_kwargs(settings, pad_token_id(tokenizer))
     if settings.seed is not None:
         torch.manual_seed(settings.seed)
     answers: list[Generated] = []
     for i in range(0, len(texts), batch_size):
         chunk = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i : i + batch_size]]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in chunk])
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in chunk])
+        input_ids, mask = left_padded(chunk, kwargs["pad_token_id"])
+        width = input_ids.shape[1]
         with torch.inference_mode():
             out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
                                  **kwargs)
