@@ -36,7 +36,7 @@ from bot.core.persona import PersonaProfile
 from bot.core.speech_budget import shape_reply
 from bot.core.textkeys import question_key
 from bot.core.types import ChatMessage, Role
-from bot.infra.llm.chat_model import GenerationSettings, generate_batch
+from bot.infra.llm.chat_model import GenerationSettings, generate_batch, pad_token_id
 from training.evaluate import Answered, Decoding, EvalReport, Gate, ModelAnswerer, evaluate
 from training.general_qa import REPLAY_PROMPTS
 from training.tokenize import IGNORE, Example, encode_conversation
@@ -283,7 +283,7 @@ def train_persona(
                                         ChatMessage(Role.ASSISTANT, a)], config.cutoff_len)
         for q, a in replay
     ]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     peft_model = lora_model(model, config)
     body, head = _lm_parts(peft_model)
     params = [p for p in peft_model.parameters() if p.requires_grad]
