@@ -148,9 +148,8 @@ async def speak_reply(
         out.llm_ms = round((time.perf_counter() - started) * 1000, 1)
         for sentence in sentences.finish(truncated=reply.truncated):
             to_voice.put_nowait(sentence)
-        if not sentences.sentences:
+        if not sentences.sentences:  # nothing sayable: the fallback is said instead
             to_voice.put_nowait(fallback)
-            sentences.sentences.append(fallback)
         to_voice.put_nowait(None)
         chunks = await voicer
     except BaseException:
@@ -159,7 +158,8 @@ async def speak_reply(
         # The model's thread ends at its next token; wait for it so nothing outlives the turn.
         await asyncio.gather(writer, voicer, return_exceptions=True)
         raise
-    out.reply, out.sentences, out.text = reply, sentences.sentences, sentences.text
+    out.reply, out.text = reply, sentences.text or fallback
+    out.sentences = sentences.sentences or [fallback]
     out.tts_ms = round(out.tts_ms, 1)
     out.audio = join_sentences(chunks) if chunks else None
     return out
