@@ -6,6 +6,8 @@ secrets masked (see :func:`Settings.masked`).
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -165,6 +167,12 @@ class Settings(BaseSettings):
         validation_alias=AliasChoices("DISCORD_GATEWAY_URL", "CHATMAN_DISCORD_GATEWAY_URL"))
     discord_guild_ids: str = Field(
         default="", validation_alias=AliasChoices("DISCORD_GUILD_IDS", "CHATMAN_DISCORD_GUILD_IDS"))
+    discord_shard_count: int | None = Field(
+        default=None, ge=1, description="Shards of the whole bot; default: Discord's advice",
+        validation_alias=AliasChoices("DISCORD_SHARD_COUNT", "CHATMAN_DISCORD_SHARD_COUNT"))
+    discord_shard_ids: str = Field(
+        default="", description="Shards this replica runs (e.g. 0,1); default: all",
+        validation_alias=AliasChoices("DISCORD_SHARD_IDS", "CHATMAN_DISCORD_SHARD_IDS"))
     discord_reply_text: Literal["message", "none"] = "message"
     discord_text_voice: bool = False
 
@@ -174,8 +182,24 @@ class Settings(BaseSettings):
     train_max_steps: int | None = Field(default=None, ge=1, description="Default: 60")
     train_progress_seconds: float = Field(default=60.0, ge=0)
     registry_poll_seconds: float = Field(default=10.0, gt=0)
+    run_training: bool = Field(
+        default=True, description="`chatman run` also runs training jobs (off: `chatman worker`s do)")
 
+    # --- replicas: the durable inbox ---
+    replica_id: str | None = Field(
+        default=None, max_length=64, description="This process's name in claims; default host-pid")
+    inbox_lease_seconds: float = Field(
+        default=30.0, ge=1.0, le=3600.0,
+        description="A claimed message whose replica stops renewing it is answered elsewhere after this")
+    inbox_workers: int | None = Field(
+        default=None, ge=1, le=256, description="Chats answered at once; default max_turns_in_flight")
+
+    # --- observability ---
+    metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="/metrics, /healthz and /readyz on their own port (the web console has them too)")
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("asr_language", mode="before")
     @classmethod
@@ -204,6 +228,20 @@ class Settings(BaseSettings):
         if self.llm_backend == "openai" and not self.llm_base_url:
             raise ValueError("CHATMAN_LLM_BACKEND=openai needs CHATMAN_LLM_BASE_URL (the "
                              "engine's API root, e.g. http://127.0.0.1:8000/v1)")
+        return self
+
+    @model_validator(mode="after")
+    def _shards_fit_the_count(self) -> Settings:
+        try:
+            ids = self.discord_shards
+        except ValueError as exc:
+            raise ValueError("DISCORD_SHARD_IDS: comma-separated shard numbers, e.g. 0,1") from exc
+        if ids is not None:
+            if self.discord_shard_count is None:
+                raise ValueError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (all replicas' shards)")
+            if any(not 0 <= i < self.discord_shard_count for i in ids):
+                raise ValueError(f"DISCORD_SHARD_IDS must be between 0 and "
+                                 f"{self.discord_shard_count - 1}")
         return self
 
     @property
@@ -239,6 +277,20 @@ class Settings(BaseSettings):
     @property
     def resolved_model_cache_dir(self) -> Path:
         return self.model_cache_dir or self.data_dir / "models"
+
+    @property
+    def resolved_replica_id(self) -> str:
+        return self.replica_id or f"{socket.gethostname()}-{os.getpid()}"
+
+    @property
+    def resolved_inbox_workers(self) -> int:
+        return self.inbox_workers or self.max_turns_in_flight
+
+    @property
+    def discord_shards(self) -> list[int] | None:
+        """The shard ids this replica runs, or None for all of them."""
+        ids = [int(x) for x in self.discord_shard_ids.split(",") if x.strip()]
+        return ids or None
 
     @property
     def max_upload_bytes(self) -> int:
