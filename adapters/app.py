@@ -35,6 +35,7 @@ from bot.infra.llm.served import ServedNames
 from bot.infra.reply_audio import ReplyAudioStore
 from bot.infra.storage import migrate
 from bot.infra.storage.curation import SqlCuration
+from bot.infra.storage.inbox import SqlInbox
 from bot.infra.storage.jobs import SqlJobQueue
 from bot.infra.storage.registry import SqlRegistry
 from bot.infra.storage.store import SqlStore, make_engine
@@ -43,6 +44,7 @@ from bot.infra.tts.fallback import FallbackSpeech
 from bot.infra.tts.piper_tts import PiperTTS
 from bot.services.admin import AdminService
 from bot.services.chat_queue import ChatQueues
+from bot.services.inbox_worker import InboxWorker
 from bot.services.model_switch import ModelSwitcher
 from bot.services.pipeline import DECODE_WORKERS, PipelineConfig, VoicePipeline
 from training.jobs import TrainingRunner, stop_leftover_worker, training_key
@@ -185,6 +187,10 @@ class ChatmanApp:
     queues: ChatQueues
     # Reply voice notes the web console and the CLI keep on disk.
     reply_audio: ReplyAudioStore
+    # Platform messages, stored before they are acknowledged; answered by inbox_worker (the
+    # adapters register their handlers with it).
+    inbox: SqlInbox
+    inbox_worker: InboxWorker
     # platform → how to send a training notice to a chat there (registered by adapters)
     notifiers: dict[str, Notify] = field(default_factory=dict)
     runner: TrainingRunner | None = None
@@ -260,9 +266,13 @@ class ChatmanApp:
 
         models = ModelSwitcher(registry=registry, pipeline=pipeline, persona=persona,
                                language=language, base_ref=settings.llm_model, factory=model_for)
+        inbox = SqlInbox(store)
+        inbox_worker = InboxWorker(inbox, owner=settings.resolved_replica_id,
+                                   lease_s=settings.inbox_lease_seconds,
+                                   workers=settings.resolved_inbox_workers)
         application = cls(settings, persona, engine, store, codec, asr, tts, pipeline, curation,
                           admin, language, registry, jobs, models,
-                          ChatQueues(settings.chat_queue_limit), reply_audio)
+                          ChatQueues(settings.chat_queue_limit), reply_audio, inbox, inbox_worker)
         admin.on_job_queued = application.wake_runner
         admin.on_model_change = models.request
         return application

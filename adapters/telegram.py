@@ -17,10 +17,9 @@ import logging
 import os
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
-from typing import TypeVar
-from urllib.parse import urlparse
+from typing import Any, TypeVar
 
 import httpx
 
@@ -60,13 +59,14 @@ from telegram.ext import (
     ExtBot,
     MessageHandler,
     TypeHandler,
-    Updater,
     filters,
 )
 
 from adapters.app import ChatmanApp
+from adapters.telegram_ingress import Polling, Webhook, chat_of
 from bot.core.commands import ADMIN_COMMANDS, CHAT_COMMANDS, USER_COMMANDS, Actor, ReplyTarget
 from bot.core.errors import Busy, NotDelivered, UserFacingError
+from bot.core.inbox import ClaimLost, InboxItem, current_item
 from bot.core.jobs import Notice
 from bot.core.messages import Message as Said
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef
@@ -123,7 +123,6 @@ class TelegramAdapter:
             raise ValueError("TELEGRAM_BOT_TOKEN is not set")
         self.app = app
         self.settings = s
-        self.queues = app.queues
         self.webhook_secret = (s.telegram_webhook_secret.get_secret_value()
                                if s.telegram_webhook_secret else secrets.token_urlsafe(32))
         self.application = (
@@ -149,16 +148,11 @@ class TelegramAdapter:
         # must know "this message was processed and nothing (more) came of it".
         self.handled: deque[tuple[str, str]] = deque(maxlen=1000)  # (chat id, message id)
         self.application.add_handler(TypeHandler(Update, self._mark_handled), group=1)
+        self.ingress: Polling | Webhook | None = None
 
     @property
     def bot(self) -> ExtBot[None]:
         return self.application.bot
-
-    @property
-    def updater(self) -> Updater:
-        updater = self.application.updater
-        assert updater is not None, "the application builder always makes an updater"
-        return updater
 
     async def _mark_handled(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.effective_message
@@ -172,32 +166,57 @@ class TelegramAdapter:
         log.info("telegram: signed in as @%s", me.username)
         await self._register_commands()
         await self.application.start()
-        url = self.settings.telegram_webhook_url
-        if url:
-            await self.updater.start_webhook(
-                listen=self.settings.telegram_webhook_listen,
-                port=self.settings.telegram_webhook_port,
-                url_path=urlparse(url).path.lstrip("/"),
-                webhook_url=url,
-                secret_token=self.webhook_secret,
-                allowed_updates=["message"],
-            )
-            log.info("telegram: receiving updates by webhook on %s:%d",
-                     self.settings.telegram_webhook_listen, self.settings.telegram_webhook_port)
-        else:
-            await self.updater.start_polling(
-                allowed_updates=["message"], poll_interval=0.0, timeout=30,
-                bootstrap_retries=-1)
-            log.info("telegram: long polling")
+        # Updates go to the inbox first; whichever replica claims one answers it (process).
+        self.app.inbox_worker.register(PLATFORM, self.process)
+        self.ingress = (Webhook(self.bot, self._receive, self.settings, self.webhook_secret)
+                        if self.settings.telegram_webhook_url
+                        else Polling(self.bot, self._receive))
+        await self.ingress.start()
         self.app.notifiers[PLATFORM] = self.notify
 
     async def stop(self) -> None:
         self.app.notifiers.pop(PLATFORM, None)
-        with contextlib.suppress(RuntimeError):
-            await self.updater.stop()
+        if self.ingress is not None:
+            await self.ingress.stop()
+        await self.app.inbox_worker.unregister(PLATFORM)
         with contextlib.suppress(RuntimeError):
             await self.application.stop()
         await self.application.shutdown()
+
+    # --- the inbox --------------------------------------------------------------------
+    async def _receive(self, update: Mapping[str, Any]) -> None:
+        """Store an update as Telegram sent it (before Telegram is told it arrived)."""
+        chat_id, message = chat_of(update)
+        command = bool(message and str(message.get("text") or "").startswith("/"))
+        # Commands have a line of their own per chat: they never wait behind a voice note.
+        chat_key = (f"{chat_id}:commands" if command else str(chat_id)) if chat_id \
+            else f"update:{update['update_id']}"
+        limit = (self.settings.chat_queue_limit
+                 if message is not None and not command and self._may_be_for_us(message)
+                 else None)
+        fresh = await asyncio.to_thread(self.app.inbox.put, PLATFORM, str(update["update_id"]),
+                                        chat_key, update, limit)
+        if fresh:
+            self.app.inbox_worker.wake()
+
+    def _may_be_for_us(self, message: Mapping[str, Any]) -> bool:
+        """A cheap look at the raw message: could it cost a turn? (Only those count toward a
+        chat's limit, so group chatter never makes a question "busy".)"""
+        chat = message.get("chat") or {}
+        if chat.get("type") == ChatType.PRIVATE:
+            return True
+        if any(k in message for k in ("voice", "audio", "video_note", "document")):
+            return True
+        replied = message.get("reply_to_message") or {}
+        if (replied.get("from") or {}).get("id") == self.bot.id:
+            return True
+        return f"@{self.bot.username}".lower() in str(message.get("text") or "").lower()
+
+    async def process(self, item: InboxItem) -> None:
+        """Answer one update from the inbox, with the handlers as if Telegram had just sent
+        it (the inbox worker has claimed it, so this chat's line waits for it)."""
+        update = Update.de_json(dict(item.payload), self.bot)
+        await self.application.process_update(update)
 
     async def _register_commands(self) -> None:
         def entry(command: str) -> BotCommand:
@@ -314,64 +333,71 @@ class TelegramAdapter:
     async def _serve(self, message: Message, *, audio: Media | None = None,
                      text: str | None = None) -> None:
         chat = self._chat_ref(message)
-        try:
-            slot = self.queues.enter(chat)
-        except Busy as busy:
+        item = current_item.get()
+        if item is not None and item.overflow:
+            # Its chat's line was full when it arrived: told at once, never answered.
             log.info("telegram: chat %s is busy; refused message %d", chat.chat_id,
                      message.message_id)
-            await self._reply_text(message, self._words(busy.message))
+            await self._reply_text(message, self._words(Busy("chat line full").message))
             return
-        async with slot:
-            voice_in = audio is not None
-            want_voice = voice_in or self.settings.telegram_text_voice
+        voice_in = audio is not None
+        want_voice = voice_in or self.settings.telegram_text_voice
 
-            async def deliver(turn: Turn) -> str:
-                # Sent before the turn is stored: a reply the user never got is not kept.
-                sent = await self._send_turn(message, turn)
-                if sent is None:
-                    raise NotDelivered(f"telegram refused the reply in {chat.chat_id}")
-                return str(sent.message_id)
+        async def deliver(turn: Turn) -> str:
+            # Sent before the turn is stored: a reply the user never got is not kept.
+            sent = await self._send_turn(message, turn)
+            if sent is None:
+                raise NotDelivered(f"telegram refused the reply in {chat.chat_id}")
+            return sent
 
-            try:
-                async with self._chat_action(message.chat.id, ChatAction.RECORD_VOICE
-                                             if want_voice else ChatAction.TYPING):
-                    data = None
-                    if audio is not None:
-                        file = await self._send(audio.get_file, "getFile", repeatable=True)
-                        assert file is not None, "getFile refused (403)"
-                        data = bytes(await file.download_as_bytearray())
-                    await self.app.pipeline.handle(Incoming(
-                        chat=chat, user=self._sender(message),
-                        audio=data, text=text, message_id=str(message.message_id),
-                        want_voice=want_voice,
-                    ), deliver=deliver)
-            except UserFacingError as err:
-                await self._reply_text(message, self._words(err.message))
-            except OutcomeUnknown as exc:
-                # Already logged; no "sorry" either: the answer may well have arrived.
-                log.warning("telegram: answer to message %d in %s: %s; not sent again and not "
-                            "stored", message.message_id, chat.chat_id, exc)
-            except NotDelivered as exc:
-                log.warning("telegram: %s; nothing stored", exc)
-            except Exception:
-                log.exception("telegram: could not answer message %d in %s", message.message_id,
-                              chat.chat_id)
-                await self._reply_text(message, self._words(Said("error.internal")))
+        try:
+            async with self._chat_action(message.chat.id, ChatAction.RECORD_VOICE
+                                         if want_voice else ChatAction.TYPING):
+                data = None
+                if audio is not None:
+                    file = await self._send(audio.get_file, "getFile", repeatable=True)
+                    assert file is not None, "getFile refused (403)"
+                    data = bytes(await file.download_as_bytearray())
+                await self.app.pipeline.handle(Incoming(
+                    chat=chat, user=self._sender(message),
+                    audio=data, text=text, message_id=str(message.message_id),
+                    want_voice=want_voice, receipt=item.receipt if item else None,
+                ), deliver=deliver)
+        except UserFacingError as err:
+            await self._reply_text(message, self._words(err.message))
+        except ClaimLost as exc:
+            # This replica's claim ran out and another replica answers the message: no apology.
+            log.warning("telegram: %s; not stored here", exc)
+        except OutcomeUnknown as exc:
+            # Already logged; no "sorry" either: the answer may well have arrived.
+            log.warning("telegram: answer to message %d in %s: %s; not sent again and not "
+                        "stored", message.message_id, chat.chat_id, exc)
+        except NotDelivered as exc:
+            log.warning("telegram: %s; nothing stored", exc)
+        except Exception:
+            log.exception("telegram: could not answer message %d in %s", message.message_id,
+                          chat.chat_id)
+            await self._reply_text(message, self._words(Said("error.internal")))
 
-    async def _send_turn(self, message: Message, turn: Turn) -> Message | None:
-        reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
+    async def _send_turn(self, message: Message, turn: Turn) -> str | None:
+        """The id of the message carrying the reply, or None unless all of it was sent."""
         voice = turn.voice
         if voice is None:
-            return await self._reply_text(message, turn.reply)
+            return await self._reply_text(message, turn.reply, part="text")
+        reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
         mode = self.settings.telegram_reply_text
         caption = turn.reply if mode == "caption" and len(turn.reply) <= \
             MessageLimit.CAPTION_LENGTH else None
-        await self._action_once(message.chat.id, ChatAction.UPLOAD_VOICE)
-        sent = await self._send(lambda: self.bot.send_voice(
-            message.chat.id, voice=voice.data, duration=max(1, round(voice.duration_s)),
-            caption=caption, reply_parameters=reply, filename="reply.ogg"), "sendVoice")
+
+        async def send_voice() -> Message:
+            await self._action_once(message.chat.id, ChatAction.UPLOAD_VOICE)
+            return await self.bot.send_voice(
+                message.chat.id, voice=voice.data, duration=max(1, round(voice.duration_s)),
+                caption=caption, reply_parameters=reply, filename="reply.ogg")
+
+        sent = await self._send_part("voice", send_voice, "sendVoice")
         if sent is not None and mode != "none" and caption is None:
-            if await self._reply_text(message, turn.reply) is None:
+            if await self._reply_text(message, turn.reply, part="text") is None:
                 return None  # the user did not get all of it: not stored
         return sent
 
@@ -441,14 +467,15 @@ class TelegramAdapter:
                     "sendPhoto")
 
     # --- sending ----------------------------------------------------------------------
-    async def _reply_text(self, message: Message, text: str) -> Message | None:
-        """The first message sent, or None unless every part of ``text`` surely was sent
-        (a part that may have arrived is not sent again, nor is the rest)."""
+    async def _reply_text(self, message: Message, text: str, *,
+                          part: str = "reply") -> str | None:
+        """The id of the first message sent, or None unless every part of ``text`` surely was
+        sent (a part that may have arrived is not sent again, nor is the rest)."""
         reply = ReplyParameters(message.message_id, allow_sending_without_reply=True)
         first = None
-        for chunk in _chunks(text, MessageLimit.MAX_TEXT_LENGTH):
+        for i, chunk in enumerate(_chunks(text, MessageLimit.MAX_TEXT_LENGTH)):
             try:
-                sent = await self._send(functools.partial(
+                sent = await self._send_part(f"{part}:{i}", functools.partial(
                     self.bot.send_message, message.chat.id, chunk, reply_parameters=reply),
                     "sendMessage")
             except OutcomeUnknown:
@@ -457,6 +484,26 @@ class TelegramAdapter:
                 return None
             first = first or sent
         return first
+
+    async def _send_part(self, part: str, call: Callable[[], Awaitable[Message]],
+                         method: str) -> str | None:
+        """Send one message of the answer to the inbox message being answered, unless a
+        replica that answered it before (and then died) already did: sends are recorded under
+        the message and ``part``, so the user never gets one twice. Returns its message id."""
+        item = current_item.get()
+        if item is not None:
+            done = await asyncio.to_thread(self.app.inbox.sent, item.id)
+            if part in done:
+                log.info("telegram: %s %s of %s was sent before; not again", method, part,
+                         item.turn_id)
+                return done[part]
+        sent = await self._send(call, method)
+        if sent is None:
+            return None
+        if item is not None:
+            await asyncio.to_thread(self.app.inbox.record_sent, item.id, part,
+                                    str(sent.message_id))
+        return str(sent.message_id)
 
     async def _send(self, call: Callable[[], Awaitable[T]], method: str, *,
                     repeatable: bool = False) -> T | None:

@@ -1,8 +1,9 @@
 """Connection-level limits for the web console, below FastAPI.
 
-- :class:`HeaderTimeoutH11` closes a connection whose request headers have not all arrived
-  within a time limit (uvicorn has a keep-alive timeout but none for slow or missing headers,
-  so a thousand half-open connections would stay open for ever).
+- :class:`HeaderTimeoutH11` (in :mod:`adapters.http_server`, shared with the Telegram webhook)
+  closes a connection whose request headers have not all arrived within a time limit (uvicorn
+  has a keep-alive timeout but none for slow or missing headers, so a thousand half-open
+  connections would stay open for ever).
 - :class:`RequestLimits` wraps the ASGI app: the body may not grow past a size limit whatever
   ``Content-Length`` or ``Transfer-Encoding`` claim (it is counted as it streams in, so no
   spooled temp file grows past the limit either), a body must keep arriving (idle timeout) and
@@ -21,52 +22,13 @@ import re
 import time
 from collections.abc import Callable, Iterable
 
-import h11
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from adapters.http_server import HeaderTimeoutH11 as HeaderTimeoutH11
 
 log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "[::1]")
-
-
-class HeaderTimeoutH11(H11Protocol):
-    """uvicorn's h11 protocol, closing connections that send no complete request headers."""
-
-    header_timeout: float = 10.0
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._arm_header_timer()
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # The next request on a kept-alive connection gets the same deadline.
-        self._arm_header_timer()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-        super().connection_lost(exc)
-
-    def _arm_header_timer(self) -> None:
-        timer: asyncio.TimerHandle | None = getattr(self, "_header_timer", None)
-        if timer is not None:
-            timer.cancel()
-        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_overdue)
-
-    def _headers_overdue(self) -> None:
-        self._header_timer = None
-        # IDLE: the client has not finished a request line and headers since we armed.
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            log.info("web: closed a connection from %s that sent no request headers in %.0f s",
-                     self.client[0] if self.client else "?", self.header_timeout)
-            self.transport.close()
-
-    @classmethod
-    def with_timeout(cls, seconds: float) -> type[HeaderTimeoutH11]:
-        return type("HeaderTimeoutH11", (cls,), {"header_timeout": seconds})
 
 
 class _Refused(Exception):

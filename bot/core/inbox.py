@@ -7,7 +7,8 @@ Guarantees (see :class:`Inbox`; the SQL implementation is ``bot/infra/storage/in
   the delivery (a Telegram update id, a Discord message id), so a redelivered one is ignored.
 * **One chat at a time, in arrival order.** Only the oldest unfinished message of a chat can be
   claimed, and a claim is held until its message is finished: the chat's lock lives in the
-  database, so it holds across replicas.
+  database, so it holds across replicas. A message that finds its chat's line full
+  (``chat_limit``) is marked overflow: claimable at once, to be told "busy".
 * **Answered once.** A claim is a lease renewed while the replica works on it; a replica that
   dies stops renewing, and after ``lease`` seconds another replica may claim the message again.
   The turn is stored and the message marked done in one transaction, fenced by the claim's
@@ -19,10 +20,10 @@ Guarantees (see :class:`Inbox`; the SQL implementation is ``bot/infra/storage/in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -60,6 +61,9 @@ class InboxItem:
     #: claims so far, this one included
     attempts: int
     claim: str
+    #: it arrived while its chat already had its limit of messages waiting: it is answered
+    #: at once, out of order, with "busy" (it never holds up the chat's line)
+    overflow: bool = False
 
     @property
     def receipt(self) -> Receipt:
@@ -85,13 +89,22 @@ class ClaimLost(RuntimeError):
 
 
 class Inbox(Protocol):
-    def put(self, platform: str, key: str, chat_key: str, payload: Mapping[str, Any]) -> bool:
-        """Store a delivery; False if this platform delivered ``key`` before (ignored)."""
+    def put(self, platform: str, key: str, chat_key: str, payload: Mapping[str, Any],
+            chat_limit: int | None = None) -> bool:
+        """Store a delivery; False if this platform delivered ``key`` before (ignored).
+        ``chat_limit``: unfinished messages a chat may have; one more is stored as overflow."""
         ...
 
-    def claim(self, owner: str, lease_s: float) -> InboxItem | None:
-        """The oldest claimable message of some chat with nothing else in progress, now held
-        by ``owner`` for ``lease_s`` seconds; None when there is none."""
+    def claim(self, owner: str, lease_s: float,
+              platforms: Collection[str]) -> InboxItem | None:
+        """The oldest claimable message of ``platforms`` (the head of a chat with nothing else
+        in progress, or an overflow), now held by ``owner`` for ``lease_s`` seconds; None when
+        there is none."""
+        ...
+
+    def release(self, receipt: Receipt) -> None:
+        """Give a claimed message back unanswered (this replica is stopping): claimable again
+        at once, the attempt not counted."""
         ...
 
     def renew(self, receipts: list[Receipt], lease_s: float) -> list[Receipt]:
@@ -111,6 +124,10 @@ class Inbox(Protocol):
     def record_sent(self, inbox_id: int, part: str, platform_message_id: str) -> None: ...
 
     def stats(self) -> InboxStats: ...
+
+    def prune(self, older_than: timedelta) -> int:
+        """Forget finished messages received before ``older_than`` ago; returns how many."""
+        ...
 
 
 #: The message the current task answers (set by the inbox worker around an adapter's handler,

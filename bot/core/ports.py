@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from bot.core.inbox import Receipt
 from bot.core.streaming import ReplyStream
 from bot.core.types import ChatMessage, ChatRef, LlmReply, Pcm, Transcript, Turn, UserRef, VoiceNote
 
@@ -93,8 +94,13 @@ class Store(Protocol):
     def recent_history(self, chat: ChatRef, limit: int) -> list[ChatMessage]: ...
 
     def record_turn(self, chat: ChatRef, user: UserRef, message_id: str | None, turn: Turn,
-                    input_kind: str, reply_message_id: str | None = None) -> int:
-        """Persist the exchange and its history messages atomically; returns the exchange id."""
+                    input_kind: str, reply_message_id: str | None = None,
+                    receipt: Receipt | None = None) -> int:
+        """Persist the exchange and its history messages atomically; returns the exchange id.
+
+        With ``receipt`` (the message came through the inbox), its inbox message is marked done
+        in the same transaction, or :class:`bot.core.inbox.ClaimLost` is raised and nothing is
+        stored."""
 
     def answers_every_voice(self, chat: ChatRef) -> bool:
         """Whether an admin set this chat to have every voice note answered (/answerall on)."""

@@ -7,6 +7,8 @@ from enum import StrEnum
 
 import numpy as np
 
+from bot.core.inbox import Receipt
+
 
 class ChatKind(StrEnum):
     PRIVATE = "private"
@@ -92,6 +94,8 @@ class Incoming:
     text: str | None = None
     message_id: str | None = None
     want_voice: bool = True
+    #: the inbox claim it is answered under (see bot/core/inbox.py); None: not through the inbox
+    receipt: Receipt | None = None
 
 
 @dataclass(slots=True)

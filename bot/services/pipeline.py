@@ -258,6 +258,7 @@ class VoicePipeline:
             turn,
             "voice" if msg.audio is not None else "text",
             reply_id,
+            msg.receipt,
         )
         log.info(
             "turn %s/%s exchange=%s tokens=%d timings=%s",

@@ -28,6 +28,7 @@ def upgrade() -> None:
         sa.Column('claim', sa.String(length=36), nullable=True),
         sa.Column('lease_until', sa.DateTime(timezone=True), nullable=True),
         sa.Column('attempts', sa.Integer(), nullable=False),
+        sa.Column('overflow', sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column('error', sa.Text(), nullable=True),
         sa.Column('received_at', sa.DateTime(timezone=True), nullable=False),
         sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),

@@ -12,14 +12,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, select
+from sqlalchemy import create_engine, event, select, update
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from bot.core.curation import PairStatus
+from bot.core.inbox import ClaimLost, InboxState, Receipt
 from bot.core.textkeys import history_pairs, question_key
 from bot.core.types import ChatMessage, ChatRef, Role, Turn, UserRef
-from bot.infra.storage.models import Chat, Exchange, HistoryMessage, Pair, User
+from bot.infra.storage.models import (
+    Chat,
+    Exchange,
+    HistoryMessage,
+    InboxMessage,
+    Pair,
+    User,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,19 @@ class StoredExchange:
     reply_message_id: str | None
     reply_duration_s: float | None
     created_at: datetime
+
+
+def _mark_inbox_done(s: Session, receipt: Receipt) -> None:
+    """Raises :class:`ClaimLost` (rolling the caller's transaction back) unless the claim is
+    still the one ``receipt`` proves."""
+    done = s.execute(
+        update(InboxMessage)
+        .where(InboxMessage.id == receipt.inbox_id, InboxMessage.claim == receipt.claim,
+               InboxMessage.state == InboxState.CLAIMED)
+        .values(state=InboxState.DONE, finished_at=utcnow())
+        .execution_options(synchronize_session=False))
+    if done.rowcount != 1:  # type: ignore[attr-defined]
+        raise ClaimLost(f"inbox message {receipt.inbox_id} was claimed elsewhere meanwhile")
 
 
 class SqlStore:
@@ -111,8 +133,13 @@ class SqlStore:
         return [ChatMessage(Role(r.role), r.content, r.speaker) for r in reversed(rows)]
 
     def record_turn(self, chat: ChatRef, user: UserRef, message_id: str | None, turn: Turn,
-                    input_kind: str, reply_message_id: str | None = None) -> int:
+                    input_kind: str, reply_message_id: str | None = None,
+                    receipt: Receipt | None = None) -> int:
+        """Store the turn; with ``receipt``, also mark its inbox message done, in the same
+        transaction: a turn is stored once, by the replica that still holds the claim."""
         with self.session() as s, s.begin():
+            if receipt is not None:
+                _mark_inbox_done(s, receipt)
             chat_row = self._chat(s, chat)
             user_row = self._user(s, user)
             exchange = Exchange(
