@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 
 import uvicorn
 from fastapi import FastAPI
@@ -82,6 +83,8 @@ class HealthServer:
 
     def __init__(self, app: ChatmanApp, port: int, host: str = METRICS_HOST) -> None:
         s = app.settings
+        self.host, self.port = host, port
+        self._socket: socket.socket | None = None
         self.server = uvicorn.Server(uvicorn.Config(
             health_api(app), host=host, port=port, log_level="warning", access_log=False,
             lifespan="off", log_config=None,
@@ -91,13 +94,22 @@ class HealthServer:
         self.url = ""
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve(), name="health-server")
+        """Raises OSError when the port is taken (bound here: uvicorn would exit the process)."""
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        self._socket = sock
+        self._task = asyncio.create_task(self.server.serve(sockets=[sock]), name="health-server")
         while not self.server.started:
             if self._task.done():
-                self._task.result()  # e.g. the port is taken
+                self._task.result()
                 raise RuntimeError("the metrics server stopped while starting")
             await asyncio.sleep(0.05)
-        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
         log.info("metrics and health checks on %s (/metrics, /healthz, /readyz)", self.url)
 
@@ -106,3 +118,5 @@ class HealthServer:
         if self._task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._task
+        if self._socket is not None:
+            self._socket.close()

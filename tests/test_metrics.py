@@ -289,3 +289,19 @@ async def test_one_turn_id_follows_a_voice_note_through_the_pipeline(tmp_path, l
     assert len(turns) == 2
     assert turns[0]["turn_id"] == "telegram-41"
     assert turns[1]["turn_id"] not in (None, "telegram-41")
+
+
+async def test_a_metrics_port_that_is_taken_stops_chatman_run_before_anything_starts(tmp_path):
+    import socket
+
+    from adapters.app import AppState
+    from adapters.run import health_checks
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        app = build(tmp_path, metrics_port=taken.getsockname()[1])
+        with pytest.raises(OSError, match="in use"):
+            async with health_checks(app):
+                pytest.fail("entered with the port taken")
+    assert app.state is AppState.CLOSED
