@@ -32,6 +32,7 @@ from bot.infra.audio.isolated import IsolatedDecoder
 from bot.infra.llm.chat_model import GenerationSettings, TransformersChatModel
 from bot.infra.llm.openai_model import OpenAIChatModel, ServingEngine
 from bot.infra.llm.served import ServedNames
+from bot.infra.metrics import PrometheusMetrics, Sources
 from bot.infra.reply_audio import ReplyAudioStore
 from bot.infra.storage import migrate
 from bot.infra.storage.curation import SqlCuration
@@ -194,6 +195,8 @@ class ChatmanApp:
     # platform → how to send a training notice to a chat there (registered by adapters)
     notifiers: dict[str, Notify] = field(default_factory=dict)
     runner: TrainingRunner | None = None
+    # What /metrics answers (its own registry: one per application).
+    metrics: PrometheusMetrics = field(default_factory=PrometheusMetrics)
     state: AppState = AppState.NEW
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -234,6 +237,7 @@ class ChatmanApp:
         serving = build_serving_engine(settings) if settings.llm_backend == "openai" else None
         llm = llm or build_llm(settings, max_new_tokens=token_cap, serving=serving)
         tts = tts or build_tts(settings, persona)
+        metrics = PrometheusMetrics()
         pipeline = VoicePipeline(
             codec=codec, asr=asr, llm=llm, tts=tts, store=store,
             config=PipelineConfig(
@@ -247,6 +251,7 @@ class ChatmanApp:
             ),
             # User files are decoded in niced worker processes, never in the bot's own.
             decoder=IsolatedDecoder(codec, DECODE_WORKERS),
+            observer=metrics,
         )
         reply_audio = ReplyAudioStore(settings.data_dir / "replies")
         curation = SqlCuration(store, persona.name)
@@ -272,7 +277,12 @@ class ChatmanApp:
                                    workers=settings.resolved_inbox_workers)
         application = cls(settings, persona, engine, store, codec, asr, tts, pipeline, curation,
                           admin, language, registry, jobs, models,
-                          ChatQueues(settings.chat_queue_limit), reply_audio, inbox, inbox_worker)
+                          ChatQueues(settings.chat_queue_limit), reply_audio, inbox, inbox_worker,
+                          metrics=metrics)
+        # Read at scrape time.
+        metrics.sources = Sources(turns_in_flight=lambda: pipeline.turns.count,
+                                  model_version=lambda: pipeline.llm.version, jobs=jobs,
+                                  inbox_stats=inbox.stats)
         admin.on_job_queued = application.wake_runner
         admin.on_model_change = models.request
         return application

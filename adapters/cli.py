@@ -56,7 +56,7 @@ def _settings() -> Settings:
         settings = Settings()
     except ValidationError as exc:
         raise _fail(f"invalid settings: {describe_validation_error(exc)}") from exc
-    configure_logging(settings.log_level, settings.secret_values())
+    configure_logging(settings.log_level, settings.secret_values(), settings.log_format)
     _quiet_libraries()
     _loaded = settings
     return settings

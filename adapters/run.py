@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import AsyncIterator
 from typing import Protocol
 
 from adapters.app import ChatmanApp
@@ -45,6 +46,29 @@ def configured_adapters(app: ChatmanApp) -> list[Adapter]:
     return adapters
 
 
+@contextlib.asynccontextmanager
+async def health_checks(app: ChatmanApp) -> AsyncIterator[None]:
+    """/metrics, /healthz and /readyz on CHATMAN_METRICS_PORT (if set) for the block: entered
+    before the application starts, so /readyz tells a load balancer "not yet" while the
+    models load, and left after it stopped. If they cannot start, the application is closed."""
+    port = app.settings.metrics_port
+    if port is None:
+        yield
+        return
+    from adapters.health import HealthServer
+
+    server = HealthServer(app, port)
+    try:
+        await server.start()
+    except BaseException:  # e.g. the port is taken
+        app.close()
+        raise
+    try:
+        yield
+    finally:
+        await server.stop()
+
+
 async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Start the app (models, training jobs, registry follower) and the adapters until ``stop``."""
     stop = stop or asyncio.Event()
@@ -60,7 +84,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     started: list[Adapter] = []
-    async with app.running(background=True):
+    async with health_checks(app), app.running(background=True):
         try:
             for adapter in adapters:
                 await adapter.start()

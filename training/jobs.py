@@ -286,6 +286,8 @@ class TrainingRunner:
             recent = r.step_seconds[-10:]
             progress = {"stage": "training", "step": step, "max_steps": total,
                         "loss": event["loss"], "kl": event["kl"],
+                        # seconds a step takes lately (the metrics' step rate)
+                        "step_s": round(sum(recent) / len(recent), 3),
                         "eta_s": round(sum(recent) / len(recent) * (total - step), 1)}
             await asyncio.to_thread(self.queue.update, job.id, progress=progress)
             now = time.monotonic()

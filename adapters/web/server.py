@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.app import ChatmanApp
+from adapters.health import add_health_routes
 from adapters.render import error_json, result_json
 from adapters.web.limits import HeaderTimeoutH11, RequestLimits, allowed_hosts
 from bot.core.commands import (
@@ -233,6 +234,9 @@ def create_api(app: ChatmanApp, admin_token: str) -> FastAPI:
             detail = "The request body could not be read (too large a field, or malformed)."
         return JSONResponse({"error": detail}, status_code=err.status_code,
                             headers=getattr(err, "headers", None))
+
+    # /metrics, /healthz, /readyz: open like the chat (no admin token), and read-only.
+    add_health_routes(api, app)
 
     @api.get("/", response_class=HTMLResponse)
     async def chat_page() -> str:

@@ -187,6 +187,9 @@ class JobRepository(Protocol):
 
     def recent(self, limit: int = 5) -> list[JobView]: ...
 
+    def count_by_status(self) -> dict[JobStatus, int]:
+        """How many of the persona's jobs are in each status (only statuses with some)."""
+
     def get(self, job_id: int) -> JobView | None: ...
 
     def claim_next(self) -> JobView | None:

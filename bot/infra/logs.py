@@ -1,8 +1,10 @@
 """Logging set-up that keeps secrets out of every log line, tracebacks included.
 
 :func:`configure_logging` routes every logger to one root handler whose formatter masks the
-whole formatted record (message, exception text and stack). :func:`mask` applies the same
-masking to text the CLI prints itself.
+whole formatted record (message, exception text and stack), as text lines or as one JSON object
+a line (``CHATMAN_LOG_FORMAT=json``). Every record carries the turn it was logged in
+(``turn_id``, see :mod:`bot.core.tracing`). :func:`mask` applies the same masking to text the
+CLI prints itself.
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ import sys
 import threading
 from collections.abc import Iterable, Mapping
 from types import TracebackType
-from typing import cast
+from typing import Literal, cast
 from urllib.parse import quote, quote_plus
+
+from pythonjsonlogger.json import JsonFormatter
+
+from bot.core.tracing import turn_id
 
 MASK = "***"
 
@@ -27,6 +33,11 @@ LIBRARY_LOGGERS = (
 )
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: The fields of a JSON line (then ``exc_info``/``stack_info`` when there are, and any extras).
+JSON_FIELDS = ("asctime", "levelname", "name", "turn_id", "message")
+JSON_RENAMED = {"asctime": "time", "levelname": "level", "name": "logger"}
+
+LogFormat = Literal["text", "json"]
 
 
 def _variants(secret: str) -> set[str]:
@@ -112,11 +123,43 @@ def _masked_args(args: tuple[object, ...] | Mapping[str, object],
 _plain = logging.Formatter()
 
 
+class TurnIdFilter(logging.Filter):
+    """Stamps each record with the turn it was logged in (``record.turn_id``, None outside
+    any). Handlers run in the logging call's thread and context, so the id is the caller's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.turn_id = turn_id.get()
+        return True
+
+
 class MaskingFormatter(logging.Formatter):
-    """Masks the whole formatted output, whatever a record carries (message, traceback, stack)."""
+    """Masks the whole formatted output, whatever a record carries (message, traceback, stack).
+
+    A record logged inside a turn says so after the logger's name: ``name [turn tg-12]: …``."""
 
     def __init__(self, masker: Masker, fmt: str = FORMAT) -> None:
         super().__init__(fmt)
+        self.masker = masker
+
+    def format(self, record: logging.LogRecord) -> str:
+        turn = getattr(record, "turn_id", None)
+        if turn is None:
+            return self.masker(super().format(record))
+        name = record.name
+        record.name = f"{name} [turn {turn}]"
+        try:
+            return self.masker(super().format(record))
+        finally:
+            record.name = name
+
+
+class MaskingJsonFormatter(JsonFormatter):
+    """One JSON object a line (``time``, ``level``, ``logger``, ``turn_id``, ``message``, then
+    ``exc_info`` and extras), masked whole like the text lines: the masker knows each secret's
+    JSON-escaped form too."""
+
+    def __init__(self, masker: Masker) -> None:
+        super().__init__(list(JSON_FIELDS), rename_fields=JSON_RENAMED)
         self.masker = masker
 
     def format(self, record: logging.LogRecord) -> str:
@@ -132,12 +175,16 @@ def mask(text: str) -> str:
     return _masker(text)
 
 
-def configure_logging(level: str, secrets: Iterable[str] = ()) -> None:
+def configure_logging(level: str, secrets: Iterable[str] = (), fmt: LogFormat = "text") -> None:
+    """Every logger through one handler on stderr: ``fmt`` lines (``json``: one object a line),
+    secrets masked, each record stamped with its turn id."""
     global _masker
     _masker = Masker(secrets)
     handler = logging.StreamHandler()
-    handler.setFormatter(MaskingFormatter(_masker))
+    handler.setFormatter(MaskingJsonFormatter(_masker) if fmt == "json"
+                         else MaskingFormatter(_masker))
     handler.addFilter(SecretMaskingFilter(_masker))
+    handler.addFilter(TurnIdFilter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -27,6 +27,7 @@ from bot.core.errors import EmptyInput, NoSpeech, ServerBusy, TextTooLong, UserF
 from bot.core.events import Heard, OnEvent, Stage
 from bot.core.loudness import is_silent
 from bot.core.messages import Message
+from bot.core.observe import NoObserver, TurnObserver, failure_kind
 from bot.core.ports import (
     AudioCodec,
     ChatModel,
@@ -37,6 +38,7 @@ from bot.core.ports import (
 )
 from bot.core.speech_budget import SpeechBudget
 from bot.core.textkeys import clean_user_text
+from bot.core.tracing import ensure_turn
 from bot.core.types import ChatKind, ChatMessage, Incoming, Pcm, Role, Transcript, Turn
 from bot.core.wording import word
 from bot.services.chat_queue import InFlight
@@ -94,9 +96,11 @@ class VoicePipeline:
         store: Store,
         config: PipelineConfig,
         decoder: Decoder | None = None,
+        observer: TurnObserver | None = None,
     ) -> None:
         """``decoder``: where uploads are decoded (the composition root hands over worker
-        processes at a low CPU priority); without one, ``codec.decode`` runs in a thread."""
+        processes at a low CPU priority); without one, ``codec.decode`` runs in a thread.
+        ``observer`` hears every turn's outcome and timings (metrics)."""
         self.codec, self.asr, self.llm, self.tts, self.store = codec, asr, llm, tts, store
         # The prompt the answering model is served with: a version answers with the system
         # prompt it was trained with, so it is swapped together with the model.
@@ -106,6 +110,7 @@ class VoicePipeline:
             weakref.WeakValueDictionary()
         )
         self._decoder = decoder
+        self.observer: TurnObserver = observer or NoObserver()
         # A burst of legitimate voice notes (as many as may be answered at once) queues for the
         # decoders rather than being refused; each decode is bounded in CPU time, so the wait
         # stays short even when the queue is all hostile files.
@@ -174,6 +179,19 @@ class VoicePipeline:
 
         ``on_event`` hears the turn as it happens (:mod:`bot.core.events`): the web console
         shows the text growing and plays each sentence as soon as it is voiced."""
+        # Every log line of the turn, in this task and the threads it uses, carries its id
+        # (the inbox worker's, when the message came through the inbox).
+        with ensure_turn():
+            try:
+                turn = await self._in_chat_order(msg, deliver, on_event)
+            except Exception as err:
+                self.observer.turn_failed(msg.chat.platform, failure_kind(err))
+                raise
+            self.observer.turn_done(msg.chat.platform, turn)
+            return turn
+
+    async def _in_chat_order(self, msg: Incoming, deliver: Deliver | None,
+                             on_event: OnEvent | None) -> Turn:
         # The chat's lock is taken on arrival (asyncio locks are FIFO), so a quick text message
         # cannot overtake a voice note sent before it that is still being transcribed.
         async with self._lock_for(msg):

@@ -91,6 +91,13 @@ class SqlJobQueue:
                              .order_by(TrainingJob.id.desc()).limit(limit)).all()
             return [_view(j) for j in rows]
 
+    def count_by_status(self) -> dict[JobStatus, int]:
+        with self.store.session() as s:
+            rows = s.execute(select(TrainingJob.status, func.count())
+                             .where(TrainingJob.persona == self.persona)
+                             .group_by(TrainingJob.status)).all()
+            return {JobStatus(status): count for status, count in rows}
+
     def get(self, job_id: int) -> JobView | None:
         with self.store.session() as s:
             j = s.get(TrainingJob, job_id)

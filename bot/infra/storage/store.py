@@ -87,6 +87,11 @@ class SqlStore:
     def session(self) -> Session:
         return self._sessions()
 
+    def ping(self) -> None:
+        """Raise unless the database answers a trivial query (readiness)."""
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
     def _find_chat(self, s: Session, chat: ChatRef) -> Chat | None:
         return s.scalar(
             select(Chat).where(Chat.platform == chat.platform, Chat.platform_chat_id == chat.chat_id)
