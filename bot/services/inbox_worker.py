@@ -82,8 +82,7 @@ class InboxWorker:
             await self._places.acquire()
             self._wake.clear()
             try:
-                item = await asyncio.to_thread(self.inbox.claim, self.owner, self.lease_s,
-                                               tuple(self._handlers))
+                item = await self._claim()
             except Exception:
                 log.exception("inbox: claiming failed; trying again in %.1f s", self.poll_s * 4)
                 item = None
@@ -101,6 +100,19 @@ class InboxWorker:
             task = asyncio.create_task(self._answer(item),
                                        name=f"inbox-{item.platform}-{item.id}")
             self._working[item.receipt] = task
+
+    async def _claim(self) -> InboxItem | None:
+        claiming = asyncio.ensure_future(asyncio.to_thread(
+            self.inbox.claim, self.owner, self.lease_s, tuple(self._handlers)))
+        try:
+            return await asyncio.shield(claiming)
+        except asyncio.CancelledError:
+            # Stopping mid-claim: the thread claims anyway; give it straight back rather than
+            # leave it to wait out its lease.
+            item = await claiming
+            if item is not None:
+                await asyncio.to_thread(self.inbox.release, item.receipt)
+            raise
 
     async def _answer(self, item: InboxItem) -> None:
         handler = self._handlers[item.platform]

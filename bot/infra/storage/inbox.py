@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 #: chats still find one each.
 CANDIDATES = 8
 OPEN = (InboxState.PENDING, InboxState.CLAIMED)
+GAVE_UP = object()
 
 
 def _item(row: InboxMessage) -> InboxItem:
@@ -79,17 +80,20 @@ class SqlInbox:
 
     def claim(self, owner: str, lease_s: float,
               platforms: Collection[str]) -> InboxItem | None:
-        now = utcnow()
         while True:
+            now = utcnow()
             with self.store.session() as s, s.begin():
                 ids = s.scalars(self._claimable(now, platforms)).all()
+                gave_up = False
                 for inbox_id in ids:
                     item = self._take(s, inbox_id, owner, lease_s, now)
-                    if item is not None:
+                    if isinstance(item, InboxItem):
                         return item
-                if len(ids) < CANDIDATES:
+                    gave_up = gave_up or item is GAVE_UP
+                if len(ids) < CANDIDATES and not gave_up:
                     return None
-            # Every candidate went to someone else between read and claim: read again.
+            # Every candidate went to someone else between read and claim, or one was given
+            # up (its chat's next message may be claimable now): read again.
 
     @staticmethod
     def _claimable(now: datetime, platforms: Collection[str]) -> Any:
@@ -109,7 +113,8 @@ class SqlInbox:
 
     @staticmethod
     def _take(s: Session, inbox_id: int, owner: str, lease_s: float,
-              now: datetime) -> InboxItem | None:
+              now: datetime) -> InboxItem | object | None:
+        """The item now claimed, None if another claimer was first, or GAVE_UP."""
         claim = str(uuid.uuid4())
         taken = s.execute(
             update(InboxMessage)
@@ -132,7 +137,7 @@ class SqlInbox:
                       row.platform, row.id, row.delivery_key, row.attempts - 1)
             row.state, row.error, row.finished_at = (
                 InboxState.FAILED, "crashed every replica that answered it", now)
-            return None
+            return GAVE_UP
         return _item(row)
 
     def renew(self, receipts: list[Receipt], lease_s: float) -> list[Receipt]:

@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 
@@ -23,9 +24,18 @@ def _config(engine: Engine) -> Config:
     return cfg
 
 
+#: PostgreSQL advisory lock id held while upgrading ("chatman" in ASCII).
+UPGRADE_LOCK = 0x63686174_6D616E
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Upgrade the schema. Replicas starting together upgrade one after the other: the
+    PostgreSQL upgrade takes a transaction-scoped advisory lock first, so the second one waits
+    and then finds the schema current (two concurrent CREATE TABLEs would fail one start)."""
     cfg = _config(engine)
     with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(select(func.pg_advisory_xact_lock(UPGRADE_LOCK)))
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
 
