@@ -21,9 +21,10 @@ from bot.core.config import STARTER, Settings
 from bot.core.curation import CurationRepository
 from bot.core.errors import EngineUnavailable
 from bot.core.jobs import JobRepository, Notice, Notify
+from bot.core.notices import NoticeOutbox
 from bot.core.persona import PersonaProfile, load_persona
 from bot.core.ports import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer
-from bot.core.registry import RegistryRepository, Served
+from bot.core.registry import ModelStatus, RegistryRepository, Served
 from bot.core.speech_budget import SpeechBudget
 from bot.core.types import ChatRef
 from bot.infra.asr import FasterWhisperASR
@@ -38,6 +39,7 @@ from bot.infra.storage import migrate
 from bot.infra.storage.curation import SqlCuration
 from bot.infra.storage.inbox import SqlInbox
 from bot.infra.storage.jobs import SqlJobQueue
+from bot.infra.storage.notices import SqlNoticeOutbox
 from bot.infra.storage.registry import SqlRegistry
 from bot.infra.storage.store import SqlStore, make_engine
 from bot.infra.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
@@ -47,8 +49,9 @@ from bot.services.admin import AdminService
 from bot.services.chat_queue import ChatQueues
 from bot.services.inbox_worker import InboxWorker
 from bot.services.model_switch import ModelSwitcher
+from bot.services.notice_relay import NoticeRelay
 from bot.services.pipeline import DECODE_WORKERS, PipelineConfig, VoicePipeline
-from training.jobs import TrainingRunner, stop_leftover_worker, training_key
+from training.jobs import TrainingRunner, training_key
 
 log = logging.getLogger(__name__)
 
@@ -192,9 +195,12 @@ class ChatmanApp:
     # adapters register their handlers with it).
     inbox: SqlInbox
     inbox_worker: InboxWorker
+    # Training notices for platforms this process has no adapter for (a `chatman worker`'s).
+    outbox: NoticeOutbox
     # platform → how to send a training notice to a chat there (registered by adapters)
     notifiers: dict[str, Notify] = field(default_factory=dict)
     runner: TrainingRunner | None = None
+    relay: NoticeRelay | None = None
     # What /metrics answers (its own registry: one per application).
     metrics: PrometheusMetrics = field(default_factory=PrometheusMetrics)
     state: AppState = AppState.NEW
@@ -278,7 +284,7 @@ class ChatmanApp:
         application = cls(settings, persona, engine, store, codec, asr, tts, pipeline, curation,
                           admin, language, registry, jobs, models,
                           ChatQueues(settings.chat_queue_limit), reply_audio, inbox, inbox_worker,
-                          metrics=metrics)
+                          SqlNoticeOutbox(store, persona.name), metrics=metrics)
         # Read at scrape time.
         metrics.sources = Sources(turns_in_flight=lambda: pipeline.turns.count,
                                   model_version=lambda: pipeline.llm.version, jobs=jobs,
@@ -297,25 +303,30 @@ class ChatmanApp:
         return install_starter(self.settings, self.persona, self.registry, self.language)
 
     # --- lifecycle ----------------------------------------------------------------------
-    async def start(self, load_models: bool = True, background: bool = False) -> None:
+    async def start(self, load_models: bool = True, background: bool = False,
+                    training: bool | None = None) -> None:
         """Upgrade the schema, pick the active model version, load the models side by side.
 
-        ``background`` also runs training jobs and follows version changes made elsewhere:
-        what a long-running bot does, not a one-shot CLI command. A start that fails stops
-        what it had started and leaves the app STOPPED (close it).
+        ``background`` also follows version changes made elsewhere and sends the training
+        notices other processes stored: what a long-running bot does, not a one-shot CLI
+        command. ``training`` runs training jobs (default: with ``background``, if
+        CHATMAN_RUN_TRAINING); ``chatman worker`` runs them alone, serving nothing. A start
+        that fails stops what it had started and leaves the app STOPPED (close it).
         """
         if self.state is not AppState.NEW:
             raise LifecycleError(f"start() on an app that is {self.state}: build a new one")
+        if training is None:
+            training = background and self.settings.run_training
         self.state = AppState.STARTING
         try:
-            await self._start(load_models, background)
+            await self._start(load_models, background, training)
         except BaseException:
             await self._stop_background()
             self.state = AppState.STOPPED
             raise
         self.state = AppState.RUNNING
 
-    async def _start(self, load_models: bool, background: bool) -> None:
+    async def _start(self, load_models: bool, background: bool, training: bool) -> None:
         self.models.attach(asyncio.get_running_loop())
         await asyncio.to_thread(self.migrate)
         await asyncio.to_thread(self.install_starter)
@@ -323,20 +334,36 @@ class ChatmanApp:
         if load_models:
             await asyncio.gather(self.pipeline.warm_up(), asyncio.to_thread(self._load_llm),
                                  *(asyncio.to_thread(m.load) for m in (self.asr, self.tts)))
+        if training:
+            # A process that serves swaps to a version that passed; one that only trains
+            # (`chatman worker`) leaves that to the replicas' registry followers.
+            self.runner = TrainingRunner(
+                self.jobs, self.registry, self.settings, curation=self.curation,
+                notify=self.notify,
+                on_release=self.models.release if background else self._release_unserved)
+            await self.runner.recover(restarted=True)
+            self._tasks.append(asyncio.create_task(self.runner.run_forever(),
+                                                   name="training-jobs"))
         if background:
-            stuck = await asyncio.to_thread(self.jobs.recover, "interrupted: the bot restarted",
-                                            stop_leftover_worker)
-            for job in stuck:
-                await asyncio.to_thread(self.registry.fail_job_candidates, job.id, job.error or "")
-                log.warning("training job #%d was running when the bot stopped; marked failed",
-                            job.id)
-            self.runner = TrainingRunner(self.jobs, self.registry, self.settings,
-                                         curation=self.curation, notify=self.notify,
-                                         on_release=self.models.release)
+            self.relay = NoticeRelay(self.outbox, self.notifiers,
+                                     self.settings.resolved_replica_id)
             self._tasks += [
-                asyncio.create_task(self.runner.run_forever(), name="training-jobs"),
+                asyncio.create_task(self.relay.run_forever(), name="training-notices"),
                 asyncio.create_task(self.models.follow(self.settings.registry_poll_seconds),
                                     name="model-registry")]
+
+    async def _release_unserved(self, version: str) -> str | None:
+        """A version passed in a process that serves nothing: with runtime LoRA the engine
+        loads its adapter now, as a replica's switch would (OpenAIChatModel.load), so the
+        replicas' first turns on it don't wait for that; else the replicas' followers load it.
+        None when it is active, else why not."""
+        s = self.settings
+        if s.llm_backend == "openai" and s.llm_lora_adapters:
+            return await self.models.release(version)
+        found = await asyncio.to_thread(self.registry.get, version)
+        if found is not None and found.status == ModelStatus.ACTIVE:
+            return None
+        return "; ".join(found.reasons) if found else "unknown version"
 
     def _load_llm(self) -> None:
         try:
@@ -380,11 +407,11 @@ class ChatmanApp:
         self.state = AppState.CLOSED
 
     @contextlib.asynccontextmanager
-    async def running(self, load_models: bool = True,
-                      background: bool = False) -> AsyncIterator[ChatmanApp]:
+    async def running(self, load_models: bool = True, background: bool = False,
+                      training: bool | None = None) -> AsyncIterator[ChatmanApp]:
         """Started for the block, stopped and closed after it (even when it raises)."""
         try:
-            await self.start(load_models=load_models, background=background)
+            await self.start(load_models=load_models, background=background, training=training)
             yield self
         finally:
             await self.stop()
@@ -405,11 +432,17 @@ class ChatmanApp:
 
     # --- training notices ---------------------------------------------------------------
     async def notify(self, chat: ChatRef, notice: Notice) -> None:
+        """Sent through this process's adapter for the chat's platform; without one (a
+        `chatman worker`, a replica without that platform) stored for a replica that has it."""
         send = self.notifiers.get(chat.platform)
-        if send is None:
-            log.info("no adapter for %s to tell about job #%d", chat.platform, notice.job_id)
+        if send is not None:
+            await send(chat, notice)
             return
-        await send(chat, notice)
+        log.info("no %s adapter here: job #%d's notice is stored for a replica that has one",
+                 chat.platform, notice.job_id)
+        await asyncio.to_thread(self.outbox.add, chat, notice)
+        if self.relay is not None:
+            self.relay.wake()
 
     def wake_runner(self) -> None:
         if self.runner is not None:

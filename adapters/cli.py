@@ -1,4 +1,4 @@
-"""`chatman` command line: ask, doctor, admin, dataset, eval, train, models, db."""
+"""`chatman` command line: ask, run, worker, doctor, admin, dataset, eval, train, models, db."""
 
 from __future__ import annotations
 
@@ -190,6 +190,17 @@ def run() -> None:
         asyncio.run(serve(settings))
     except NoAdapterConfigured as exc:
         raise _fail(str(exc)) from exc
+
+
+@app.command()
+def worker() -> None:
+    """Run training jobs only, until Ctrl-C (SIGINT/SIGTERM): on any host that reaches the
+    database and the shared data directory. Pair with CHATMAN_RUN_TRAINING=false on the bots."""
+    settings = _settings()
+    _preflight(settings)
+    from adapters.worker import run_worker
+
+    asyncio.run(run_worker(settings))
 
 
 @app.command()

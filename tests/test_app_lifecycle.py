@@ -49,9 +49,10 @@ async def test_closing_while_background_work_runs_is_refused(tmp_path):
     assert app.runner is not None
     with pytest.raises(LifecycleError, match="stop"):
         app.close()
-    # Refused means untouched: the job runner and the registry follower still run.
-    assert [t.get_name() for t in app._tasks if not t.done()] == ["training-jobs",
-                                                                  "model-registry"]
+    # Refused means untouched: the job runner, the notice relay and the registry follower
+    # still run.
+    assert [t.get_name() for t in app._tasks if not t.done()] == [
+        "training-jobs", "training-notices", "model-registry"]
     await app.stop()
     app.close()
     assert state(app) is AppState.CLOSED

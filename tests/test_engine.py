@@ -160,6 +160,24 @@ async def test_lora_mode_loads_the_version_adapter_on_activate_once(tmp_path, vl
     assert KEY not in caplog.text
 
 
+@pytest.mark.parametrize("lora", [True, False])
+async def test_a_training_worker_loads_a_version_that_passed_into_the_engine(tmp_path, vllm,
+                                                                             tokenizer_dir, lora):
+    # `chatman worker`: the job runner alone, nothing served by this process.
+    app = engine_app(tmp_path, vllm.url, tokenizer_dir, llm_lora_adapters=lora)
+    async with app.running(load_models=False, background=False, training=True):
+        assert app.runner is not None
+        version = register(app, export(tmp_path, tokenizer_dir, "v1"))
+        app.registry.activate(version, "test:ada")  # as the trainer does when the gate passes
+        problem = await app.runner.on_release(version)
+    assert problem is None
+    if lora:  # loaded (and checked with one token) before any replica's turn needs it
+        assert [b["lora_name"] for b in vllm.loads] == [version]
+        assert [c.model for c in vllm.chats] == [version]
+    else:  # the replicas' followers load it; the worker touches nothing
+        assert vllm.loads == [] and vllm.chats == []
+
+
 async def test_streamed_pieces_join_into_the_reply_decoded_as_served(tmp_path, vllm,
                                                                      tokenizer_dir):
     app = engine_app(tmp_path, vllm.url, tokenizer_dir, llm_temperature=0.5, llm_top_p=0.8,

@@ -268,7 +268,7 @@ def test_two_bots_never_run_two_trainers_for_a_persona(two_bots):
         with a.store.session() as s, s.begin():
             s.add_all([TrainingJob(persona="manman", status=JobStatus.QUEUED,
                                    requested_by="test:1", progress={}) for _ in range(2)])
-        got = together(a.claim_next, b.claim_next)
+        got = together(lambda: a.claim_next("a"), lambda: b.claim_next("b"))
         assert not [g for g in got if isinstance(g, Exception)], got
         claimed = [g for g in got if g is not None]
         assert len(claimed) == 1, f"round {n}: {got}"
@@ -277,7 +277,7 @@ def test_two_bots_never_run_two_trainers_for_a_persona(two_bots):
         running = [j.id for j in b.open_jobs() if j.status == JobStatus.RUNNING]
         assert running == [winner.id], f"round {n}"
         # While it runs, neither bot claims the other queued job.
-        assert together(a.claim_next, b.claim_next) == [None, None]
+        assert together(lambda: a.claim_next("a"), lambda: b.claim_next("b")) == [None, None]
         a.finish(winner.id, JobStatus.SUCCEEDED)
         [left] = a.open_jobs()
         a.cancel(left.id, "test:1")
@@ -293,7 +293,7 @@ def test_two_bots_queue_one_job_and_a_cancel_is_never_lost_to_a_claim(two_bots):
         assert len(jobs) == 1 and len(refused) == 1, f"round {n}: {queued}"
         assert [j.id for j in a.open_jobs()] == [jobs[0].id]
 
-        claim, cancel = together(a.claim_next,
+        claim, cancel = together(lambda: a.claim_next("a"),
                                  functools.partial(b.cancel, jobs[0].id, "test:ops"))
         assert isinstance(cancel, JobView), cancel
         job = a.get(jobs[0].id)

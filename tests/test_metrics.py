@@ -131,7 +131,7 @@ def test_training_jobs_inbox_and_step_rate_are_read_at_scrape_time(tmp_path):
     try:
         app.migrate()
         job, _ = app.jobs.enqueue("test:1")
-        assert app.jobs.claim_next() is not None
+        assert app.jobs.claim_next("test-replica") is not None
         app.jobs.update(job.id, progress={"stage": "training", "step": 3, "max_steps": 20,
                                           "step_s": 0.25})
         app.jobs.enqueue("test:2")
@@ -161,7 +161,7 @@ def test_jobs_are_counted_by_status_on_each_database(database_url):
         jobs, other = SqlJobQueue(store, "manman"), SqlJobQueue(store, "someone-else")
         assert jobs.count_by_status() == {}
         first, _ = jobs.enqueue("test:1")
-        jobs.claim_next()
+        jobs.claim_next("test-replica")
         jobs.finish(first.id, JobStatus.FAILED, "broken")
         jobs.enqueue("test:2")
         other.enqueue("test:3")

@@ -54,7 +54,7 @@ def key(dataset: str = "a", steps: int = 60, base: str = "starter") -> TrainingK
 
 def test_the_queue_refuses_a_job_identical_to_the_running_one(queue):
     first, _ = queue.enqueue("test:1", None, 60, key())
-    assert queue.claim_next().id == first.id
+    assert queue.claim_next("test").id == first.id
     with pytest.raises(DuplicateJob) as same:
         queue.enqueue("test:2", None, 60, key())
     assert same.value.job.id == first.id
@@ -80,7 +80,7 @@ def test_cancelling_queued_and_running_jobs_in_the_queue(queue):
         queue.cancel(None, "test:1")
     assert nothing.value.user_message == "No training job is queued or running; nothing to cancel."
     running, _ = queue.enqueue("test:1", None, 60, key())
-    queue.claim_next()
+    queue.claim_next("test")
     waiting, _ = queue.enqueue("test:1", None, 60, key("b"))
     with pytest.raises(JobError) as which:
         queue.cancel(None, "test:1")
@@ -90,7 +90,7 @@ def test_cancelling_queued_and_running_jobs_in_the_queue(queue):
 
     cancelled = queue.cancel(waiting.id, "test:ada")
     assert cancelled.status == JobStatus.CANCELLED and cancelled.error == "cancelled by test:ada"
-    assert queue.claim_next() is None  # never runs
+    assert queue.claim_next("test") is None  # never runs
 
     # A running job is only flagged: its runner stops the trainer and finishes it.
     flagged = queue.cancel(None, "test:ada")
@@ -212,7 +212,7 @@ def test_canceltrain_cancels_a_queued_job_and_explains_itself(app):
 
 def test_a_cancel_nobody_confirms_says_so_and_a_restart_honours_it(app):
     job_id = retrain(app, 5).data["job"]["id"]
-    assert app.jobs.claim_next().id == job_id  # "running", but no runner: the bot is down
+    assert app.jobs.claim_next("test").id == job_id  # "running", but no runner: the bot is down
     unconfirmed = app.admin.cancel_training(ADMIN, wait_seconds=0)
     assert unconfirmed.message == (
         f"Asked training job #{job_id} to stop, but no job runner has confirmed yet (is the bot "
@@ -221,7 +221,8 @@ def test_a_cancel_nobody_confirms_says_so_and_a_restart_honours_it(app):
     assert not unconfirmed.data["cancelled"]
     assert "stopping, cancelled by test:1" in app.admin.execute(ADMIN, "/trainstatus").message
     # The next start finds the job without a runner and records it as the cancel it was.
-    [recovered] = app.jobs.recover("interrupted: the bot restarted", stop_leftover_worker)
+    [recovered] = app.jobs.recover("test", 60, "interrupted: the bot restarted",
+                                    stop_leftover_worker)
     assert (recovered.status, recovered.error) == (JobStatus.CANCELLED, "cancelled by test:1")
 
 

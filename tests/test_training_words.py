@@ -78,7 +78,7 @@ def test_trainstatus_describes_jobs_in_the_personas_language(zh_app):
 
     queued, _ = zh_app.jobs.enqueue("telegram:1", None, 60, None)
     assert said(zh_app, "/trainstatus")[0].splitlines()[1] == "任务 #1 排队中，由 telegram:1 发起"
-    zh_app.jobs.claim_next()
+    zh_app.jobs.claim_next("test")
     zh_app.jobs.update(queued.id, model_version="manman-v1",
                        progress={"step": 3, "max_steps": 20, "loss": 0.5, "eta_s": 61})
     words, english = said(zh_app, "/trainstatus")

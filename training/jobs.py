@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 
 #: How long a trainer asked to stop (SIGTERM) may take before it is killed (SIGKILL).
 STOP_GRACE_SECONDS = 10.0
+#: How often a runner says it still runs its job, and how long a silence means it is gone:
+#: a job whose runner (or its host) died is failed by any other runner within about a minute.
+#: Hosts' clocks must agree to well within the difference (NTP does).
+HEARTBEAT_SECONDS = 10.0
+STALE_AFTER_SECONDS = 60.0
 
 
 def training_key(curation: CurationRepository, persona: PersonaProfile, language: str,
@@ -83,11 +88,14 @@ class _Running:
     done: dict[str, Any] | None = None
     error: str | None = None
     cancelled_by: str | None = None  # set once the runner stops the trainer for a cancel
+    lost: bool = False  # the job was taken back from this runner (it looked dead)
 
 
 class TrainingRunner:
     #: The trainer process; it reads the request on stdin and reports JSON lines on stdout.
     worker_command: tuple[str, ...] = (sys.executable, "-m", "training.worker")
+    heartbeat_seconds = HEARTBEAT_SECONDS
+    stale_after_seconds = STALE_AFTER_SECONDS
 
     def __init__(
         self,
@@ -98,9 +106,12 @@ class TrainingRunner:
         curation: CurationRepository,
         notify: Notify,
         on_release: Callable[[str], Awaitable[str | None]],
+        owner: str | None = None,
     ) -> None:
         """``on_release(version)`` hot-swaps to a version that passed; returns an error or None.
-        ``curation`` is the persona's dataset, read to record what each job trains on."""
+        ``curation`` is the persona's dataset, read to record what each job trains on.
+        ``owner``: this runner's name on the jobs it claims (default CHATMAN_REPLICA_ID)."""
+        self.owner = owner or settings.resolved_replica_id
         self.queue = queue
         self.registry = registry
         self.settings = settings
@@ -119,19 +130,46 @@ class TrainingRunner:
         if loop is not None:
             loop.call_soon_threadsafe(self._wake.set)
 
+    async def recover(self, restarted: bool = False) -> list[JobView]:
+        """Take back running jobs nobody runs any more (JobRepository.recover): those whose
+        heartbeat stopped, and with ``restarted`` this runner's own from before a restart.
+        Their versions fail too, and whoever asked is told."""
+        taken = await asyncio.to_thread(
+            self.queue.recover, self.owner if restarted else None, self.stale_after_seconds,
+            "interrupted: the bot restarted", stop_leftover_worker)
+        for job in taken:
+            log.warning("training job #%d was running with nobody running it; %s: %s", job.id,
+                        job.status, job.error)
+            await asyncio.to_thread(self.registry.fail_job_candidates, job.id, job.error or "")
+            await self._tell(job, Message("notice.failed", {"id": job.id,
+                                                            "reason": job.error or ""}),
+                             final=True)
+        return taken
+
     async def run_forever(self) -> None:
         self._loop = asyncio.get_running_loop()
+        recovered = 0.0
         while not self._stopping:
+            if time.monotonic() - recovered >= self.heartbeat_seconds:
+                # Between jobs: a job whose runner died elsewhere ends, so the queue moves on.
+                recovered = time.monotonic()
+                try:
+                    await self.recover()
+                except Exception:
+                    log.exception("could not look for abandoned training jobs")
             try:
-                job = await asyncio.to_thread(self.queue.claim_next)
+                job = await asyncio.to_thread(self.queue.claim_next, self.owner)
             except Exception:  # the database away for a moment: try again at the next poll
                 log.exception("could not look for queued training jobs")
                 job = None
             if job is None:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.registry_poll_seconds)
+                    await asyncio.wait_for(self._wake.wait(), min(
+                        self.settings.registry_poll_seconds, self.heartbeat_seconds))
                 self._wake.clear()
                 continue
+            log.info("training job #%d claimed by %s (requested by %s)", job.id, self.owner,
+                     job.requested_by)
             try:
                 await self.run_job(job)
             except asyncio.CancelledError:
@@ -216,7 +254,7 @@ class TrainingRunner:
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log_file,
             )
         running = self.current = _Running(job, process)
-        watcher = None
+        watcher = heart = None
         try:
             stdin, stdout = process.stdin, process.stdout
             assert stdin is not None and stdout is not None  # both piped above
@@ -224,6 +262,8 @@ class TrainingRunner:
             await asyncio.to_thread(self.queue.update, job.id, pid=process.pid)
             watcher = asyncio.create_task(self._watch_for_cancel(running),
                                           name=f"training-job-{job.id}-cancel")
+            heart = asyncio.create_task(self._heartbeat(running),
+                                        name=f"training-job-{job.id}-heartbeat")
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 # A trainer stopped at once (cancelled) may be gone before it reads this.
                 stdin.write(json.dumps(request).encode())
@@ -246,10 +286,11 @@ class TrainingRunner:
             await _kill(process)
             raise
         finally:
-            if watcher is not None:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            for task in (watcher, heart):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
             self.current = None
         await self._finish(running, code, log_path)
 
@@ -268,6 +309,23 @@ class TrainingRunner:
             # Nudged at once by a cancel in this process; other processes are seen by the poll.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.registry_poll_seconds)
+
+    async def _heartbeat(self, r: _Running) -> None:
+        """Tell the other runners this job is alive; stop the trainer if it was taken back
+        (this runner looked dead to them: the database was out of reach for too long)."""
+        while r.process.returncode is None:
+            await asyncio.sleep(self.heartbeat_seconds)
+            try:
+                alive = await asyncio.to_thread(self.queue.heartbeat, r.job.id, self.owner)
+            except Exception:  # the database away for a moment: the next beat may get through
+                log.warning("training job #%d: heartbeat failed", r.job.id, exc_info=True)
+                continue
+            if not alive:
+                log.error("training job #%d was taken back from %s; stopping its trainer",
+                          r.job.id, self.owner)
+                r.lost = True
+                await _stop(r.process)
+                return
 
     async def _on_event(self, r: _Running, event: dict[str, Any]) -> None:
         kind = event.get("event")
@@ -308,6 +366,14 @@ class TrainingRunner:
 
     async def _finish(self, r: _Running, code: int, log_path: Path) -> None:
         job = r.job
+        if r.lost:
+            # Whoever took the job back ended it, failed its versions and told the admin; a
+            # version the trainer activated meanwhile is vouched for by nobody.
+            log.warning("training job #%d: its trainer stopped after the job was taken back",
+                        job.id)
+            await self._unvouch(r.version, "its job was taken back from a runner that "
+                                           "looked dead")
+            return
         if r.cancelled_by is not None and not (code == 0 and r.done is not None):
             await self._cancelled(r)
             return
@@ -342,17 +408,22 @@ class TrainingRunner:
         job, reason = r.job, f"cancelled by {r.cancelled_by}"
         # The versions first: whoever waits for the job to end sees the registry settled.
         await asyncio.to_thread(self.registry.fail_job_candidates, job.id, reason)
-        if r.version is not None:
-            # Stopped right after it activated its version: the one before answers again.
-            version = await asyncio.to_thread(self.registry.get, r.version)
-            if version is not None and version.status == ModelStatus.ACTIVE:
-                await asyncio.to_thread(self.registry.fail, r.version, reason)
-                await self.on_release(r.version)  # follows the registry back
+        await self._unvouch(r.version, reason)
         await asyncio.to_thread(self.queue.finish, job.id, JobStatus.CANCELLED, reason)
         if r.cancelled_by != job.requested_by:  # whoever cancelled was told by their command
             await self._tell(job, Message("notice.cancelled", {"id": job.id,
                                                                "by": r.cancelled_by}),
                              final=True)
+
+    async def _unvouch(self, version: str | None, reason: str) -> None:
+        """A trainer stopped right after it activated ``version``: the one before answers
+        again."""
+        if version is None:
+            return
+        found = await asyncio.to_thread(self.registry.get, version)
+        if found is not None and found.status == ModelStatus.ACTIVE:
+            await asyncio.to_thread(self.registry.fail, version, reason)
+            await self.on_release(version)  # follows the registry back
 
     async def _tell(self, job: JobView, message: Message, image: Path | None = None,
                     final: bool = False) -> None:

@@ -67,6 +67,9 @@ class JobView:
     base_model: str | None = None
     config: dict[str, Any] | None = None
     cancel_requested_by: str | None = None
+    # Who runs it (a replica id) and when its runner last said it still does.
+    owner: str | None = None
+    heartbeat_at: datetime | None = None
 
     @property
     def key(self) -> TrainingKey | None:
@@ -104,7 +107,7 @@ class JobView:
         d = {k: v for k, v in self.__dict__.items() if k != "notify"}
         d["notify"] = ({"platform": self.notify.platform, "chat_id": self.notify.chat_id}
                        if self.notify else None)
-        for key in ("created_at", "started_at", "finished_at"):
+        for key in ("created_at", "started_at", "finished_at", "heartbeat_at"):
             d[key] = d[key].isoformat() if d[key] else None
         return d
 
@@ -192,9 +195,14 @@ class JobRepository(Protocol):
 
     def get(self, job_id: int) -> JobView | None: ...
 
-    def claim_next(self) -> JobView | None:
-        """The oldest queued job, now ``running``, unless one is running already (across
-        processes: at most one running job per persona, each job claimed at most once)."""
+    def claim_next(self, owner: str) -> JobView | None:
+        """The oldest queued job, now ``running`` and owned by ``owner`` (its heartbeat starts
+        now), unless one is running already (across processes: at most one running job per
+        persona, each job claimed at most once)."""
+
+    def heartbeat(self, job_id: int, owner: str) -> bool:
+        """``owner`` still runs the job; False when it no longer does (the job ended, or was
+        taken back from an owner that looked dead): its trainer must stop."""
 
     def update(self, job_id: int, **values: Unpack[JobUpdate]) -> None: ...
 
@@ -211,7 +219,16 @@ class JobRepository(Protocol):
     def wait_ended(self, job_id: int, timeout: float, poll: float = 0.5) -> JobView:
         """The job once it is no longer open, or as it is after ``timeout`` seconds."""
 
-    def recover(self, reason: str, stop_worker: Callable[[int | None], None]) -> list[JobView]:
-        """After a restart: every job still ``running`` has nobody running it. Its leftover
-        trainer is handed to ``stop_worker`` (its pid, if one was recorded), then the job is
-        marked failed with ``reason`` (or cancelled, if a cancel was asked for)."""
+    def recover(self, owner: str | None, stale_after: float, reason: str,
+                stop_worker: Callable[[int | None], None]) -> list[JobView]:
+        """Take back running jobs nobody runs any more; returns them, ended.
+
+        * ``owner``'s own jobs (a restart of that runner; None: none): its leftover trainer
+          is handed to ``stop_worker`` (its pid, if one was recorded), then the job is marked
+          failed with ``reason``. Jobs from before owners were recorded count as these.
+        * anybody's job whose heartbeat is older than ``stale_after`` seconds: its runner is
+          gone (or cut off), on a host whose processes are not ours to stop; marked failed
+          with a reason that says so.
+
+        A job a cancel was asked for ends cancelled instead. Jobs with a fresh heartbeat and
+        another owner are left alone."""

@@ -35,10 +35,27 @@ class Message:
         """JSON-ready: ``{"code": …, "params": {…}}``, nested messages likewise."""
         return {"code": self.code, "params": {k: _plain(v) for k, v in self.params.items()}}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> Message:
+        """The message :meth:`to_dict` made (a stored notice). A parameter that is a mapping
+        is a nested message: plain values never are."""
+        params = data.get("params") or {}
+        assert isinstance(params, Mapping)
+        return cls(str(data["code"]), {str(k): _param(v) for k, v in params.items()})
+
 
 def _plain(value: Param) -> object:
     if isinstance(value, Message):
         return value.to_dict()
     if isinstance(value, list):
         return [_plain(v) for v in value]
+    return value
+
+
+def _param(value: object) -> Param:
+    if isinstance(value, Mapping):
+        return Message.from_dict(value)
+    if isinstance(value, list):
+        return [Message.from_dict(v) for v in value]
+    assert value is None or isinstance(value, str | int | float | bool), value
     return value

@@ -12,9 +12,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Unpack
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from bot.core.jobs import DuplicateJob, JobError, JobStatus, JobUpdate, JobView, TrainingKey
@@ -32,7 +33,8 @@ def _view(j: TrainingJob) -> JobView:
     return JobView(j.id, j.persona, JobStatus(j.status), j.requested_by, notify, j.max_steps,
                    dict(j.progress or {}), j.pid, j.model_version, j.error, j.created_at,
                    j.started_at, j.finished_at, j.dataset_sha256, j.base_model,
-                   dict(j.config) if j.config is not None else None, j.cancel_requested_by)
+                   dict(j.config) if j.config is not None else None, j.cancel_requested_by,
+                   j.owner, j.heartbeat_at)
 
 
 class SqlJobQueue:
@@ -125,8 +127,9 @@ class SqlJobQueue:
         elif dialect == "postgresql":
             s.execute(select(func.pg_advisory_xact_lock(_lock_key(self.persona))))
 
-    def claim_next(self) -> JobView | None:
-        """The oldest queued job, now ``running``, unless one is running already.
+    def claim_next(self, owner: str) -> JobView | None:
+        """The oldest queued job, now ``running`` and ``owner``'s, unless one is running
+        already.
 
         Safe with several bots (processes) on one database: at most one job of the persona is
         ever ``running``, and each queued job is claimed at most once.
@@ -146,8 +149,18 @@ class SqlJobQueue:
             if job is None:
                 return None
             job.status, job.started_at = JobStatus.RUNNING, utcnow()
+            job.owner, job.heartbeat_at = owner, job.started_at
             job.progress = {"stage": "starting the trainer"}
             return _view(job)
+
+    def heartbeat(self, job_id: int, owner: str) -> bool:
+        with self.store.session() as s, s.begin():
+            # Conditional, so an owner whose job was taken back learns it and stops its trainer.
+            done = s.execute(update(TrainingJob)
+                             .where(TrainingJob.id == job_id, TrainingJob.owner == owner,
+                                    TrainingJob.status == JobStatus.RUNNING)
+                             .values(heartbeat_at=utcnow()))
+            return bool(getattr(done, "rowcount", 0) == 1)
 
     def update(self, job_id: int, **values: Unpack[JobUpdate]) -> None:
         with self.store.session() as s, s.begin():
@@ -226,24 +239,49 @@ class SqlJobQueue:
             with self._ended:
                 self._ended.wait(min(poll, left))
 
-    def recover(self, reason: str, stop_worker: Callable[[int | None], None]) -> list[JobView]:
-        """After a restart: no job may stay ``running`` with nobody running it.
+    def recover(self, owner: str | None, stale_after: float, reason: str,
+                stop_worker: Callable[[int | None], None]) -> list[JobView]:
+        """Take back running jobs nobody runs any more (see JobRepository.recover).
 
-        ``stop_worker`` stops a leftover trainer (the runner knows what its processes look
-        like); each is stopped before its job is marked ended, in the same transaction, so no
-        other trainer can be claimed while it still runs.
+        ``stop_worker`` stops a leftover trainer of ``owner``'s (the runner knows what its
+        processes look like); each is stopped before its job is marked ended, in the same
+        transaction, so no other trainer can be claimed while it still runs. A job another
+        runner owns is never stopped here: its pid names a process on that runner's host.
         """
         with self.store.session() as s, s.begin():
-            stuck = s.scalars(select(TrainingJob).where(TrainingJob.persona == self.persona,
-                                                        TrainingJob.status == JobStatus.RUNNING)
-                              ).all()
-            for job in stuck:
-                stop_worker(job.pid)
-                # A cancel that came while the bot was down is honoured as what it was.
+            # Serialised with claims, so a job claimed a moment ago is seen with its heartbeat.
+            self._lock(s)
+            now = utcnow()
+            cutoff = now - timedelta(seconds=stale_after)
+            running = s.scalars(select(TrainingJob).where(
+                TrainingJob.persona == self.persona, TrainingJob.status == JobStatus.RUNNING)
+                                .order_by(TrainingJob.id)).all()
+            taken: list[TrainingJob] = []
+            for job in running:
+                # Rows from before owners were recorded were claimed by this host's only bot.
+                mine = owner is not None and job.owner in (owner, None)
+                if mine:
+                    stop_worker(job.pid)
+                    why = reason
+                elif job.heartbeat_at is None or _aware(job.heartbeat_at) < cutoff:
+                    last = (f"{(now - _aware(job.heartbeat_at)).total_seconds():.0f} s ago"
+                            if job.heartbeat_at else "never")
+                    why = (f"interrupted: its runner {job.owner or '(unknown)'} stopped "
+                           f"responding (last heartbeat {last})")
+                    log.warning("training job #%d: %s", job.id, why)
+                else:
+                    continue
+                # A cancel that came while nobody ran it is honoured as what it was.
                 status, error = ((JobStatus.CANCELLED, f"cancelled by {job.cancel_requested_by}")
-                                 if job.cancel_requested_by else (JobStatus.FAILED, reason))
-                job.status, job.error, job.finished_at, job.pid = status, error, utcnow(), None
-            return [_view(j) for j in stuck]
+                                 if job.cancel_requested_by else (JobStatus.FAILED, why))
+                job.status, job.error, job.finished_at, job.pid = status, error, now, None
+                taken.append(job)
+            return [_view(j) for j in taken]
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands datetimes back without their zone; they were stored in UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def _lock_key(persona: str) -> int:

@@ -248,6 +248,33 @@ class TrainingJob(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Who runs it (the claimer's CHATMAN_REPLICA_ID) and when it last said it still does: a job
+    # whose heartbeat stopped is taken back by any runner, one of its own owner's on restart.
+    owner: Mapped[str | None] = mapped_column(String(64))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class TrainingNoticeRow(Base):
+    """A training notice waiting for a replica with the chat's platform to send it (see
+    :mod:`bot.core.notices`): written by a runner that has no adapter for that platform."""
+
+    __tablename__ = "training_notices"
+    __table_args__ = (Index("ix_training_notices_chat", "persona", "platform", "chat_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    persona: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[int] = mapped_column(Integer)
+    platform: Mapped[str] = mapped_column(String(32))
+    chat_id: Mapped[str] = mapped_column(String(128))
+    message: Mapped[dict[str, Any]] = mapped_column(JSON)  # Message.to_dict()
+    image: Mapped[str | None] = mapped_column(Text)  # a file under the shared data dir
+    final: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), index=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
 
 
 class InboxMessage(Base):
