@@ -6,6 +6,11 @@ not strings); responses are ``{"ok": true, "result": ...}`` or ``{"ok": false, "
 Tests inject updates and read what the bot sent; ``fail_next`` queues error replies;
 ``answer_after`` makes a method do its work (a message is sent) but hold its answer until an
 event is set, as a slow server whose answer comes after the client gave up waiting.
+
+Updates reach the bot as the real server hands them out: by ``getUpdates`` until a webhook is
+set, then POSTed to the webhook (:mod:`tests.fakes.telegram_webhook` says how) and refused to
+``getUpdates`` with 409 Conflict, until ``deleteWebhook``. Updates not yet delivered either way
+stay pending across the switch, as on the real server.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from tests.fakes import Json, LocalServer, eventually
+from tests.fakes.telegram_webhook import Attempt, WebhookSender
 
 T = TypeVar("T")
 
@@ -59,7 +65,14 @@ class Sent:
 
 
 class FakeTelegram(LocalServer):
-    def __init__(self) -> None:
+    """The Bot API server. Webhook knobs: ``webhook_timeout`` (seconds before an unanswered
+    POST counts as failed), ``retry_backoff``/``retry_backoff_max`` (the first and the longest
+    wait before a failed update is sent again), ``duplicate_every`` (every Nth pushed update is
+    delivered twice, see :meth:`push`)."""
+
+    def __init__(self, *, webhook_timeout: float = 10.0, retry_backoff: float = 0.1,
+                 retry_backoff_max: float = 1.0, duplicate_every: int = 0) -> None:
+        #: updates not yet delivered (by getUpdates: not yet confirmed by its offset), oldest first
         self.updates: list[Json] = []
         self.sent: list[Sent] = []
         self.calls: list[str] = []
@@ -75,6 +88,12 @@ class FakeTelegram(LocalServer):
         self._message_ids = itertools.count(1000)
         self._file_ids = itertools.count(1)
         self._new_update = asyncio.Condition()
+        self.duplicate_every = duplicate_every
+        #: update ids to deliver once more after their next 2xx
+        self._redeliver: set[int] = set()
+        self.webhook_sender = WebhookSender(lambda: self.updates, self._delivered,
+                                            timeout=webhook_timeout, backoff=retry_backoff,
+                                            backoff_max=retry_backoff_max)
 
     # --- lifecycle ------------------------------------------------------------------
     def routes(self, app: web.Application) -> None:
@@ -84,6 +103,7 @@ class FakeTelegram(LocalServer):
     async def stop(self) -> None:
         for held in self.answer_after.values():
             held.set()
+        await self.webhook_sender.close()
         await super().stop()
 
     @property
@@ -99,10 +119,19 @@ class FakeTelegram(LocalServer):
         return {"message_id": next(self._message_ids), "date": int(time.time()), "chat": chat,
                 "from": user, **content}
 
-    async def push(self, message: Json) -> Json:
+    async def push(self, message: Json, duplicate: bool = False) -> Json:
+        """Queue an update carrying ``message``. A ``duplicate`` one (or every
+        ``duplicate_every``-th) is delivered by webhook a second time, with the same update id,
+        right after its first delivery was answered 2xx: Telegram's redelivery when it did not
+        take the answer in (a lost connection). Only the webhook redelivers; getUpdates does not.
+        """
+        update_id = next(self._update_ids)
+        if duplicate or (self.duplicate_every and update_id % self.duplicate_every == 0):
+            self._redeliver.add(update_id)
         async with self._new_update:
-            self.updates.append({"update_id": next(self._update_ids), "message": message})
+            self.updates.append({"update_id": update_id, "message": message})
             self._new_update.notify_all()
+        self.webhook_sender.wake()
         return message
 
     def add_file(self, data: bytes, path_hint: str = "voice/file.oga") -> str:
@@ -110,7 +139,8 @@ class FakeTelegram(LocalServer):
         self.files[file_id] = (path_hint.replace("file", file_id.lower()), data)
         return file_id
 
-    async def send_text(self, chat: Json, user: Json, text: str, **extra: Any) -> Json:
+    async def send_text(self, chat: Json, user: Json, text: str, *, duplicate: bool = False,
+                        **extra: Any) -> Json:
         entities = extra.pop("entities", None)
         if entities is None and text.startswith("/"):
             entities = [{"type": "bot_command", "offset": 0, "length": len(text.split()[0])}]
@@ -119,14 +149,16 @@ class FakeTelegram(LocalServer):
             entities = [{"type": "mention", "offset": start, "length": len(BOT["username"]) + 1}]
         return await self.push(self._message(chat, user, text=text,
                                              **({"entities": entities} if entities else {}),
-                                             **extra))
+                                             **extra), duplicate=duplicate)
 
     async def send_voice(self, chat: Json, user: Json, ogg: bytes, duration: int,
-                         declared_size: int | None = None, **extra: Any) -> Json:
+                         declared_size: int | None = None, *, duplicate: bool = False,
+                         **extra: Any) -> Json:
         file_id = self.add_file(ogg)
         voice = {"file_id": file_id, "file_unique_id": f"u{file_id}", "duration": duration,
                  "mime_type": "audio/ogg", "file_size": declared_size or len(ogg)}
-        return await self.push(self._message(chat, user, voice=voice, **extra))
+        return await self.push(self._message(chat, user, voice=voice, **extra),
+                               duplicate=duplicate)
 
     def sent_to(self, chat_id: int, method: str | None = None) -> list[Sent]:
         return [s for s in self.sent if s.chat_id == chat_id
@@ -135,6 +167,47 @@ class FakeTelegram(LocalServer):
     async def wait_for(self, predicate: Callable[[], T], timeout: float = 120.0) -> T:
         return await eventually(predicate, timeout, lambda: "sent so far: " + repr(
             [(s.method, s.chat_id, s.text) for s in self.sent]))
+
+    def answers_by_chat(self, methods: tuple[str, ...] = ("sendMessage", "sendVoice")
+                        ) -> dict[int, list[int | None]]:
+        """Per chat, the message ids the bot's sends (of ``methods``) replied to, in the order
+        this server received them: a message answered once, in order, shows up once, in order
+        (a reply made of several sends shows its id once per send)."""
+        answers: dict[int, list[int | None]] = {}
+        for sent in self.sent:
+            if sent.method in methods:
+                answers.setdefault(sent.chat_id, []).append(sent.reply_to)
+        return answers
+
+    # --- the webhook, as tests see it -------------------------------------------------
+    @property
+    def deliveries(self) -> list[Attempt]:
+        """Every webhook POST so far, in the order they started."""
+        return self.webhook_sender.attempts
+
+    def delivered(self) -> list[int]:
+        """Update ids answered 2xx, in the order the answers came (a duplicate twice)."""
+        done = sorted((a for a in self.deliveries if a.ok),
+                      key=lambda a: a.finished or 0.0)
+        return [a.update_id for a in done]
+
+    @property
+    def pending_update_count(self) -> int:
+        return len(self.updates)
+
+    async def wait_delivered(self, timeout: float = 60.0) -> None:
+        """Until every update pushed so far was delivered by webhook (duplicates included)."""
+        await eventually(lambda: not self.updates and not self.webhook_sender.in_flight,
+                         timeout, lambda: f"pending {[u['update_id'] for u in self.updates]}; "
+                         f"last error {self.webhook_sender.last_error_message!r}; last attempts "
+                         + repr([(a.update_id, a.outcome) for a in self.deliveries[-10:]]))
+
+    def _delivered(self, update: Json) -> None:
+        update_id = update["update_id"]
+        if update_id in self._redeliver:
+            self._redeliver.discard(update_id)  # stays at its chat's head: sent again next
+            return
+        self.updates = [u for u in self.updates if u["update_id"] != update_id]
 
     # --- the Bot API ------------------------------------------------------------------
     @staticmethod
@@ -192,17 +265,44 @@ class FakeTelegram(LocalServer):
     async def _m_getMe(self, params: Json, files: dict[str, bytes]) -> web.Response:
         return self._ok(BOT)
 
+    def _drop_pending(self, params: Json) -> None:
+        if _flag(params.get("drop_pending_updates")):
+            self.updates = []
+            self._redeliver.clear()
+
     async def _m_deleteWebhook(self, params: Json, files: dict[str, bytes]) -> web.Response:
+        self._drop_pending(params)
+        await self.webhook_sender.stop_delivering()
         self.webhook = {}
         return self._ok(True)
 
     async def _m_setWebhook(self, params: Json, files: dict[str, bytes]) -> web.Response:
+        url = str(params.get("url") or "")
+        if not url:  # "Use an empty string to remove webhook integration"
+            return await self._m_deleteWebhook(params, files)
+        max_connections = int(params.get("max_connections") or 40)
+        if not 1 <= max_connections <= 100:
+            return self._error(400, "Bad Request: bad webhook: max_connections must be 1-100")
+        # Local-mode server rules: plain http and any port are allowed (the real one wants
+        # HTTPS on 443, 80, 88 or 8443). Setting the same webhook again changes nothing;
+        # another one replaces it, the last call winning, as on the real server.
+        self._drop_pending(params)
         self.webhook = dict(params)
+        self.webhook_sender.configure(url, params.get("secret_token") or None, max_connections)
         return self._ok(True)
 
     async def _m_getWebhookInfo(self, params: Json, files: dict[str, bytes]) -> web.Response:
-        return self._ok({"url": self.webhook.get("url", ""), "has_custom_certificate": False,
-                         "pending_update_count": 0})
+        sender = self.webhook_sender
+        info: Json = {"url": self.webhook.get("url", ""), "has_custom_certificate": False,
+                      "pending_update_count": self.pending_update_count}
+        if self.webhook:
+            info["max_connections"] = sender.max_connections
+            if self.webhook.get("allowed_updates") is not None:
+                info["allowed_updates"] = self.webhook["allowed_updates"]
+        if sender.last_error_date is not None:
+            info["last_error_date"] = sender.last_error_date
+            info["last_error_message"] = sender.last_error_message
+        return self._ok(info)
 
     async def _m_setMyCommands(self, params: Json, files: dict[str, bytes]) -> web.Response:
         scope = params.get("scope") or {"type": "default"}
@@ -215,6 +315,9 @@ class FakeTelegram(LocalServer):
         return self._ok(True)
 
     async def _m_getUpdates(self, params: Json, files: dict[str, bytes]) -> web.Response:
+        if self.webhook:
+            return self._error(409, "Conflict: can't use getUpdates method while webhook is "
+                                    "active; use deleteWebhook to delete the webhook first")
         offset = int(params.get("offset") or 0)
         timeout = float(params.get("timeout") or 0)
         # Confirmed updates (id < offset) are forgotten, as the real server does.
@@ -302,6 +405,11 @@ class FakeTelegram(LocalServer):
         elif status == "creator":
             member["is_anonymous"] = False
         return self._ok(member)
+
+
+def _flag(value: Any) -> bool:
+    """A Boolean parameter: JSON-encoded ("true") in form fields, a bool in JSON bodies."""
+    return value is True or (isinstance(value, str) and value.lower() in ("true", "1"))
 
 
 def private_chat(user: Json) -> Json:
