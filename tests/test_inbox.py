@@ -106,6 +106,16 @@ def test_a_released_message_is_claimable_again_without_counting(inbox):
     assert not inbox.finish(held.receipt)  # the old claim proves nothing any more
 
 
+def test_a_replica_restarted_under_its_name_takes_its_claims_back_at_once(inbox):
+    put(inbox, 1, "a")
+    put(inbox, 2, "b")
+    inbox.claim("r1", 30, TG)
+    inbox.claim("r2", 30, TG)
+    assert inbox.release_owned("r1") == 1
+    assert inbox.claim("r1", 30, TG).key == "1"  # not waiting out the lease
+    assert inbox.claim("r3", 30, TG) is None  # r2's claim stands
+
+
 def test_sends_are_recorded_per_message_and_part(inbox):
     put(inbox, 1, "a")
     item = inbox.claim("r", 30, TG)

@@ -111,6 +111,11 @@ class Inbox(Protocol):
         """Extend these claims; returns the ones that were lost."""
         ...
 
+    def release_owned(self, owner: str) -> int:
+        """Give back every claim ``owner`` holds (a replica restarting under the same
+        CHATMAN_REPLICA_ID: its old claims have nobody behind them); returns how many."""
+        ...
+
     def finish(self, receipt: Receipt, state: InboxState = InboxState.DONE,
                error: str | None = None) -> bool:
         """Mark a claimed message finished (no-op if a stored turn already did); False if the

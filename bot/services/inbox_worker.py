@@ -51,6 +51,8 @@ class InboxWorker:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._dispatch(), name="inbox-dispatch"),
                            asyncio.create_task(self._renew(), name="inbox-leases")]
+            for task in self._tasks:
+                task.add_done_callback(_report_crash)
         self.wake()
 
     async def unregister(self, platform: str, drain_s: float = 10.0) -> None:
@@ -78,6 +80,16 @@ class InboxWorker:
     async def _dispatch(self) -> None:
         last_prune = -PRUNE_EVERY_S
         loop = asyncio.get_running_loop()
+        try:
+            taken_back = await asyncio.to_thread(self.inbox.release_owned, self.owner)
+        except Exception:
+            log.exception("inbox: could not take back %s's old claims", self.owner)
+        else:
+            if taken_back:
+                # This replica restarted under its own name: answer what it was answering at
+                # once, rather than after the lease.
+                log.warning("inbox: %d messages %s held when it stopped are answered again",
+                            taken_back, self.owner)
         while True:
             await self._places.acquire()
             self._wake.clear()
@@ -94,8 +106,11 @@ class InboxWorker:
                 if loop.time() - last_prune > PRUNE_EVERY_S:
                     last_prune = loop.time()
                     await self._prune()
+                # asyncio.timeout, not wait_for: on 3.11 a wait_for whose event fires as the
+                # task is cancelled swallows the cancellation (the dispatcher never stopped).
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                    async with asyncio.timeout(self.poll_s):
+                        await self._wake.wait()
                 continue
             task = asyncio.create_task(self._answer(item),
                                        name=f"inbox-{item.platform}-{item.id}")
@@ -175,3 +190,9 @@ class InboxWorker:
             return
         if gone:
             log.info("inbox: forgot %d finished messages older than %s", gone, KEEP_FINISHED)
+
+
+def _report_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("inbox: %s stopped: nothing is answered any more", task.get_name(),
+                  exc_info=task.exception())

@@ -50,7 +50,9 @@ class ModelSwitcher:
         processes (``chatman models activate`` from a shell)."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), poll_seconds)
+                # Not wait_for: on 3.11 it can swallow a cancellation (see inbox_worker).
+                async with asyncio.timeout(poll_seconds):
+                    await self._changed.wait()
             self._changed.clear()
             try:
                 await self.sync()

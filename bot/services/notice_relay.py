@@ -41,7 +41,9 @@ class NoticeRelay:
             if sent:
                 continue  # a chat's next notice is claimable once this one is sent
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                # Not wait_for: on 3.11 it can swallow a cancellation (see inbox_worker).
+                async with asyncio.timeout(self.poll_seconds):
+                    await self._wake.wait()
             self._wake.clear()
 
     async def relay_once(self) -> int:

@@ -164,6 +164,16 @@ class SqlInbox:
                               attempts=InboxMessage.attempts - 1)
                       .execution_options(synchronize_session=False))
 
+    def release_owned(self, owner: str) -> int:
+        with self.store.session() as s, s.begin():
+            gone = s.execute(update(InboxMessage)
+                             .where(InboxMessage.owner == owner,
+                                    InboxMessage.state == InboxState.CLAIMED)
+                             .values(state=InboxState.PENDING, owner=None, claim=None,
+                                     lease_until=None)
+                             .execution_options(synchronize_session=False))
+        return int(gone.rowcount)  # type: ignore[attr-defined]
+
     def finish(self, receipt: Receipt, state: InboxState = InboxState.DONE,
                error: str | None = None) -> bool:
         with self.store.session() as s, s.begin():
