@@ -16,6 +16,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -42,6 +44,19 @@ def _start_worker(max_seconds: float, max_bytes: int, max_cpu_seconds: float) ->
         pass
     _worker_codec = PyAvCodec(max_seconds=max_seconds, max_bytes=max_bytes,
                               max_cpu_seconds=max_cpu_seconds)
+    _exit_with(os.getppid())
+
+
+def _exit_with(parent: int) -> None:
+    """A decoder whose bot was killed (SIGKILL: no clean-up) exits too, rather than live on
+    holding the bot's stdout and memory."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def _decode(data: bytes) -> Pcm:
