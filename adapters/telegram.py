@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import logging
 import os
-import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import timedelta
@@ -124,7 +124,8 @@ class TelegramAdapter:
         self.app = app
         self.settings = s
         self.webhook_secret = (s.telegram_webhook_secret.get_secret_value()
-                               if s.telegram_webhook_secret else secrets.token_urlsafe(32))
+                               if s.telegram_webhook_secret
+                               else derived_webhook_secret(s.telegram_bot_token.get_secret_value()))
         self.application = (
             Application.builder()
             .token(s.telegram_bot_token.get_secret_value())
@@ -571,6 +572,13 @@ class TelegramAdapter:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def derived_webhook_secret(token: str) -> str:
+    """The webhook's secret token when none is set: derived from the bot token (which only
+    Telegram and we know), so every replica of one bot expects the same one. Telegram allows
+    1-256 characters of A-Z, a-z, 0-9, _ and -."""
+    return hashlib.sha256(b"chatman telegram webhook\0" + token.encode()).hexdigest()[:48]
 
 
 def render_result(result: CommandResult, language: str) -> str:

@@ -435,3 +435,13 @@ async def test_chatman_run_serves_telegram_until_sigterm(tmp_path, fake):
     assert process.returncode == 0, output
     assert TOKEN not in output and "TEST-token" not in output
     assert "ChatMan web console: http://127.0.0.1:" in output  # beside Telegram by default
+
+
+def test_replicas_of_one_bot_expect_the_same_webhook_secret_without_setting_one():
+    from adapters.telegram import derived_webhook_secret
+
+    secret = derived_webhook_secret(TOKEN)
+    assert secret == derived_webhook_secret(TOKEN)  # every replica, every start
+    assert secret != derived_webhook_secret(TOKEN + "x")  # another bot, another secret
+    assert "TEST-token" not in secret and len(secret) == 48
+    assert secret.isalnum()  # Telegram allows A-Z, a-z, 0-9, _ and -
