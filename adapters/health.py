@@ -13,16 +13,13 @@ None needs the admin token: they say nothing a scraper or a load balancer should
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from adapters.app import AppState, ChatmanApp
-from adapters.web.limits import HeaderTimeoutH11
+from adapters.http_server import LocalServer
 
 log = logging.getLogger(__name__)
 
@@ -82,41 +79,17 @@ class HealthServer:
     stopped after it."""
 
     def __init__(self, app: ChatmanApp, port: int, host: str = METRICS_HOST) -> None:
-        s = app.settings
-        self.host, self.port = host, port
-        self._socket: socket.socket | None = None
-        self.server = uvicorn.Server(uvicorn.Config(
-            health_api(app), host=host, port=port, log_level="warning", access_log=False,
-            lifespan="off", log_config=None,
-            # Half-open connections are cut off as on the console.
-            http=HeaderTimeoutH11.with_timeout(s.web_header_timeout_seconds)))
-        self._task: asyncio.Task[None] | None = None
+        # Half-open connections are cut off as on the console.
+        self.server = LocalServer(health_api(app), host=host, port=port,
+                                  header_timeout=app.settings.web_header_timeout_seconds,
+                                  name="health-server")
         self.url = ""
 
     async def start(self) -> None:
-        """Raises OSError when the port is taken (bound here: uvicorn would exit the process)."""
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self._socket = sock
-        self._task = asyncio.create_task(self.server.serve(sockets=[sock]), name="health-server")
-        while not self.server.started:
-            if self._task.done():
-                self._task.result()
-                raise RuntimeError("the metrics server stopped while starting")
-            await asyncio.sleep(0.05)
-        host, port = sock.getsockname()[:2]
+        """Raises OSError when the port is taken."""
+        host, port = await self.server.start()
         self.url = f"http://{host}:{port}"
         log.info("metrics and health checks on %s (/metrics, /healthz, /readyz)", self.url)
 
     async def stop(self) -> None:
-        self.server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._task
-        if self._socket is not None:
-            self._socket.close()
+        await self.server.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from typing import Any
 
 import h11
@@ -56,7 +57,11 @@ class HeaderTimeoutH11(H11Protocol):
 
 
 class LocalServer:
-    """An ASGI app served by uvicorn as a task of the running loop."""
+    """An ASGI app served by uvicorn as a task of the running loop.
+
+    The socket is bound here, so a taken port raises OSError from :meth:`start` (uvicorn
+    binding it would ``sys.exit`` from inside its task, past the application's clean-up).
+    """
 
     def __init__(self, app: Any, *, host: str, port: int, header_timeout: float,
                  name: str) -> None:
@@ -64,17 +69,27 @@ class LocalServer:
         self.server = uvicorn.Server(uvicorn.Config(
             app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
             log_config=None, http=HeaderTimeoutH11.with_timeout(header_timeout)))
-        self.name = name
+        self.host, self.port, self.name = host, port, name
+        self._socket: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> tuple[str, int]:
         """Serving once this returns; the address it listens on."""
-        self._task = asyncio.create_task(self.server.serve(), name=self.name)
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError:
+            sock.close()
+            raise
+        self._socket = sock
+        self._task = asyncio.create_task(self.server.serve(sockets=[sock]), name=self.name)
         while not self.server.started:
             if self._task.done():
-                self._task.result()  # e.g. the port is taken
+                self._task.result()
+                raise RuntimeError(f"{self.name} stopped while starting")
             await asyncio.sleep(0.05)
-        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        host, port = sock.getsockname()[:2]
         return str(host), int(port)
 
     async def stop(self) -> None:
@@ -82,3 +97,5 @@ class LocalServer:
         if self._task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._task
+        if self._socket is not None:
+            self._socket.close()

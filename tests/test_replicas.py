@@ -58,7 +58,10 @@ async def test_replicas_answer_every_update_once_and_each_chat_in_order(tmp_path
             tmp_path / "shared", postgres_url, fake, f"r{i}",
             TELEGRAM_WEBHOOK_URL=f"{proxy.url}/telegram/hook",
             TELEGRAM_WEBHOOK_SECRET=WEBHOOK_SECRET, TELEGRAM_WEBHOOK_LISTEN="127.0.0.1",
-            TELEGRAM_WEBHOOK_PORT=str(port), CHATMAN_INBOX_LEASE_SECONDS="3"), tmp_path))
+            TELEGRAM_WEBHOOK_PORT=str(port), CHATMAN_INBOX_LEASE_SECONDS="3",
+            # Every question answered (a chat's line may hold all ten of its questions; more
+            # would be told "busy" at once, out of order, by design).
+            CHATMAN_CHAT_QUEUE_LIMIT=str(UPDATES // CHATS)), tmp_path))
     try:
         # One replica first: it upgrades the schema (the others would wait on its lock anyway).
         await replicas[0].start()

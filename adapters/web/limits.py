@@ -1,6 +1,6 @@
 """Connection-level limits for the web console, below FastAPI.
 
-- :class:`HeaderTimeoutH11` (in :mod:`adapters.http_server`, shared with the Telegram webhook)
+- :class:`adapters.http_server.HeaderTimeoutH11` (every server of ours uses it)
   closes a connection whose request headers have not all arrived within a time limit (uvicorn
   has a keep-alive timeout but none for slow or missing headers, so a thousand half-open
   connections would stay open for ever).
@@ -23,8 +23,6 @@ import time
 from collections.abc import Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from adapters.http_server import HeaderTimeoutH11 as HeaderTimeoutH11
 
 log = logging.getLogger(__name__)
 

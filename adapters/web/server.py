@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hmac
 import json
 import logging
@@ -32,7 +31,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
-import uvicorn
 from fastapi import Body, FastAPI, Form, HTTPException, Query, Request, UploadFile
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -42,8 +40,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.app import ChatmanApp
 from adapters.health import add_health_routes
+from adapters.http_server import LocalServer
 from adapters.render import error_json, result_json
-from adapters.web.limits import HeaderTimeoutH11, RequestLimits, allowed_hosts
+from adapters.web.limits import RequestLimits, allowed_hosts
 from bot.core.commands import (
     MAX_ID,
     MAX_PAGE,
@@ -513,21 +512,13 @@ class WebAdapter:
         guarded = RequestLimits(self.api, hosts=allowed_hosts(s.web_host, s.web_allowed_hosts),
                                 body_limit=body_limit_for(app),
                                 body_timeout=s.web_body_timeout_seconds)
-        # log_config=None: uvicorn's loggers go through ours (secret masking, one format).
-        self.server = uvicorn.Server(uvicorn.Config(
-            guarded, host=s.web_host, port=s.web_port, log_level="warning", access_log=False,
-            lifespan="off", log_config=None,
-            http=HeaderTimeoutH11.with_timeout(s.web_header_timeout_seconds)))
-        self._task: asyncio.Task[None] | None = None
+        self.server = LocalServer(guarded, host=s.web_host, port=s.web_port,
+                                  header_timeout=s.web_header_timeout_seconds,
+                                  name="web-console")
         self.url = ""
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.server.serve(), name="web-console")
-        while not self.server.started:
-            if self._task.done():
-                self._task.result()  # e.g. the port is taken
-            await asyncio.sleep(0.05)
-        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        host, port = await self.server.start()
         self.url = f"http://{host}:{port}"
         if self.token_generated:
             # Printed, not logged: the token must not end up in log files. An operator who
@@ -540,10 +531,7 @@ class WebAdapter:
 
     async def stop(self) -> None:
         self.app.notifiers.pop(PLATFORM, None)
-        self.server.should_exit = True
-        if self._task is not None:
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await self._task
+        await self.server.stop()
         # Streamed turns whose client went away still run: end them before the app stops.
         turns: set[asyncio.Task[None]] = self.api.state.turns
         for turn in list(turns):
