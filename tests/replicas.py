@@ -34,7 +34,8 @@ def replica_env(data_dir: Path, database_url: str, fake: FakeTelegram, name: str
     environ.update(
         CHATMAN_DATA_DIR=str(data_dir), CHATMAN_DATABASE_URL=database_url,
         CHATMAN_MODEL_CACHE_DIR=str(MODEL_CACHE), CHATMAN_LLM_TEMPERATURE="0",
-        CHATMAN_LLM_MAX_NEW_TOKENS="6", CHATMAN_WEB_ENABLED="false",
+        CHATMAN_LLM_MAX_NEW_TOKENS="6", CHATMAN_HISTORY_MAX_MESSAGES="0",
+        CHATMAN_WEB_ENABLED="false",
         CHATMAN_RUN_TRAINING="false", CHATMAN_REPLICA_ID=name,
         TELEGRAM_BOT_TOKEN=TOKEN, TELEGRAM_API_BASE_URL=fake.base_url,
         TELEGRAM_FILE_BASE_URL=fake.base_file_url, HF_HUB_OFFLINE="1",
