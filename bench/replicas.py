@@ -132,9 +132,9 @@ async def run_level(n: int, args: argparse.Namespace, admin_url: str, engine_url
         drop()
     return {"replicas": n, "updates": args.updates, "chats": args.chats,
             "wall_s": round(wall, 1), "replies_per_min": round(args.updates / wall * 60, 1),
-            "latency_ms": {"p50": round(percentile(latencies, 50)),
-                           "p95": round(percentile(latencies, 95))},
-            "overhead_ms_p50": round(percentile(overhead, 50), 1) if overhead else None}
+            "latency_ms": {"p50": round(percentile(latencies, 0.5)),
+                           "p95": round(percentile(latencies, 0.95))},
+            "overhead_ms_p50": round(percentile(overhead, 0.5), 1) if overhead else None}
 
 
 def _overhead_ms(url: str, asked: dict[int, float], got: dict[int, float]) -> list[float]:
@@ -181,9 +181,9 @@ def inbox_ops_ms(admin_url: str, rounds: int = 200) -> dict[str, float]:
     finally:
         engine.dispose()
         drop()
-    return {"store_turn_p50": round(percentile(direct, 50), 2),
-            "inbox_and_store_turn_p50": round(percentile(through, 50), 2),
-            "inbox_cost_p50": round(percentile(through, 50) - percentile(direct, 50), 2)}
+    return {"store_turn_p50": round(percentile(direct, 0.5), 2),
+            "inbox_and_store_turn_p50": round(percentile(through, 0.5), 2),
+            "inbox_cost_p50": round(percentile(through, 0.5) - percentile(direct, 0.5), 2)}
 
 
 QUESTIONS = ["What is the capital of Japan?", "How many legs does a spider have?",

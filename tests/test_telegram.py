@@ -17,6 +17,7 @@ from telegram.error import NetworkError, TelegramError, TimedOut
 
 from adapters.app import ChatmanApp
 from adapters.telegram import TelegramAdapter, resend_is_safe
+from bot.core.inbox import InboxState
 from bot.core.jobs import (
     Notice,
     progress_message,
@@ -394,15 +395,25 @@ async def test_webhook_mode_checks_the_secret_token(tmp_path, fake, asr, llm, tt
             async with http.post(url, json=update,
                                  headers={"X-Telegram-Bot-Api-Secret-Token": "wrong"}) as r:
                 assert r.status == 403
-            async with http.post(url, json=update,
-                                 headers={"X-Telegram-Bot-Api-Secret-Token": secret}) as r:
+            # Hostile bodies with the right secret: refused before anything is stored.
+            ok = {"X-Telegram-Bot-Api-Secret-Token": secret}
+            for body, status in [(b"x" * (1024 * 1024 + 1), 413), (b"{not json", 400),
+                                 (b'{"message": {}}', 400), (b'[1, 2]', 400),
+                                 (b'{"update_id": "7"}', 400)]:
+                async with http.post(url, data=body, headers=ok) as r:
+                    assert r.status == status, body[:20]
+            assert app.inbox.stats().depth == 0
+            async with http.post(url, json=update, headers=ok) as r:
                 assert r.status == 200
+            async with http.post(url, json=update, headers=ok) as r:
+                assert r.status == 200  # Telegram sending it again: accepted, ignored
         sent = (await fake.wait_for(lambda: replies(fake, ALICE["id"])))
     finally:
         await adapter.stop()
         await app.stop()
         app.close()
     assert len(sent) == 1 and sent[0].reply_to == 7
+    assert app.inbox.state_of("telegram", "1") is InboxState.DONE
 
 
 def test_chatman_run_without_a_platform_says_what_to_set(tmp_path):
