@@ -106,7 +106,8 @@ async def run_level(n: int, args: argparse.Namespace, admin_url: str, engine_url
         # One question answered first: the engine has loaded the persona's folder.
         warm = user(999, "Warm")
         await fake.send_text(private_chat(warm), warm, "Hello?")
-        await fake.wait_for(lambda: fake.sent_to(warm["id"], "sendMessage"), timeout=600)
+        await eventually(lambda: fake.sent_to(warm["id"], "sendMessage"), 600,
+                         lambda: "no answer yet; " + replicas[0].log()[-3000:])
         people = [user(5000 + i, f"U{i}") for i in range(args.chats)]
         asked: dict[int, float] = {}
         start = time.monotonic()
