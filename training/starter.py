@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -108,12 +109,17 @@ def install_starter(settings: Settings, persona: PersonaProfile, registry: Regis
                               out, system_prompt=persona.prompt_for(
                                   language, release.info["config"].get("system_prompt", "full")),
                               info=release.info)
-    registry.register_shipped(
-        release.version, base_model=STARTER, base_version=release.info["base_version"],
-        directory=out, model_dir=model_dir, dataset_sha256=release.info["dataset"]["sha256"],
-        dataset_rows=release.info["dataset"]["rows"], steps=release.info["steps"],
-        config=release.info["config"], metrics=release.info["metrics"],
-    )
+    try:
+        registry.register_shipped(
+            release.version, base_model=STARTER, base_version=release.info["base_version"],
+            directory=out, model_dir=model_dir, dataset_sha256=release.info["dataset"]["sha256"],
+            dataset_rows=release.info["dataset"]["rows"], steps=release.info["steps"],
+            config=release.info["config"], metrics=release.info["metrics"],
+        )
+    except Exception:
+        if registry.get(release.version) is not None:
+            return None  # a replica starting at the same moment registered it first
+        raise
     log.info("installed the shipped starter persona %s (%s)", release.version, model_dir)
     return release.version
 
@@ -132,12 +138,17 @@ def merge_adapter(adapter_dir: Path, base_ref: str, cache_dir: Path, out: Path, 
     base = AutoModelForCausalLM.from_pretrained(load_from, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(load_from)
     peft_model = PeftModel.from_pretrained(base, str(adapter_dir), torch_dtype=torch.float32)
-    staging = out.with_name(f".{out.name}.tmp")
+    # Per process: replicas starting together on one shared folder each build their own.
+    staging = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
     export_merged(peft_model, tokenizer, staging, system_prompt=system_prompt, info=info)
-    shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(out)
+    try:
+        staging.rename(out)
+    except OSError:
+        # Already there (renames are atomic, so it is whole): another replica was quicker, or
+        # an earlier start stopped before registering it. It may be serving: keep it.
+        shutil.rmtree(staging, ignore_errors=True)
     return out / "model"
 
 
