@@ -2,6 +2,13 @@
 
 Named ``discord_bot`` so it never shadows the ``discord`` package. Like the Telegram adapter,
 it only decides whether a message is for the bot, moves bytes, and renders core results.
+
+Messages take the durable inbox (:mod:`bot.core.inbox`): the gateway's MESSAGE_CREATE is
+stored (:mod:`adapters.discord_ingress` says in what form), and whichever replica claims it
+answers it, one channel at a time in arrival order, each message it sends recorded so that
+answering again after a crash sends nothing twice. Slash commands do not: Discord wants an
+interaction acknowledged within 3 s and its token is good for this connection's answer only,
+so they are answered where they arrive.
 """
 
 from __future__ import annotations
@@ -13,8 +20,7 @@ import io
 import json
 import logging
 from collections import deque
-from collections.abc import Callable, Coroutine
-from pathlib import PurePosixPath
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Concatenate
 
 import discord
@@ -24,6 +30,7 @@ from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.app import ChatmanApp
+from adapters.discord_ingress import Attachment, Received
 from adapters.discord_render import DiscordReply, render_result, text_replies
 from bot.core.commands import (
     Activate,
@@ -46,6 +53,7 @@ from bot.core.commands import (
     TrainStatus,
 )
 from bot.core.errors import Busy, NotDelivered, PermissionDenied, UserFacingError
+from bot.core.inbox import ClaimLost, InboxItem, current_item
 from bot.core.jobs import Notice
 from bot.core.messages import Message
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef, VoiceNote
@@ -55,11 +63,12 @@ log = logging.getLogger(__name__)
 
 PLATFORM = "discord"
 IS_VOICE_MESSAGE = 1 << 13
-AUDIO_EXTENSIONS = {".ogg", ".oga", ".opus", ".mp3", ".m4a", ".wav", ".webm", ".flac"}
 # Discord's refusals of a voice message: text content, not one audio file, no metadata,
 # voice messages not allowed here / missing permission.
 VOICE_REFUSALS = {50159, 50160, 50161, 50173, 50013}
 MESSAGE_LIMIT = 2000
+#: Tries to store a message in the inbox (backing off up to 30 s) before it is given up.
+STORE_ATTEMPTS = 6
 
 
 async def send_voice_message(http: discord.http.HTTPClient, channel_id: int, voice: VoiceNote,
@@ -94,8 +103,10 @@ class DiscordAdapter:
             raise ValueError("DISCORD_BOT_TOKEN is not set")
         self.app = app
         self.settings = s
-        self.queues = app.queues
-        self.handled: deque[tuple[str, str]] = deque(maxlen=1000)  # (channel id, message id)
+        # What was fully handled (answered, refused or ignored): (channel id, message id), for
+        # operators' debugging and for tests that must know nothing (more) came of a message.
+        # A delivery seen before is recorded again when it is ignored.
+        self.handled: deque[tuple[str, str]] = deque(maxlen=1000)
         # discord.py has no per-client endpoint settings; these class attributes are the
         # documented way to point it elsewhere (a proxy, the tests' fake).
         if s.discord_api_base_url:
@@ -106,7 +117,16 @@ class DiscordAdapter:
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.default()
         intents.message_content = True
-        self.client = discord.Client(intents=intents)
+        # Sharded always: DISCORD_SHARD_COUNT splits the guilds (guild_id >> 22 % count) and
+        # DISCORD_SHARD_IDS says which this replica connects; neither set, Discord's
+        # recommended count, all in this process. A shard's messages may be answered by any
+        # replica: they go through the inbox.
+        shards = s.discord_shards
+        self.client = (
+            discord.AutoShardedClient(intents=intents, shard_count=s.discord_shard_count)
+            if shards is None else
+            discord.AutoShardedClient(intents=intents, shard_count=s.discord_shard_count,
+                                      shard_ids=shards))
         self.tree = app_commands.CommandTree(self.client)
         self.client.event(self.on_message)
         self._commands()
@@ -117,6 +137,11 @@ class DiscordAdapter:
         token = self.settings.discord_bot_token
         assert token is not None, "checked when the adapter was made"
         await self.client.login(token.get_secret_value())
+        if self.settings.discord_shard_count is None and self.settings.discord_gateway_url:
+            # discord.py connects to the URL that comes with the recommended count; ask for
+            # the count alone, so the configured gateway is used.
+            count, _url, _limit = await self.client.http.get_bot_gateway()
+            self.client.shard_count = count
         self._task = asyncio.create_task(self.client.connect(reconnect=True), name="discord")
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
@@ -124,11 +149,17 @@ class DiscordAdapter:
             ready.cancel()
             self._task.result()  # raises what stopped it
         await self._sync_commands()
+        # Messages go to the inbox first (on_message); whichever replica claims one answers
+        # it (process), whatever shard it came in on.
+        self.app.inbox_worker.register(PLATFORM, self.process)
         self.app.notifiers[PLATFORM] = self.notify
-        log.info("discord: signed in as %s", self.client.user)
+        log.info("discord: signed in as %s (shards %s of %s)", self.client.user,
+                 self.settings.discord_shards or "all", self.client.shard_count)
 
     async def stop(self) -> None:
         self.app.notifiers.pop(PLATFORM, None)
+        # Answers under way finish (or are given back) while the client can still send.
+        await self.app.inbox_worker.unregister(PLATFORM)
         await self.client.close()
         if self._task is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
@@ -143,15 +174,62 @@ class DiscordAdapter:
         else:
             await self.tree.sync()
 
-    # --- deciding what is for us -------------------------------------------------------
-    @staticmethod
-    def _audio(message: discord.Message) -> discord.Attachment | None:
-        for att in message.attachments:
-            if att.is_voice_message() or (att.content_type or "").startswith("audio/") or \
-                    PurePosixPath(att.filename).suffix.lower() in AUDIO_EXTENSIONS:
-                return att
-        return None
+    # --- the inbox --------------------------------------------------------------------
+    async def on_message(self, message: discord.Message) -> None:
+        """Gateway MESSAGE_CREATE: keep what could be for us in the inbox. The gateway never
+        sends a message again unless a RESUME replays it, so nothing waits on an
+        acknowledgement; storing is retried a while, then the message is given up (logged)."""
+        received = Received.of(message)
+        if received.author_bot or not self._may_be_for_us(received):
+            self._handled(received)
+            return
+        # Only what could cost a turn is stored: guild chatter would be a write per message.
+        fresh = await self._store(received)
+        if fresh:
+            self.app.inbox_worker.wake()
+        else:
+            self._handled(received)  # seen before (a RESUME replay): answered once, there
 
+    async def _store(self, received: Received) -> bool:
+        delay = 1.0
+        for attempt in range(1, STORE_ATTEMPTS + 1):
+            try:
+                return await asyncio.to_thread(
+                    self.app.inbox.put, PLATFORM, str(received.id),
+                    f"{PLATFORM}:{received.channel_id}", received.to_json(),
+                    self.settings.chat_queue_limit)
+            except Exception:
+                if attempt == STORE_ATTEMPTS:
+                    log.exception("discord: could not store message %d in %d; lost",
+                                  received.id, received.channel_id)
+                    return False
+                log.exception("discord: could not store message %d; again in %.0f s",
+                              received.id, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        return False
+
+    def _may_be_for_us(self, received: Received) -> bool:
+        """A cheap look at the gateway's message: could it cost a turn? (Whether a guild's
+        voice message is answered needs the database; that is decided when answering.)"""
+        me = self._me.id
+        return (received.guild_id is None or me in received.mentions
+                or received.reply_to_author == me or received.audio is not None)
+
+    async def process(self, item: InboxItem) -> None:
+        """Answer one message from the inbox (the inbox worker has claimed it, so its
+        channel's line waits for it), from its payload alone: this replica may never have
+        seen its channel."""
+        received = Received.from_json(item.payload)
+        try:
+            await self._answer(received, item)
+        finally:
+            self._handled(received)
+
+    def _handled(self, received: Received) -> None:
+        self.handled.append((str(received.channel_id), str(received.id)))
+
+    # --- deciding what is for us -------------------------------------------------------
     @property
     def _me(self) -> discord.ClientUser:
         """The bot's own user (known once signed in)."""
@@ -164,19 +242,22 @@ class DiscordAdapter:
             return ChatRef(PLATFORM, str(channel.id), ChatKind.PRIVATE)
         return ChatRef(PLATFORM, str(channel.id), ChatKind.GROUP, getattr(channel, "name", None))
 
-    def _replies_to_bot(self, message: discord.Message) -> bool:
-        ref = message.reference
-        resolved = ref.resolved if ref else None
-        return isinstance(resolved, discord.Message) and resolved.author.id == self._me.id
+    @staticmethod
+    def _chat_of(received: Received) -> ChatRef:
+        if received.guild_id is None:
+            return ChatRef(PLATFORM, str(received.channel_id), ChatKind.PRIVATE)
+        return ChatRef(PLATFORM, str(received.channel_id), ChatKind.GROUP,
+                       received.channel_name)
 
-    async def _is_for_us(self, message: discord.Message, voice: bool) -> bool:
-        if message.guild is None:
+    async def _is_for_us(self, received: Received, voice: bool) -> bool:
+        if received.guild_id is None:
             return True
-        if self.client.user in message.mentions or self._replies_to_bot(message):
+        me = self._me.id
+        if me in received.mentions or received.reply_to_author == me:
             return True
         if voice:
             return await asyncio.to_thread(self.app.store.answers_every_voice,
-                                           self._chat_ref(message.channel))
+                                           self._chat_of(received))
         return False
 
     def _clean(self, content: str) -> str:
@@ -186,108 +267,148 @@ class DiscordAdapter:
         return " ".join(content.split())
 
     # --- messages -------------------------------------------------------------------
-    async def on_message(self, message: discord.Message) -> None:
-        try:
-            await self._on_message(message)
-        finally:
-            # What was fully handled (answered, refused or ignored), for operators' debugging
-            # and for tests that must know nothing (more) came of a message.
-            self.handled.append((str(message.channel.id), str(message.id)))
+    def _channel(self, received: Received) -> discord.PartialMessageable:
+        # No cache needed: a channel id is enough to send to it and show typing in it.
+        return self.client.get_partial_messageable(received.channel_id,
+                                                   guild_id=received.guild_id)
 
-    async def _on_message(self, message: discord.Message) -> None:
-        if message.author.bot:
+    @staticmethod
+    def _reference(received: Received) -> discord.MessageReference:
+        # Answered after its author deleted it (it waited in the inbox): sent all the same.
+        return discord.MessageReference(message_id=received.id, channel_id=received.channel_id,
+                                        guild_id=received.guild_id, fail_if_not_exists=False)
+
+    async def _answer(self, received: Received, item: InboxItem) -> None:
+        audio = received.audio
+        if not await self._is_for_us(received, voice=audio is not None):
             return
-        audio = self._audio(message)
-        if not await self._is_for_us(message, voice=audio is not None):
-            return
+        channel = self._channel(received)
         if audio is not None:
             try:
-                self.app.codec.check_declared(audio.size, audio.duration)
+                self.app.codec.check_declared(audio.size, audio.duration_secs)
             except UserFacingError as err:
-                log.info("discord: refused audio in %s before download: %s", message.channel.id,
-                         err)
-                await self._send_text(message.channel, self._words(err.message), message)
+                log.info("discord: refused audio in %s before download: %s",
+                         received.channel_id, err)
+                await self._send_text(channel, self._words(err.message),
+                                      self._reference(received))
                 return
-            await self._serve(message, audio=audio)
+            await self._serve(received, item, channel, audio=audio)
             return
-        text = self._clean(message.content)
+        text = self._clean(received.content)
         if text:
-            await self._serve(message, text=text)
+            await self._serve(received, item, channel, text=text)
 
-    async def _serve(self, message: discord.Message, *, audio: discord.Attachment | None = None,
+    async def _serve(self, received: Received, item: InboxItem,
+                     channel: discord.PartialMessageable, *, audio: Attachment | None = None,
                      text: str | None = None) -> None:
-        chat = self._chat_ref(message.channel)
-        try:
-            slot = self.queues.enter(chat)
-        except Busy as busy:
-            await self._send_text(message.channel, self._words(busy.message), message)
+        chat = self._chat_of(received)
+        if item.overflow:
+            # Its channel's line was full when it arrived: told at once, never answered.
+            log.info("discord: channel %s is busy; refused message %d", chat.chat_id,
+                     received.id)
+            await self._send_text(channel, self._words(Busy("chat line full").message),
+                                  self._reference(received))
             return
-        async with slot:
-            want_voice = audio is not None or self.settings.discord_text_voice
+        want_voice = audio is not None or self.settings.discord_text_voice
 
-            async def deliver(turn: Turn) -> str:
-                # Sent before the turn is stored: a reply the user never got is not kept.
-                carrier = await self._send_turn(message, turn)
-                if carrier is None:
-                    raise NotDelivered(f"discord refused the reply in {chat.chat_id}")
-                return str(carrier)
+        async def deliver(turn: Turn) -> str:
+            # Sent before the turn is stored: a reply the user never got is not kept.
+            carrier = await self._send_turn(channel, received, turn)
+            if carrier is None:
+                raise NotDelivered(f"discord refused the reply in {chat.chat_id}")
+            return str(carrier)
 
-            try:
-                async with message.channel.typing():
-                    data = await audio.read() if audio is not None else None
-                    author = message.author
-                    await self.app.pipeline.handle(Incoming(
-                        chat=chat,
-                        user=UserRef(PLATFORM, str(author.id), author.display_name),
-                        audio=data, text=text, message_id=str(message.id),
-                        want_voice=want_voice,
-                    ), deliver=deliver)
-            except UserFacingError as err:
-                await self._send_text(message.channel, self._words(err.message), message)
-            except NotDelivered as exc:
-                log.warning("discord: %s; nothing stored", exc)
-            except Exception:
-                log.exception("discord: could not answer message %s", message.id)
-                await self._send_text(message.channel, self._words(Message("error.internal")),
-                                      message)
-
-    async def _send_turn(self, message: discord.Message, turn: Turn) -> int | None:
-        """Returns the id of the message /approve should find: the text if sent, else the voice."""
-        if turn.voice is None:
-            sent = await self._send_text(message.channel, turn.reply, message)
-            return sent.id if sent else None
-        voice_id = None
         try:
-            data = await send_voice_message(self.client.http, message.channel.id, turn.voice,
-                                            message.id)
-            voice_id = int(data["id"])
-        except discord.HTTPException as exc:
-            if exc.code not in VOICE_REFUSALS and exc.status != 403:
-                raise
-            log.info("discord: voice message refused (%s %s); sending a file", exc.code, exc.text)
-            sent = await message.channel.send(
-                file=discord.File(io.BytesIO(turn.voice.data), "reply.ogg"), reference=message,
-                mention_author=False)
-            voice_id = sent.id
+            async with channel.typing():
+                data = (await self.client.http.get_from_cdn(audio.url)
+                        if audio is not None else None)
+                await self.app.pipeline.handle(Incoming(
+                    chat=chat,
+                    user=UserRef(PLATFORM, str(received.author_id), received.author_name),
+                    audio=data, text=text, message_id=str(received.id),
+                    want_voice=want_voice, receipt=item.receipt,
+                ), deliver=deliver)
+        except UserFacingError as err:
+            await self._send_text(channel, self._words(err.message), self._reference(received))
+        except ClaimLost as exc:
+            # This replica's claim ran out and another replica answers the message: no apology.
+            log.warning("discord: %s; not stored here", exc)
+        except NotDelivered as exc:
+            log.warning("discord: %s; nothing stored", exc)
+        except Exception:
+            log.exception("discord: could not answer message %s", received.id)
+            await self._send_text(channel, self._words(Message("error.internal")),
+                                  self._reference(received))
+
+    async def _send_turn(self, channel: discord.PartialMessageable, received: Received,
+                         turn: Turn) -> int | None:
+        """Returns the id of the message /approve should find: the text if sent, else the voice."""
+        voice = turn.voice
+        if voice is None:
+            return await self._send_text(channel, turn.reply, self._reference(received),
+                                         part="text")
+
+        async def send_voice() -> int:
+            try:
+                data = await send_voice_message(self.client.http, channel.id, voice,
+                                                received.id)
+                return int(data["id"])
+            except discord.HTTPException as exc:
+                if exc.code not in VOICE_REFUSALS and exc.status != 403:
+                    raise
+                log.info("discord: voice message refused (%s %s); sending a file", exc.code,
+                         exc.text)
+            sent = await channel.send(file=discord.File(io.BytesIO(voice.data), "reply.ogg"),
+                                      reference=self._reference(received), mention_author=False)
+            return sent.id
+
+        # The native voice message or, refused, the file that stands in for it: one part.
+        voice_id = await self._send_part("voice", send_voice)
         if self.settings.discord_reply_text == "message":
-            sent = await self._send_text(message.channel, turn.reply, None)
-            return sent.id if sent else voice_id
+            sent = await self._send_text(channel, turn.reply, None, part="text")
+            return sent or voice_id
         return voice_id
 
     def _words(self, said: Message) -> str:
         """What the bot says, in the persona's language."""
         return word(said, self.app.language)
 
+    async def _send_part(self, part: str, send: Callable[[], Awaitable[int]]) -> int:
+        """Send one message of the answer to the inbox message being answered, unless a
+        replica that answered it before (and then died) already did: sends are recorded under
+        the message and ``part``, so the user never gets one twice. Returns its message id."""
+        item = current_item.get()
+        if item is not None:
+            done = await asyncio.to_thread(self.app.inbox.sent, item.id)
+            if part in done:
+                log.info("discord: %s of %s was sent before; not again", part, item.turn_id)
+                return int(done[part])
+        sent = await send()
+        if item is not None:
+            await asyncio.to_thread(self.app.inbox.record_sent, item.id, part, str(sent))
+        return sent
+
     async def _send_text(self, channel: discord.abc.Messageable, text: str,
-                         reference: discord.Message | None) -> discord.Message | None:
-        first: discord.Message | None = None
-        for i in range(0, max(len(text), 1), MESSAGE_LIMIT):
-            # discord.py's overloads leave out the None its send() takes (and defaults to).
-            sent = await channel.send(text[i:i + MESSAGE_LIMIT] or "…",
-                                      reference=reference,  # type: ignore[arg-type]
-                                      mention_author=False)
-            first = first or sent
-            reference = None
+                         reference: discord.MessageReference | None, *,
+                         part: str | None = "reply") -> int | None:
+        """The id of the first message sent (``text`` in chunks of Discord's limit); each
+        chunk is a recorded part of the inbox message being answered (``part`` None: not an
+        answer to one, nothing recorded)."""
+        first: int | None = None
+        for i, start in enumerate(range(0, max(len(text), 1), MESSAGE_LIMIT)):
+            chunk = text[start:start + MESSAGE_LIMIT] or "…"
+            ref = reference if i == 0 else None
+
+            async def send(chunk: str = chunk,
+                           ref: discord.MessageReference | None = ref) -> int:
+                # discord.py's overloads leave out the None its send() takes (and defaults to).
+                sent = await channel.send(chunk, reference=ref,  # type: ignore[arg-type]
+                                          mention_author=False)
+                return sent.id
+
+            sent_id = await (self._send_part(f"{part}:{i}", send) if part is not None
+                             else send())
+            first = first or sent_id
         return first
 
     # --- training notices -------------------------------------------------------------
@@ -296,13 +417,16 @@ class DiscordAdapter:
             int(chat.chat_id))
         if not isinstance(channel, discord.abc.Messageable):
             raise TypeError(f"discord: channel {chat.chat_id} takes no messages")
-        await self._send_text(channel, word(notice.message, self.app.language), None)
+        await self._send_text(channel, word(notice.message, self.app.language), None, part=None)
         image = notice.image
         if image is not None:
             data = await asyncio.to_thread(image.read_bytes)
             await channel.send(file=discord.File(io.BytesIO(data), image.name))
 
     # --- slash commands -----------------------------------------------------------------
+    # Answered here, not through the inbox: Discord wants an interaction acknowledged within
+    # 3 s, and its token is ephemeral (another replica, or this one after a restart, could
+    # not answer it).
     def _actor(self, interaction: discord.Interaction) -> Actor:
         user = interaction.user
         # A guild's Administrator (or a member who may manage this channel) administers that

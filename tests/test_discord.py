@@ -5,25 +5,33 @@ from __future__ import annotations
 import asyncio
 import base64
 import copy
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import discord
 import pytest
 from discord.gateway import DiscordWebSocket
 from discord.http import Route
 
 from adapters.app import ChatmanApp
 from adapters.discord_bot import DiscordAdapter
+from bot.core.errors import Busy
+from bot.core.inbox import InboxState
 from bot.core.jobs import progress_message
 from bot.core.messages import Message
+from bot.core.wording import word
 from bot.infra.llm.chat_model import GenerationSettings
-from bot.infra.storage.models import Pair
+from bot.infra.storage.models import Chat, Pair
 from tests.conftest import make_settings
 from tests.fakes.discord_api import (
     BOT_USER,
     EPHEMERAL,
     GUILD_ID,
     OTHER_CHANNEL,
+    SHARD1_CHANNEL,
+    SHARD1_GUILD_ID,
     TEXT_CHANNEL,
     TOKEN,
     VOICE_FLAG,
@@ -60,8 +68,11 @@ def _restore_discord_endpoints():
     Route.BASE, DiscordWebSocket.DEFAULT_GATEWAY = base, gateway
 
 
-async def started(tmp_path: Path, fake: FakeDiscord, asr: Any, llm: Any, tts: Any,
+async def started(tmp_path: Path, fake: FakeDiscord, asr: Any, llm: Any, tts: Any, *,
+                  before: Callable[[ChatmanApp], None] | None = None,
                   **overrides: Any) -> tuple[ChatmanApp, DiscordAdapter]:
+    """An app and its Discord adapter, signed in; ``before`` runs between the two (what the
+    database holds when the adapter starts)."""
     settings = make_settings(tmp_path / "data", discord_bot_token=TOKEN,
                              discord_api_base_url=fake.api_base,
                              discord_gateway_url=fake.gateway_url, discord_guild_ids=GUILD_ID,
@@ -70,6 +81,8 @@ async def started(tmp_path: Path, fake: FakeDiscord, asr: Any, llm: Any, tts: An
     quick.generation = GenerationSettings(max_new_tokens=12, temperature=0.0)
     app = ChatmanApp.from_settings(settings, asr=asr, llm=quick, tts=tts)
     await app.start(load_models=False)
+    if before is not None:
+        before(app)
     adapter = DiscordAdapter(app)
     await asyncio.wait_for(adapter.start(), 30)
     return app, adapter
@@ -291,3 +304,179 @@ async def test_training_notices_reach_the_channel(fake, bot, tmp_path):
     text, image = fake.replies_in(TEXT_CHANNEL)
     assert text.content == "Training manman-v1: step 1/2 (50%)"
     assert image.files[0][0] == "loss.png" and image.files[0][2] == png.read_bytes()
+
+
+# --- the durable inbox and sharding (issue 16) ----------------------------------------------
+
+def inbox_payload(message_id: str, channel_id: str, author: dict[str, Any], content: str, *,
+                  guild_id: str | None = None, channel_name: str | None = None,
+                  mentions: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A message as a replica's gateway stores it in the inbox (adapters/discord_ingress.py)."""
+    return {"v": 1, "id": message_id, "channel_id": channel_id, "guild_id": guild_id,
+            "channel_name": channel_name,
+            "author": {"id": author["id"], "name": author["global_name"], "bot": False},
+            "content": content, "attachments": [], "mentions": list(mentions),
+            "reference": None, "flags": 0}
+
+
+def put(app: ChatmanApp, payload: dict[str, Any], limit: int | None = None) -> None:
+    assert app.inbox.put("discord", payload["id"], f"discord:{payload['channel_id']}", payload,
+                         limit)
+
+
+async def test_a_message_delivered_twice_is_answered_once(fake, adapter):
+    asked = await fake.send_message(DM_CHANNEL, ALICE, "What is the capital of Japan?",
+                                    guild=False)
+    await fake.wait_for(lambda: fake.replies_in(DM_CHANNEL))
+    # The gateway sends it again (as a RESUME may replay what was already received).
+    await fake.dispatch("MESSAGE_CREATE", asked)
+    key = (DM_CHANNEL, asked["id"])
+    await fake.wait_for(lambda: list(adapter.handled).count(key) == 2)
+    assert [p.reply_to for p in fake.replies_in(DM_CHANNEL)] == [asked["id"]]
+
+
+async def test_a_message_another_replica_received_is_answered_here(tmp_path, fake, asr, llm,
+                                                                    tts):
+    """A replica running another shard (or this one before a restart) stored it: this one has
+    never seen the guild or the channel, and answers it from the inbox alone."""
+    question = inbox_payload(fake.snowflake(), SHARD1_CHANNEL, ALICE,
+                             f"{MENTION} what is the capital of Japan?", guild_id=SHARD1_GUILD_ID,
+                             channel_name="shard-one", mentions=(BOT_USER["id"],))
+    app, adapter = await started(tmp_path, fake, asr, llm, tts,
+                                 before=lambda app: put(app, question))
+    try:
+        reply = (await fake.wait_for(lambda: fake.replies_in(SHARD1_CHANNEL)))[0]
+        await fake.wait_for(lambda: app.inbox.state_of("discord", question["id"])
+                            is InboxState.DONE)
+        exchange, = app.store.exchanges()
+        with app.store.session() as s:
+            chat = s.query(Chat).one()
+    finally:
+        await adapter.stop()
+        await app.stop()
+        app.close()
+    assert adapter.client.get_channel(int(SHARD1_CHANNEL)) is None  # never in its cache
+    assert reply.reply_to == question["id"] and "Tokyo" in reply.content
+    assert SHARD1_CHANNEL in fake.typing
+    assert exchange.incoming_message_id == question["id"]
+    assert exchange.reply_message_id == reply.message["id"]
+    assert (chat.platform_chat_id, chat.kind, chat.title) == (SHARD1_CHANNEL, "group",
+                                                              "shard-one")
+
+
+async def test_answering_again_after_a_crash_does_not_send_the_voice_twice(tmp_path, fake, asr,
+                                                                          llm, tts):
+    """A replica sent the voice message, then died before storing the turn: the replica that
+    answers the message again sends only what the user does not have yet."""
+    question = inbox_payload(fake.snowflake(), DM_CHANNEL, ALICE, "What is the capital of Japan?")
+
+    def crashed_after_the_voice(app: ChatmanApp) -> None:
+        put(app, question)
+        item = app.inbox.claim("dead-replica", 0.0, ["discord"])  # its lease ran out at once
+        assert item is not None
+        app.inbox.record_sent(item.id, "voice", "1015000000000999999")
+
+    app, adapter = await started(tmp_path, fake, asr, llm, tts, discord_text_voice=True,
+                                 before=crashed_after_the_voice)
+    try:
+        text = (await fake.wait_for(lambda: fake.replies_in(DM_CHANNEL)))[0]
+        await fake.wait_for(lambda: app.inbox.state_of("discord", question["id"])
+                            is InboxState.DONE)
+        await handled(fake, adapter, question)
+        exchange, = app.store.exchanges()
+    finally:
+        await adapter.stop()
+        await app.stop()
+        app.close()
+    assert fake.replies_in(DM_CHANNEL) == [text]
+    assert not text.flags & VOICE_FLAG and not text.files and text.content
+    assert exchange.reply_message_id == text.message["id"]
+
+
+async def test_a_message_arriving_at_a_full_channel_line_is_told_busy(tmp_path, fake, asr, llm,
+                                                                      tts):
+    first = inbox_payload(fake.snowflake(), DM_CHANNEL, ALICE, "What is the capital of Japan?")
+
+    def another_replica_is_answering(app: ChatmanApp) -> None:
+        put(app, first, limit=1)
+        assert app.inbox.claim("other-replica", 120.0, ["discord"]) is not None
+
+    app, adapter = await started(tmp_path, fake, asr, llm, tts, chat_queue_limit=1,
+                                 before=another_replica_is_answering)
+    try:
+        asked = await fake.send_message(DM_CHANNEL, ALICE, "And of France?", guild=False)
+        busy = (await fake.wait_for(lambda: fake.replies_in(DM_CHANNEL)))[0]
+        await handled(fake, adapter, asked)
+        language = app.language
+    finally:
+        await adapter.stop()
+        await app.stop()
+        app.close()
+    assert busy.reply_to == asked["id"]
+    assert busy.content == word(Busy("chat line full").message, language)
+    assert fake.replies_in(DM_CHANNEL) == [busy]  # the first is the other replica's
+
+
+@asynccontextmanager
+async def replica(tmp_path: Path, fake: FakeDiscord, asr: Any, llm: Any, tts: Any,
+                  **overrides: Any) -> AsyncIterator[tuple[ChatmanApp, DiscordAdapter]]:
+    app, adapter = await started(tmp_path, fake, asr, llm, tts, **overrides)
+    try:
+        yield app, adapter
+    finally:
+        await adapter.stop()
+        await app.stop()
+        app.close()
+
+
+async def test_two_replicas_run_one_shard_each(tmp_path, asr, llm, tts):
+    fake = FakeDiscord(second_guild=True)
+    await fake.start()
+    try:
+        async with replica(tmp_path / "a", fake, asr, llm, tts, discord_shard_count=2,
+                           discord_shard_ids="0") as (app0, shard0), \
+                replica(tmp_path / "b", fake, asr, llm, tts, discord_shard_count=2,
+                        discord_shard_ids="1") as (app1, shard1):
+            assert sorted(fake.identified_shards, key=str) == [[0, 2], [1, 2]]
+            assert "gateway/bot" not in " ".join(fake.calls)  # the count is set
+            # Each replica has its own database here: only its shard's gateway reaches it.
+            here = await fake.send_message(TEXT_CHANNEL, BOB, f"{MENTION} capital of Japan?",
+                                           mentions=[BOT_USER])
+            await fake.wait_for(lambda: fake.replies_in(TEXT_CHANNEL))
+            there = await fake.send_message(SHARD1_CHANNEL, BOB, f"{MENTION} capital of Japan?",
+                                            mentions=[BOT_USER])
+            await fake.wait_for(lambda: fake.replies_in(SHARD1_CHANNEL))
+            dm = await fake.send_message(DM_CHANNEL, ALICE, "Hello!", guild=False)
+            await fake.wait_for(lambda: fake.replies_in(DM_CHANNEL))
+            # Stored once sent: wait for the turns, then for anything more to come of them.
+            await fake.wait_for(lambda: len(app0.store.exchanges()) == 2)
+            await fake.wait_for(lambda: app1.store.exchanges())
+            for adapter, message in ((shard0, here), (shard1, there), (shard0, dm)):
+                await handled(fake, adapter, message)
+            answered0 = [e.incoming_message_id for e in app0.store.exchanges()]
+            answered1 = [e.incoming_message_id for e in app1.store.exchanges()]
+            assert shard1.client.get_channel(int(TEXT_CHANNEL)) is None
+            assert shard0.client.get_channel(int(SHARD1_CHANNEL)) is None
+    finally:
+        await fake.stop()
+    assert answered0 == [here["id"], dm["id"]]  # DMs come to shard 0
+    assert answered1 == [there["id"]]
+
+
+async def test_without_a_shard_count_discord_recommends_one(tmp_path, asr, llm, tts,
+                                                           monkeypatch):
+    async def at_once(self: Any, shard_id: int | None, *, initial: bool = False) -> None:
+        """discord.py waits 5 s between IDENTIFYs, as Discord asks; the fake does not."""
+
+    monkeypatch.setattr(discord.Client, "before_identify_hook", at_once)
+    fake = FakeDiscord(recommended_shards=2, second_guild=True)
+    await fake.start()
+    try:
+        async with replica(tmp_path, fake, asr, llm, tts) as (_app, adapter):
+            shards = sorted(adapter.client.shards)
+            guilds = sorted(g.id for g in adapter.client.guilds)
+    finally:
+        await fake.stop()
+    assert "GET gateway/bot" in fake.calls
+    assert sorted(fake.identified_shards, key=str) == [[0, 2], [1, 2]] and shards == [0, 1]
+    assert guilds == sorted([int(GUILD_ID), int(SHARD1_GUILD_ID)])

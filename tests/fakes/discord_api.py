@@ -5,6 +5,11 @@ REST lives under ``/api/v10``; JSON replies carry ``Content-Type: application/js
 edge (without it discord.py assumes a Cloudflare ban). The gateway speaks plain-text JSON:
 HELLO → IDENTIFY → READY (+ ``application``) → GUILD_CREATE, heartbeats, dispatches with
 sequence numbers, and RESUME that replays what a dropped connection missed.
+
+Sharding as Discord does it: ``GET /gateway/bot`` recommends a shard count (``shards``); an
+IDENTIFY with ``shard: [id, count]`` gets only the guilds with ``(guild_id >> 22) % count ==
+id``, in READY and in events, and DMs go to shard 0 alone. An IDENTIFY without ``shard`` gets
+everything.
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ BOT_USER: Json = {"id": APP_ID, "username": "manman", "discriminator": "0", "glo
 GUILD_ID = "1015000000000000100"
 TEXT_CHANNEL = "1015000000000000200"
 OTHER_CHANNEL = "1015000000000000201"
+#: A second guild, on shard 1 of 2 (GUILD_ID is on shard 0); present with ``FakeDiscord(
+#: second_guild=True)``.
+SHARD1_GUILD_ID = str(((int(GUILD_ID) >> 22) + 1) << 22 | 100)
+SHARD1_CHANNEL = str(int(SHARD1_GUILD_ID) + 100)
 EVERYONE_ROLE = GUILD_ID
 ADMIN_PERMISSIONS = str(1 << 3)
 VOICE_FLAG = 1 << 13
@@ -75,8 +84,13 @@ class Posted:
         return str(ref["message_id"]) if ref else None
 
 
+def shard_of(guild_id: str | None, count: int) -> int:
+    """The shard Discord sends a guild's events to (DMs: shard 0)."""
+    return 0 if guild_id is None else (int(guild_id) >> 22) % count
+
+
 class FakeDiscord(LocalServer):
-    def __init__(self) -> None:
+    def __init__(self, *, second_guild: bool = False, recommended_shards: int = 1) -> None:
         self.posted: list[Posted] = []
         self.calls: list[str] = []
         self.typing: list[str] = []
@@ -89,7 +103,16 @@ class FakeDiscord(LocalServer):
         self._events: list[Json] = []  # every dispatch, for RESUME replays
         self._sockets: list[web.WebSocketResponse] = []
         self.identifies = 0
+        #: the ``shard`` field of each IDENTIFY (None: not sharded)
+        self.identified_shards: list[list[int] | None] = []
         self.resumes = 0
+        self.recommended_shards = recommended_shards
+        self.guild_ids = [GUILD_ID, *([SHARD1_GUILD_ID] if second_guild else [])]
+        self._channel_guild = {TEXT_CHANNEL: GUILD_ID, OTHER_CHANNEL: GUILD_ID,
+                               SHARD1_CHANNEL: SHARD1_GUILD_ID}
+        # The shard each connection (and each session, for RESUME) identified as.
+        self._socket_shard: dict[web.WebSocketResponse, list[int] | None] = {}
+        self._session_shard: dict[str, list[int] | None] = {}
         self.guild_members: dict[str, Json] = {}
 
     def snowflake(self) -> str:
@@ -134,25 +157,50 @@ class FakeDiscord(LocalServer):
                     if payload["d"]["token"] != TOKEN:
                         await ws.close(code=4004, message=b"Authentication failed.")
                         break
+                    shard = payload["d"].get("shard")
+                    if shard is not None and not (isinstance(shard, list) and len(shard) == 2
+                                                  and 0 <= shard[0] < shard[1]):
+                        await ws.close(code=4010, message=b"Invalid shard.")
+                        break
+                    self.identified_shards.append(shard)
+                    session = f"fake-session-{self.identifies}"
+                    self._socket_shard[ws] = self._session_shard[session] = shard
+                    guilds = [g for g in self.guild_ids if self._on_shard(shard, g)]
                     await self._send_event(ws, "READY", {
-                        "v": 10, "user": BOT_USER, "session_id": "fake-session",
+                        "v": 10, "user": BOT_USER, "session_id": session,
                         "resume_gateway_url": self.gateway_url, "private_channels": [],
-                        "guilds": [{"id": GUILD_ID, "unavailable": True}],
+                        "guilds": [{"id": g, "unavailable": True} for g in guilds],
                         "application": {"id": APP_ID, "flags": 0},
+                        **({"shard": shard} if shard is not None else {}),
                     })
-                    await self._send_event(ws, "GUILD_CREATE", self._guild())
+                    for guild_id in guilds:
+                        await self._send_event(ws, "GUILD_CREATE", self._guild(guild_id))
                 elif op == 6:
                     self.resumes += 1
                     seq = payload["d"]["seq"] or 0
+                    shard = self._session_shard.get(payload["d"]["session_id"])
+                    self._socket_shard[ws] = shard
                     for event in self._events:
-                        if event["s"] > seq:
+                        if event["s"] > seq and self._routes_to(shard, event):
                             await ws.send_str(json.dumps(event))
                     await ws.send_str(json.dumps({"op": 0, "t": "RESUMED", "s": self._next_seq(),
                                                   "d": {}}))
         finally:
             if ws in self._sockets:
                 self._sockets.remove(ws)
+            self._socket_shard.pop(ws, None)
         return ws
+
+    @staticmethod
+    def _on_shard(shard: list[int] | None, guild_id: str | None) -> bool:
+        return shard is None or shard_of(guild_id, shard[1]) == shard[0]
+
+    def _routes_to(self, shard: list[int] | None, event: Json) -> bool:
+        """Whether a connection identified as ``shard`` gets ``event`` (a guild's events go
+        to that guild's shard, DMs to shard 0)."""
+        data = event["d"]
+        guild_id = data.get("guild_id") if isinstance(data, dict) else None
+        return self._on_shard(shard, guild_id)
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -164,11 +212,12 @@ class FakeDiscord(LocalServer):
         await ws.send_str(json.dumps(event))
 
     async def dispatch(self, name: str, data: Json) -> None:
-        """Send an event to the connected bot (recorded for replay if nobody is connected)."""
+        """Send an event to the connected bot's shard that it belongs to (recorded for replay
+        if nobody is connected)."""
         event: Json = {"op": 0, "t": name, "s": self._next_seq(), "d": data}
         self._events.append(event)
         for ws in list(self._sockets):
-            if not ws.closed:
+            if not ws.closed and self._routes_to(self._socket_shard.get(ws), event):
                 await ws.send_str(json.dumps(event))
 
     async def drop_connection(self) -> None:
@@ -176,22 +225,25 @@ class FakeDiscord(LocalServer):
         for ws in list(self._sockets):
             await ws.close(code=4000, message=b"Unknown error")
 
-    def _guild(self) -> Json:
+    def _guild(self, guild_id: str = GUILD_ID) -> Json:
+        channels = [(cid, name) for cid, name in ((TEXT_CHANNEL, "general"),
+                                                  (OTHER_CHANNEL, "random"),
+                                                  (SHARD1_CHANNEL, "shard-one"))
+                    if self._channel_guild[cid] == guild_id]
         return {
-            "id": GUILD_ID, "name": "Test Guild", "icon": None, "owner_id": "1015000000000000999",
+            "id": guild_id, "name": "Test Guild", "icon": None, "owner_id": "1015000000000000999",
             "unavailable": False, "member_count": 3, "large": False, "features": [],
             "emojis": [], "stickers": [], "threads": [], "presences": [], "voice_states": [],
             "stage_instances": [], "guild_scheduled_events": [], "soundboard_sounds": [],
             "members": [{"user": BOT_USER, "roles": [], "joined_at": _now(), "deaf": False,
                          "mute": False, "flags": 0}],
-            "roles": [{"id": EVERYONE_ROLE, "name": "@everyone", "permissions": str(
+            "roles": [{"id": guild_id, "name": "@everyone", "permissions": str(
                 (1 << 10) | (1 << 11) | (1 << 15) | (1 << 16) | (1 << 31)), "position": 0,
                 "color": 0, "hoist": False, "managed": False, "mentionable": False}],
             "channels": [
-                {"id": TEXT_CHANNEL, "type": 0, "name": "general", "position": 0,
-                 "permission_overwrites": [], "guild_id": GUILD_ID},
-                {"id": OTHER_CHANNEL, "type": 0, "name": "random", "position": 1,
-                 "permission_overwrites": [], "guild_id": GUILD_ID},
+                {"id": cid, "type": 0, "name": name, "position": i,
+                 "permission_overwrites": [], "guild_id": guild_id}
+                for i, (cid, name) in enumerate(channels)
             ],
             "verification_level": 0, "default_message_notifications": 0,
             "explicit_content_filter": 0, "mfa_level": 0, "premium_tier": 0,
@@ -211,7 +263,7 @@ class FakeDiscord(LocalServer):
             "flags": flags, "components": [],
         }
         if guild:
-            data["guild_id"] = GUILD_ID
+            data["guild_id"] = self._channel_guild.get(channel_id, GUILD_ID)
             data["member"] = self._member(author, admin)
         if reply_to is not None:
             data["type"] = 19
@@ -341,6 +393,11 @@ class FakeDiscord(LocalServer):
         parts = path.split("/")
         if key == "GET users/@me":
             return self._json(BOT_USER)
+        if key == "GET gateway/bot":
+            return self._json({"url": self.gateway_url, "shards": self.recommended_shards,
+                               "session_start_limit": {"total": 1000, "remaining": 999,
+                                                       "reset_after": 14400000,
+                                                       "max_concurrency": 1}})
         if key == "GET oauth2/applications/@me":
             return self._json({"id": APP_ID, "name": "Manman", "description": "", "icon": None,
                                "bot_public": True, "bot_require_code_grant": False,
