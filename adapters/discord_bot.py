@@ -117,7 +117,7 @@ class DiscordAdapter:
         discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.default()
         intents.message_content = True
-        # Sharded always: DISCORD_SHARD_COUNT splits the guilds (guild_id >> 22 % count) and
+        # Sharded always: DISCORD_SHARD_COUNT splits the guilds ((guild_id >> 22) % count) and
         # DISCORD_SHARD_IDS says which this replica connects; neither set, Discord's
         # recommended count, all in this process. A shard's messages may be answered by any
         # replica: they go through the inbox.
@@ -188,7 +188,8 @@ class DiscordAdapter:
         if fresh:
             self.app.inbox_worker.wake()
         else:
-            self._handled(received)  # seen before (a RESUME replay): answered once, there
+            # Seen before (a RESUME replay: answered once, there), or not stored (logged).
+            self._handled(received)
 
     async def _store(self, received: Received) -> bool:
         delay = 1.0
