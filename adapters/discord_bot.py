@@ -53,11 +53,12 @@ from bot.core.commands import (
     TrainStatus,
 )
 from bot.core.errors import Busy, NotDelivered, PermissionDenied, UserFacingError
-from bot.core.inbox import ClaimLost, InboxItem, current_item
+from bot.core.inbox import ClaimLost, InboxItem
 from bot.core.jobs import Notice
 from bot.core.messages import Message
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef, VoiceNote
 from bot.core.wording import word
+from bot.services.inbox_worker import send_once
 
 log = logging.getLogger(__name__)
 
@@ -375,19 +376,14 @@ class DiscordAdapter:
         return word(said, self.app.language)
 
     async def _send_part(self, part: str, send: Callable[[], Awaitable[int]]) -> int:
-        """Send one message of the answer to the inbox message being answered, unless a
-        replica that answered it before (and then died) already did: sends are recorded under
-        the message and ``part``, so the user never gets one twice. Returns its message id."""
-        item = current_item.get()
-        if item is not None:
-            done = await asyncio.to_thread(self.app.inbox.sent, item.id)
-            if part in done:
-                log.info("discord: %s of %s was sent before; not again", part, item.turn_id)
-                return int(done[part])
-        sent = await send()
-        if item is not None:
-            await asyncio.to_thread(self.app.inbox.record_sent, item.id, part, str(sent))
-        return sent
+        """One message of the answer, sent once across replicas (see ``send_once``)."""
+
+        async def sent_id() -> str:
+            return str(await send())
+
+        done = await send_once(self.app.inbox, part, sent_id)
+        assert done is not None, "a Discord send returns its id or raises"
+        return int(done)
 
     async def _send_text(self, channel: discord.abc.Messageable, text: str,
                          reference: discord.MessageReference | None, *,

@@ -72,6 +72,7 @@ from bot.core.messages import Message as Said
 from bot.core.types import ChatKind, ChatRef, Incoming, Turn, UserRef
 from bot.core.wording import word
 from bot.services.admin import CommandResult
+from bot.services.inbox_worker import send_once
 
 log = logging.getLogger(__name__)
 
@@ -488,23 +489,13 @@ class TelegramAdapter:
 
     async def _send_part(self, part: str, call: Callable[[], Awaitable[Message]],
                          method: str) -> str | None:
-        """Send one message of the answer to the inbox message being answered, unless a
-        replica that answered it before (and then died) already did: sends are recorded under
-        the message and ``part``, so the user never gets one twice. Returns its message id."""
-        item = current_item.get()
-        if item is not None:
-            done = await asyncio.to_thread(self.app.inbox.sent, item.id)
-            if part in done:
-                log.info("telegram: %s %s of %s was sent before; not again", method, part,
-                         item.turn_id)
-                return done[part]
-        sent = await self._send(call, method)
-        if sent is None:
-            return None
-        if item is not None:
-            await asyncio.to_thread(self.app.inbox.record_sent, item.id, part,
-                                    str(sent.message_id))
-        return str(sent.message_id)
+        """One message of the answer, sent once across replicas (see ``send_once``)."""
+
+        async def send() -> str | None:
+            sent = await self._send(call, method)
+            return str(sent.message_id) if sent is not None else None
+
+        return await send_once(self.app.inbox, part, send)
 
     async def _send(self, call: Callable[[], Awaitable[T]], method: str, *,
                     repeatable: bool = False) -> T | None:

@@ -192,6 +192,25 @@ class InboxWorker:
             log.info("inbox: forgot %d finished messages older than %s", gone, KEEP_FINISHED)
 
 
+async def send_once(inbox: Inbox, part: str,
+                    send: Callable[[], Awaitable[str | None]]) -> str | None:
+    """Send one message of the answer to the inbox message this task answers, unless a replica
+    that answered it before (and then died) already did: each send is recorded under the
+    message and ``part``, so the user never gets one twice. Returns its platform id (None: not
+    sent). Outside the inbox (no current message) it just sends."""
+    item = current_item.get()
+    if item is None:
+        return await send()
+    done = await asyncio.to_thread(inbox.sent, item.id)
+    if part in done:
+        log.info("inbox: %s of %s was sent before; not again", part, item.turn_id)
+        return done[part]
+    sent = await send()
+    if sent is not None:
+        await asyncio.to_thread(inbox.record_sent, item.id, part, sent)
+    return sent
+
+
 def _report_crash(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("inbox: %s stopped: nothing is answered any more", task.get_name(),
