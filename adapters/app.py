@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from types import TracebackType
@@ -56,22 +56,36 @@ from training.jobs import TrainingRunner, training_key
 log = logging.getLogger(__name__)
 
 
-def build_asr(s: Settings) -> SpeechRecognizer:
+def build_asr(s: Settings, languages: Sequence[str] = ()) -> SpeechRecognizer:
+    """``languages``: those turns are answered in; a voice note's language is detected among
+    them (unless CHATMAN_ASR_LANGUAGE fixes it)."""
     return FasterWhisperASR(
         s.asr_model,
         device=s.asr_device,
         compute_type=s.asr_compute_type,
         language=s.asr_language,
+        languages=languages,
         vad=s.asr_vad,
         beam_size=s.asr_beam_size,
     )
 
 
-def reply_token_cap(s: Settings, persona: PersonaProfile | None, language: str) -> int:
-    """CHATMAN_LLM_MAX_NEW_TOKENS, or what the persona's speech budget allows."""
+def reply_token_cap(s: Settings, persona: PersonaProfile | None, *languages: str) -> int:
+    """CHATMAN_LLM_MAX_NEW_TOKENS, or what the persona's speech budget allows (in the
+    wordiest of ``languages``: the budget cuts each reply back to its own language's length)."""
     if s.llm_max_new_tokens is not None:
         return s.llm_max_new_tokens
-    return (persona.speech if persona else SpeechBudget()).max_new_tokens(language)
+    budget = persona.speech if persona else SpeechBudget()
+    return max(budget.max_new_tokens(lang) for lang in languages or ("en",))
+
+
+def answer_languages(s: Settings, persona: PersonaProfile, default: str) -> list[str]:
+    """The languages turns are answered in (CHATMAN_LANGUAGES, else every one the persona
+    has a prompt in), ``default`` first; each must have a prompt (PersonaError)."""
+    chosen = [lang for lang in (s.language_list or persona.languages) if lang != default]
+    languages = [default, *chosen]
+    persona.prompts(languages)  # raises, naming the language without a prompt
+    return languages
 
 
 def generation_settings(s: Settings, max_new_tokens: int | None = None) -> GenerationSettings:
@@ -232,13 +246,14 @@ class ChatmanApp:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         persona = load_persona(settings.persona, settings.persona_dir)
         language = settings.language or persona.language
+        languages = answer_languages(settings, persona, language)
         engine = make_engine(settings.resolved_database_url)
         store = SqlStore(engine)
         codec = PyAvCodec(max_seconds=settings.max_voice_seconds,
                           max_bytes=settings.max_upload_bytes,
                           max_cpu_seconds=settings.decode_cpu_seconds)
-        asr = asr or build_asr(settings)
-        token_cap = reply_token_cap(settings, persona, language)
+        asr = asr or build_asr(settings, languages)
+        token_cap = reply_token_cap(settings, persona, *languages)
         # One client for the engine, whichever version it serves (connections are pooled).
         serving = build_serving_engine(settings) if settings.llm_backend == "openai" else None
         llm = llm or build_llm(settings, max_new_tokens=token_cap, serving=serving)
@@ -248,7 +263,7 @@ class ChatmanApp:
             codec=codec, asr=asr, llm=llm, tts=tts, store=store,
             config=PipelineConfig(
                 persona=persona.name,
-                system_prompt=persona.prompt_for(language),
+                system_prompts=persona.prompts(languages),
                 language=language,
                 speech=persona.speech,
                 history_max_messages=settings.history_max_messages,
@@ -276,7 +291,8 @@ class ChatmanApp:
             return build_llm(settings, model_ref, version, token_cap, serving=serving)
 
         models = ModelSwitcher(registry=registry, pipeline=pipeline, persona=persona,
-                               language=language, base_ref=settings.llm_model, factory=model_for)
+                               languages=languages, base_ref=settings.llm_model,
+                               factory=model_for)
         inbox = SqlInbox(store)
         inbox_worker = InboxWorker(inbox, owner=settings.resolved_replica_id,
                                    lease_s=settings.inbox_lease_seconds,

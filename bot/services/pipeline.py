@@ -18,13 +18,14 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
 from bot.core.errors import EmptyInput, NoSpeech, ServerBusy, TextTooLong, UserFacingError
 from bot.core.events import Heard, OnEvent, Stage
+from bot.core.language import answer_language, script_language
 from bot.core.loudness import is_silent
 from bot.core.messages import Message
 from bot.core.observe import NoObserver, TurnObserver, failure_kind
@@ -63,8 +64,11 @@ Deliver = Callable[[Turn], Awaitable[str | None]]
 
 @dataclass(frozen=True)
 class PipelineConfig:
+    """``system_prompts``: the persona's prompt in every language it speaks; a turn is answered
+    in the speaker's language when it is one of them, else in ``language`` (the persona's)."""
+
     persona: str
-    system_prompt: str
+    system_prompts: Mapping[str, str]
     language: str
     speech: SpeechBudget = SpeechBudget()
     history_max_messages: int = 40
@@ -102,9 +106,9 @@ class VoicePipeline:
         processes at a low CPU priority); without one, ``codec.decode`` runs in a thread.
         ``observer`` hears every turn's outcome and timings (metrics)."""
         self.codec, self.asr, self.llm, self.tts, self.store = codec, asr, llm, tts, store
-        # The prompt the answering model is served with: a version answers with the system
-        # prompt it was trained with, so it is swapped together with the model.
-        self.system_prompt = config.system_prompt
+        # The prompts the answering model is served with (one per language): a version answers
+        # with the system prompt it was trained with, so they are swapped with the model.
+        self.system_prompts: Mapping[str, str] = dict(config.system_prompts)
         self.config = config
         self._chat_locks: weakref.WeakValueDictionary[tuple[str, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -164,7 +168,8 @@ class VoicePipeline:
         if len(text) > limit:
             raise TextTooLong(f"{len(text)} characters > {limit}",
                               params={"length": len(text), "limit": limit})
-        return Transcript(text=text, language=self.config.language, duration_s=0.0)
+        return Transcript(text=text, language=script_language(text) or self.config.language,
+                          duration_s=0.0)
 
     async def _transcribe(self, pcm: Pcm, timer: _Timer) -> Transcript:
         with timer.stage("asr"):
@@ -229,7 +234,11 @@ class VoicePipeline:
             history = [ChatMessage(m.role, m.content) for m in history]
         # One model for the whole turn: a hot swap (see ChatmanApp.sync_model) replaces
         # self.llm between turns, never under one.
-        llm, system_prompt = self.llm, self.system_prompt
+        llm, prompts = self.llm, self.system_prompts
+        # The speaker's language if the persona speaks it: the prompt in that language, the
+        # voice for it, its speech budget (what is stored is the language answered in).
+        language = answer_language(transcript.language, prompts, self.config.language)
+        system_prompt = prompts[language]
         with timer.stage("prompt"):
             prompt = await self._run(llm.fit_history, system_prompt, history, user_turn)
         if on_event is not None:
@@ -238,8 +247,8 @@ class VoicePipeline:
         # sentence by sentence as the model writes it (see bot/services/spoken_reply.py).
         asked_ms = (time.perf_counter() - started) * 1000
         spoken = await speak_reply(
-            llm, prompt, budget=self.config.speech, language=transcript.language,
-            fallback=word(FALLBACK_REPLY, transcript.language), tts=self.tts if msg.want_voice else None,
+            llm, prompt, budget=self.config.speech, language=language,
+            fallback=word(FALLBACK_REPLY, language), tts=self.tts if msg.want_voice else None,
             codec=self.codec, on_event=on_event)
         reply, text = spoken.reply, spoken.text
         # "llm" is the model's whole reply (TTS overlaps it); the first_* marks count from the
@@ -257,7 +266,7 @@ class VoicePipeline:
         timer.ms["total"] = round((time.perf_counter() - started) * 1000, 1)
         turn = Turn(
             transcript=transcript.text,
-            language=transcript.language,
+            language=language,
             reply=text,
             voice=voice,
             audio_duration_s=transcript.duration_s if msg.audio is not None else None,

@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bot.core.config import STARTER
+from bot.core.language import base_language
 from bot.core.types import Pcm
 from bot.infra.devices import resolve_device
+from bot.infra.tts.spoken import spoken
 from bot.infra.tts.text import clean_for_speech
 
 if TYPE_CHECKING:
@@ -57,13 +59,15 @@ class PiperTTS:
         self.load()
         from piper import SynthesisConfig
 
-        spoken = clean_for_speech(text)
+        # Chinese numbers, dates and money are spelled out in Chinese (espeak's Mandarin reads
+        # digits one by one); English text is left to espeak, which reads them well.
+        said = spoken(text, language) if base_language(language) == "zh" else clean_for_speech(text)
         # length_scale is a duration multiplier: faster speech means a smaller scale.
         config = SynthesisConfig(length_scale=1.0 / self.speed)
         pause = np.zeros(int(self.sample_rate * 0.12), dtype=np.float32)
         chunks: list[np.ndarray] = []
         assert self._voice is not None  # load() above
-        for chunk in self._voice.synthesize(spoken, syn_config=config):
+        for chunk in self._voice.synthesize(said, syn_config=config):
             chunks.extend((chunk.audio_float_array.astype(np.float32), pause))
         samples = np.concatenate(chunks[:-1]) if chunks else np.zeros(0, dtype=np.float32)
         return Pcm(samples=samples, sample_rate=self.sample_rate)
