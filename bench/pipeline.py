@@ -89,7 +89,7 @@ async def main() -> None:
             pcm, stand["decode"] = timed(app.codec.decode, clip)
             _, stand["asr"] = timed(app.asr.transcribe, pcm)
             prompt = app.llm.fit_history(
-                app.pipeline.config.system_prompt, [], ChatMessage(Role.USER, turn.transcript)
+                app.pipeline.system_prompts[turn.language], [], ChatMessage(Role.USER, turn.transcript)
             )
             reply, stand["llm"] = timed(app.llm.generate, prompt)
             speech, stand["tts"] = timed(app.tts.synthesize, turn.reply, turn.language)

@@ -43,7 +43,8 @@ def test_language_setting_overrides_the_personas_own(tmp_path):
     app = ChatmanApp.from_settings(make_settings(tmp_path / "d", language="zh"))
     try:
         assert app.pipeline.config.language == "zh"
-        assert app.pipeline.config.system_prompt.startswith("你是慢慢")
+        assert app.pipeline.config.system_prompts["zh"].startswith("你是慢慢")
+        assert list(app.pipeline.config.system_prompts) == ["zh", "en"]
     finally:
         app.close()
 

@@ -233,7 +233,7 @@ def test_app_builds_from_settings_alone(tmp_path):
     application = ChatmanApp.from_settings(make_settings(tmp_path / "d"))
     try:
         assert application.persona.display_name == "Manman"
-        assert application.pipeline.config.system_prompt.startswith("You are Manman")
+        assert application.pipeline.config.system_prompts["en"].startswith("You are Manman")
         assert application.asr.name == "faster-whisper:model"
         assert application.tts.name == "piper:en_US-joe-medium"
     finally:

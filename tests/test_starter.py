@@ -95,7 +95,7 @@ async def test_the_starter_rolls_back_to_the_base_and_is_not_installed_again(tmp
         app.registry.rollback("admin")
         await app.sync_model(load=False)
         assert served_version(app) is None  # the plain base answers
-        assert app.pipeline.system_prompt == PERSONA.prompt_for("en")
+        assert app.pipeline.system_prompts["en"] == PERSONA.prompt_for("en")
     finally:
         await app.stop()
         app.close()

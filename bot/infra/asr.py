@@ -118,6 +118,7 @@ class FasterWhisperASR:
         """The spoken language, the likeliest of ``languages`` when they are given."""
         assert self._model is not None
         best, _, probs = self._model.detect_language(audio.samples, vad_filter=self.vad)
+        best = str(best)
         if not self.languages:
             return best
         allowed = [(p, code) for code, p in probs if base_language(code) in self.languages]
