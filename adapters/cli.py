@@ -431,7 +431,7 @@ def eval_command(
     """
     from dataclasses import replace
 
-    from adapters.app import build_llm, build_local_llm, build_serving_engine
+    from adapters.app import build_llm, build_local_llm, build_serving_engine, for_persona
     from bot.core.persona import load_persona
     from bot.infra.llm.openai_model import OpenAIChatModel
     from training.evaluate import (
@@ -451,11 +451,12 @@ def eval_command(
     _preflight(settings)
     try:
         persona = load_persona(settings.persona, settings.persona_dir)
+        settings = for_persona(settings, persona)
         probe_items = load_jsonl(probes, ProbeItem) if probes else None
-        general_set = load_jsonl(general, GeneralItem) if general else general_items()
+        language = settings.language or persona.language
+        general_set = load_jsonl(general, GeneralItem) if general else general_items(language)
     except (ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
-    language = settings.language or persona.language
     model_ref, version, prompt_kind = _resolve_model(settings, persona.name, model)
     base_ref = base or settings.train_base_model or persona.training.base_model
     if engine:

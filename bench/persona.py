@@ -67,7 +67,7 @@ def main() -> None:
     decoding = Decoding.serving(settings, persona, language, args.samples)
     markers = [persona.display_name, *persona.training.leak_markers]
     base_llm = build_local_llm(settings, max_new_tokens=decoding.max_new_tokens)
-    base_answers = answer_general(base_llm, persona.prompt_for(language), general_items(),
+    base_answers = answer_general(base_llm, persona.prompt_for(language), general_items(language),
                                   markers, decoding, persona.speech, language)
 
     def judge(llm: Answerer, prompt_kind: str = "full") -> dict[str, object]:

@@ -33,7 +33,7 @@ from bot.core.persona import PersonaProfile, ProbeKind
 from bot.core.speech_budget import SpeechBudget, shape_reply
 from bot.core.types import ChatMessage, Role
 from bot.infra.llm.chat_model import Generated, GenerationSettings, generate_batch
-from training.general_qa import GENERAL_QA
+from training.general_qa import general_qa
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -147,8 +147,9 @@ def persona_probes(persona: PersonaProfile, language: str) -> list[ProbeItem]:
                       history=list(p.history)) for p in persona.probes_for(language)]
 
 
-def general_items() -> list[GeneralItem]:
-    return [GeneralItem.model_validate(x) for x in GENERAL_QA]
+def general_items(language: str = "en") -> list[GeneralItem]:
+    """The built-in general-knowledge set in ``language`` (see training/general_qa.py)."""
+    return [GeneralItem.model_validate(x) for x in general_qa(language)]
 
 
 def _contains_any(text: str, needles: list[str]) -> bool:
@@ -299,7 +300,7 @@ def evaluate(
     decoding = decoding or Decoding(max_new_tokens=persona.speech.max_new_tokens(language))
     budget = persona.speech
     probes = probes if probes is not None else persona_probes(persona, language)
-    general = general if general is not None else general_items()
+    general = general if general is not None else general_items(language)
     if not probes:
         raise EvalFileError(f"persona {persona.name!r} has no probes for {language!r}")
     draws = _ask(candidate, [_conversation(system, p.question, p.history) for p in probes],

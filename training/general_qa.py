@@ -56,3 +56,59 @@ REPLAY_PROMPTS: list[str] = [
     "What is the speed of light, roughly?",
     "Explain what a computer is in one sentence.",
 ]
+
+# The same in Chinese, for a Chinese persona: retention is measured in the language it is
+# trained and served in (a Chinese fine-tune may forget Chinese facts and keep English ones).
+GENERAL_QA_ZH: list[dict[str, object]] = [
+    {"question": "日本的首都是哪里?", "accept": ["东京"]},
+    {"question": "法国的首都是哪里?", "accept": ["巴黎"]},
+    {"question": "一个星期有几天?", "accept": ["七", "7"]},
+    {"question": "太阳系中最大的行星是哪一颗?", "accept": ["木星"]},
+    {"question": "水的化学式是什么?", "accept": ["H2O", "H₂O"]},
+    {"question": "晴朗的天空是什么颜色的?", "accept": ["蓝"]},
+    {"question": "蜜蜂会酿什么?", "accept": ["蜜"]},
+    {"question": "水在摄氏多少度结冰?", "accept": ["0", "零"]},
+    {"question": "《红楼梦》的作者是谁?", "accept": ["曹雪芹"]},
+    {"question": "一年有几个月?", "accept": ["十二", "12"]},
+    {"question": "熊猫最爱吃什么?", "accept": ["竹"]},
+    {"question": "长城在哪个国家?", "accept": ["中国"]},
+]
+
+REPLAY_PROMPTS_ZH: list[str] = [
+    "德国的首都是哪里?",
+    "西班牙的首都是哪里?",
+    "中国的首都是哪里?",
+    "一天有多少个小时?",
+    "二加二等于几?",
+    "十减三等于几?",
+    "植物从空气中吸收什么气体?",
+    "水在摄氏多少度沸腾?",
+    "哪颗行星被称为红色星球?",
+    "地球上最大的海洋是什么?",
+    "世界上最高的山是哪座?",
+    "《蒙娜丽莎》是谁画的?",
+    "巴西人说什么语言?",
+    "热的反义词是什么?",
+    "说出一种黄色的水果。",
+    "蜘蛛有几条腿?",
+    "面包的主要原料是什么?",
+    "“开心”的近义词是什么?",
+    "用英语怎么说“谢谢”?",
+    "什么样的早餐比较健康?",
+    "怎样才能睡得更好?",
+    "写一句关于大海的话。",
+    "什么是光合作用?",
+    "我们为什么需要喝水?",
+    "用一句话解释什么是电脑。",
+    "春节是哪个国家的传统节日?",
+]
+
+
+def general_qa(language: str) -> list[dict[str, object]]:
+    """The general-knowledge set in ``language`` (English for any language without one)."""
+    return GENERAL_QA_ZH if language.lower().startswith("zh") else GENERAL_QA
+
+
+def replay_prompts(language: str) -> list[str]:
+    """The replay bank in ``language`` (English for any language without one)."""
+    return REPLAY_PROMPTS_ZH if language.lower().startswith("zh") else REPLAY_PROMPTS

@@ -47,7 +47,7 @@ def base_general_answers(answerer: Answerer, system: str, markers: list[str], ca
                          shipped: Path | None = None) -> list[Answered]:
     """The base model's answers to the general set under ``decoding``; cached, since the
     base never changes (``shipped``: a folder of caches made elsewhere, read only)."""
-    items = general_items()
+    items = general_items(language)
     key = hashlib.sha256(json.dumps(
         [answerer.version, system, [i.model_dump() for i in items], markers, decoding.to_dict(),
          persona.speech.model_dump()]

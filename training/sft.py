@@ -38,7 +38,7 @@ from bot.core.textkeys import question_key
 from bot.core.types import ChatMessage, Role
 from bot.infra.llm.chat_model import GenerationSettings, generate_batch, pad_token_id
 from training.evaluate import Answered, Decoding, EvalReport, Gate, ModelAnswerer, evaluate
-from training.general_qa import REPLAY_PROMPTS
+from training.general_qa import replay_prompts
 from training.tokenize import IGNORE, Example, encode_conversation
 
 if TYPE_CHECKING:
@@ -138,19 +138,20 @@ def replay_pairs(model: CausalLM, tokenizer: PreTrainedTokenizerBase, version: s
     ``shipped``: a folder holding caches made elsewhere (the starter persona ships its own).
     """
     cap = persona.speech.max_new_tokens(language)
-    key = hashlib.sha256(json.dumps([version, system, REPLAY_PROMPTS, cap,
+    prompts = replay_prompts(language)
+    key = hashlib.sha256(json.dumps([version, system, prompts, cap,
                                      persona.speech.model_dump()]).encode()).hexdigest()[:16]
     name = Path("replay") / f"{key}.json"
     for folder in (cache_dir, shipped):
         if folder is not None and (folder / name).is_file():
             return [tuple(x) for x in json.loads((folder / name).read_text(encoding="utf-8"))]
     conversations = [[ChatMessage(Role.SYSTEM, system), ChatMessage(Role.USER, q)]
-                     for q in REPLAY_PROMPTS]
+                     for q in prompts]
     answers = generate_batch(model, tokenizer, conversations,
                              GenerationSettings(max_new_tokens=cap, temperature=0.0,
                                                 repetition_penalty=1.0), progress=progress)
     pairs = [(q, shape_reply(a.text, persona.speech, language, truncated=a.truncated))
-             for q, a in zip(REPLAY_PROMPTS, answers)]
+             for q, a in zip(prompts, answers)]
     pairs = [(q, a) for q, a in pairs if a]
     path = cache_dir / name
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """The starter persona version: a LoRA adapter trained by ChatMan's own recipe, shipped in the
 persona's folder, so a fresh bot answers as the persona from the first word.
 
-``persona/<name>/starter/`` holds:
+``persona/<name>/starter/`` (the persona's English version, on the English starter LLM) and
+``persona/<name>/starter-zh/`` (its Chinese one, on the Chinese-speaking starter) each hold:
 
 * ``adapter/``: the peft LoRA adapter (fp16 safetensors, a few MB);
 * ``release.json``: how it was made (the command, the TrainConfig with its seed, the hash of
@@ -9,12 +10,12 @@ persona's folder, so a fresh bot answers as the persona from the first word.
 * ``cache/``: the base model's replay and evaluation answers, so a retrain on the starter base
   skips computing them.
 
-On the first start with the starter base, :func:`install_starter` merges the adapter into the
-base (seconds: no training) and registers it as ``<name>-starter``, active unless a version
-already is. It is a normal registry version from then on: listed, rolled back from (to the
-base), never installed twice. Rebuild it with::
+On the first start with that starter base and language, :func:`install_starter` merges the
+adapter into the base (seconds: no training) and registers it as ``<name>-starter`` (or
+``<name>-starter-zh``), active unless a version already is. It is a normal registry version from
+then on: listed, rolled back from (to the base), never installed twice. Rebuild one with::
 
-    python -m training.starter build [--persona manman]
+    python -m training.starter build [--persona manman] [--language zh]
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
 
-from bot.core.config import STARTER, Settings
+from bot.core.config import STARTER, Settings, starter_for
 from bot.core.persona import PersonaProfile, load_persona
 from bot.core.registry import RegistryRepository
 
 log = logging.getLogger(__name__)
 
-COMMAND = "python -m training.starter build --persona {persona}"
+COMMAND = "python -m training.starter build --persona {persona}{language}"
 
 
 class ReleaseDataset(TypedDict):
@@ -76,10 +77,15 @@ class StarterRelease:
         return str(self.info["version"])
 
 
-def starter_release(persona: PersonaProfile) -> StarterRelease | None:
+def release_folder_name(persona: PersonaProfile, language: str) -> str:
+    """``starter`` for the persona's English version, ``starter-<language>`` for another."""
+    return "starter" if language == "en" else f"starter-{language}"
+
+
+def starter_release(persona: PersonaProfile, language: str = "en") -> StarterRelease | None:
     if persona.directory is None:
         return None
-    folder = persona.directory / "starter"
+    folder = persona.directory / release_folder_name(persona, language)
     info_path = folder / "release.json"
     if not info_path.is_file() or not (folder / "adapter" / "adapter_config.json").is_file():
         return None
@@ -98,20 +104,22 @@ def seed_dataset_sha256(persona: PersonaProfile, language: str) -> str:
 def install_starter(settings: Settings, persona: PersonaProfile, registry: RegistryRepository,
                     language: str) -> str | None:
     """Register the shipped starter version once; returns its name when installed now."""
-    release = starter_release(persona)
-    if (release is None or not settings.starter_persona or settings.llm_model != STARTER
+    release = starter_release(persona, language)
+    if (release is None or not settings.starter_persona
+            or settings.llm_model != release.info["base_model"]
             or release.info.get("language") != language):
         return None
+    base_model = release.info["base_model"]
     if registry.get(release.version) is not None:
         return None  # installed before: rolled back, retired or active, it stays as it is
     out = settings.data_dir / "training" / persona.name / release.version
-    model_dir = merge_adapter(release.adapter_dir, STARTER, settings.resolved_model_cache_dir,
+    model_dir = merge_adapter(release.adapter_dir, base_model, settings.resolved_model_cache_dir,
                               out, system_prompt=persona.prompt_for(
                                   language, release.info["config"].get("system_prompt", "full")),
                               info=release.info)
     try:
         registry.register_shipped(
-            release.version, base_model=STARTER, base_version=release.info["base_version"],
+            release.version, base_model=base_model, base_version=release.info["base_version"],
             directory=out, model_dir=model_dir, dataset_sha256=release.info["dataset"]["sha256"],
             dataset_rows=release.info["dataset"]["rows"], steps=release.info["steps"],
             config=release.info["config"], metrics=release.info["metrics"],
@@ -166,7 +174,8 @@ def build(persona_name: str, language: str | None = None, out: Path | None = Non
     settings = Settings()
     persona = load_persona(persona_name, settings.persona_dir)
     language = language or persona.language
-    out = out or (persona.directory / "starter")  # type: ignore[operator]
+    base_model = starter_for(STARTER, language)
+    out = out or (persona.directory / release_folder_name(persona, language))  # type: ignore[operator]
     config = TrainConfig()
     # Gate with the decoding a fresh install serves (the defaults, whatever .env says here).
     decoding = Decoding.serving(Settings(_env_file=None), persona, language, config.eval_samples)
@@ -178,8 +187,9 @@ def build(persona_name: str, language: str | None = None, out: Path | None = Non
         cache = Path(tmp) / "cache"
         run = run_training(
             curation=SqlCuration(SqlStore(engine), persona.name), persona=persona,
-            language=language, base_model=STARTER, cache_dir=cache,
-            data_dir=Path(tmp), config=config, run_name=f"{persona.name}-starter",
+            language=language, base_model=base_model, cache_dir=cache,
+            data_dir=Path(tmp), config=config,
+            run_name=f"{persona.name}-{release_folder_name(persona, language)}",
             decoding=decoding,
             on_stage=lambda s: print(f"[starter] {s}", file=sys.stderr, flush=True),
             progress=lambda s: print(f"[starter] step {s.step} loss {s.loss}", file=sys.stderr,
@@ -189,11 +199,12 @@ def build(persona_name: str, language: str | None = None, out: Path | None = Non
         if not run.result.passed:
             raise SystemExit(f"the starter did not pass the gate: {run.result.reasons}")
         info: ReleaseInfo = {
-            "version": f"{persona.name}-starter",
+            "version": f"{persona.name}-{release_folder_name(persona, language)}",
             "persona": persona.name,
             "language": language,
-            "command": COMMAND.format(persona=persona.name),
-            "base_model": STARTER,
+            "command": COMMAND.format(persona=persona.name,
+                                      language="" if language == "en" else f" --language {language}"),
+            "base_model": base_model,
             "base_version": run.base_version,
             "dataset": {"sha256": run.dataset_sha256, "rows": run.dataset_rows,
                         "source": "seed pairs only"},
@@ -225,7 +236,8 @@ def _save_fp16_adapter(src: Path, dst: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.starter")
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="Train the starter version and write persona/<name>/starter")
+    b = sub.add_parser("build", help="Train the starter version and write persona/<name>/starter "
+                                     "(starter-<language> for another language)")
     b.add_argument("--persona", default="manman")
     b.add_argument("--language", default=None)
     b.add_argument("--out", type=Path, default=None)

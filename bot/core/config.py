@@ -25,6 +25,17 @@ from sqlalchemy.engine import make_url
 
 #: The value that selects the small model shipped in a PyPI package (see README).
 STARTER = "starter"
+#: The Chinese-speaking starter LLM (``make setup LANGS=en,zh``); ``starter`` means it for a
+#: persona whose language is Chinese (see :func:`starter_for`).
+STARTER_ZH = "starter-zh"
+
+
+def starter_for(model: str, language: str) -> str:
+    """``starter`` for a persona speaking ``language``: the English starter LLM can't speak
+    Chinese, so a Chinese persona's starter is the Chinese-speaking one."""
+    if model == STARTER and language.lower().replace("_", "-").split("-")[0] == "zh":
+        return STARTER_ZH
+    return model
 
 Device = Literal["auto", "cpu", "cuda"]
 

