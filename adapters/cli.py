@@ -246,6 +246,17 @@ def doctor() -> None:
     def persona() -> str:
         return startup.check_persona(settings)
 
+    def chattts_weights() -> str:
+        from bot.infra.tts.chattts_tts import check_assets
+
+        if not settings.chattts_path:
+            raise RuntimeError("CHATMAN_CHATTTS_PATH is not set: ChatTTS would download the "
+                               "weights from the hub (see README \"ChatTTS weights\")")
+        found = check_assets(Path(settings.chattts_path).expanduser())
+        if found.missing:
+            raise FileNotFoundError(found.describe())
+        return found.describe()
+
     def loaded(builder: Callable[[Settings], _Loadable]) -> Callable[[], str]:
         def run() -> str:
             component = builder(settings)
@@ -261,7 +272,16 @@ def doctor() -> None:
     check("model cache", lambda: startup.check_model_cache(settings))
     check("database", database)
     check("persona", persona)
-    check("asr", loaded(app_module.build_asr))
+    try:
+        speaker = load_persona(settings.persona, settings.persona_dir)
+        settings = app_module.for_persona(settings, speaker)
+        languages = app_module.answer_languages(settings, speaker,
+                                                settings.language or speaker.language)
+    except ValueError:  # the persona check above says why
+        languages = []
+    if languages:
+        check("languages", lambda: ", ".join(languages))
+    check("asr", loaded(lambda s: app_module.build_asr(s, languages)))
 
     def served_llm(s: Settings) -> ChatModel:
         try:
@@ -281,7 +301,9 @@ def doctor() -> None:
         check("engine", engine)
     check("llm", loaded(served_llm))
     check("tts", loaded(lambda s: app_module.build_tts(
-        s, load_persona(s.persona, s.persona_dir))))
+        s, load_persona(s.persona, s.persona_dir), languages)))
+    if settings.tts_backend == "chattts" or settings.chattts_path:
+        check("chattts weights", chattts_weights)
     if failures:
         raise typer.Exit(1)
 

