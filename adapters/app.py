@@ -73,13 +73,11 @@ def build_asr(s: Settings, languages: Sequence[str] = ()) -> SpeechRecognizer:
     )
 
 
-def reply_token_cap(s: Settings, persona: PersonaProfile | None, *languages: str) -> int:
-    """CHATMAN_LLM_MAX_NEW_TOKENS, or what the persona's speech budget allows (in the
-    wordiest of ``languages``: the budget cuts each reply back to its own language's length)."""
+def reply_token_cap(s: Settings, persona: PersonaProfile | None, language: str) -> int:
+    """CHATMAN_LLM_MAX_NEW_TOKENS, or what the persona's speech budget allows."""
     if s.llm_max_new_tokens is not None:
         return s.llm_max_new_tokens
-    budget = persona.speech if persona else SpeechBudget()
-    return max(budget.max_new_tokens(lang) for lang in languages or ("en",))
+    return (persona.speech if persona else SpeechBudget()).max_new_tokens(language)
 
 
 def for_persona(s: Settings, persona: PersonaProfile) -> Settings:
@@ -296,7 +294,7 @@ class ChatmanApp:
                           max_bytes=settings.max_upload_bytes,
                           max_cpu_seconds=settings.decode_cpu_seconds)
         asr = asr or build_asr(settings, languages)
-        token_cap = reply_token_cap(settings, persona, *languages)
+        token_cap = reply_token_cap(settings, persona, language)
         # One client for the engine, whichever version it serves (connections are pooled).
         serving = build_serving_engine(settings) if settings.llm_backend == "openai" else None
         llm = llm or build_llm(settings, max_new_tokens=token_cap, serving=serving)
@@ -308,6 +306,8 @@ class ChatmanApp:
                 persona=persona.name,
                 system_prompts=persona.prompts(languages),
                 language=language,
+                # Each language's reply as long as its speech budget: what the gate evaluates.
+                reply_tokens={lang: reply_token_cap(settings, persona, lang) for lang in languages},
                 speech=persona.speech,
                 history_max_messages=settings.history_max_messages,
                 max_text_chars=settings.max_text_chars,

@@ -119,5 +119,8 @@ def test_doctor_reports_failures_without_leaking_the_password(tmp_path):
     # ChatTTS can't load: the doctor says Piper is live instead, and why.
     assert ("ok   tts: piper:en_US-joe-medium (fallback: chattts failed to load: "
             "FileNotFoundError") in result.stdout
+    # ...and that the weights aren't there, file by file.
+    assert "FAIL chattts weights:" in result.stdout
+    assert "lacks asset/Decoder.safetensors" in result.stdout
     assert "pa55-w0rd-x" not in result.stdout + result.stderr
     assert "bot:***@127.0.0.1" in result.stdout

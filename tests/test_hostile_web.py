@@ -116,9 +116,9 @@ async def test_3_an_oversized_text_is_refused_before_the_model(web):
     calls: list[int] = []
     real = web.app.pipeline.llm.stream
 
-    def counted(messages):
+    def counted(messages, max_new_tokens=None):
         calls.append(1)
-        return real(messages)
+        return real(messages, max_new_tokens)
 
     web.app.pipeline.llm.stream = counted
     for size in (2_001, 8 * 1024, 900 * 1024):

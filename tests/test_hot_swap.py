@@ -41,9 +41,9 @@ async def test_hot_swap_under_concurrent_requests_drops_none(tmp_path, llm, tiny
     starter = copy.copy(llm)
     generating = threading.Event()  # set once a turn is inside the starter's stream()
 
-    def stream(prompt):
+    def stream(prompt, max_new_tokens=None):
         generating.set()
-        return llm.stream(prompt)
+        return llm.stream(prompt, max_new_tokens)
 
     starter.stream = stream
     app = ChatmanApp.from_settings(make_settings(tmp_path / "data"), llm=starter)

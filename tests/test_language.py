@@ -96,7 +96,7 @@ def app_with(tmp_path: Path, asr: EchoASR, llm: ScriptedLLM, tts: VoiceLog,
 async def test_one_chat_is_answered_in_each_speakers_language(tmp_path, speak_tone):
     llm, tts = ScriptedLLM(answer="Fine."), VoiceLog()
     asr = HeardAs("你在哪个公司?", "zh")
-    app = app_with(tmp_path, asr, llm, tts)
+    app = app_with(tmp_path, asr, llm, tts, llm_max_new_tokens=None)
     try:
         assert app.pipeline.config.language == "en"
         typed_en = await app.pipeline.handle(Incoming(CHAT, USER, text="Who are you?"))
@@ -112,6 +112,9 @@ async def test_one_chat_is_answered_in_each_speakers_language(tmp_path, speak_to
         assert [t.language for t in (typed_en, spoken_zh, typed_zh, spoken_it)] == [
             "en", "zh", "zh", "en"]
         assert tts.languages == ["en", "zh", "zh", "en"]
+        # Each reply as long as its language's speech budget allows (Chinese takes more tokens).
+        en, zh = (PERSONA.speech.max_new_tokens(lang) for lang in ("en", "zh"))
+        assert zh > en and llm.caps == [en, zh, zh, en]
         history = app.store.recent_history(CHAT, 20)
         assert [m.content for m in history][2] == "你在哪个公司?"
     finally:

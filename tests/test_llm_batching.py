@@ -177,6 +177,18 @@ def test_a_row_at_the_cap_is_truncated_and_a_stopped_row_keeps_what_was_generate
     assert _drain(other)[1] == LlmReply("ok", 3, 1, "fake")
 
 
+def test_each_row_ends_at_its_own_cap_and_the_batch_runs_to_the_largest():
+    # An English reply (a short cap) batched with a Chinese one (its budget takes more tokens).
+    english, chinese, default = Request([1], max_new_tokens=2), Request([1], 5), Request([1])
+    rows = _rows(english, chinese, default, cap=3)
+    assert rows.max_new_tokens == 5
+    _steps(rows, list(_columns(b"abcde", b"vwxyz", b"klmno")))
+    rows.finish()
+    assert _drain(english)[1] == LlmReply("ab", 2, 1, "fake", truncated=True)
+    assert _drain(chinese)[1] == LlmReply("vwxyz", 5, 1, "fake", truncated=True)
+    assert _drain(default)[1] == LlmReply("klm", 3, 1, "fake", truncated=True)
+
+
 def test_a_request_stopped_before_its_batch_began_gets_an_empty_stopped_reply():
     gone, live = Request([1, 2, 3]), Request([4])
     gone.stop.set()

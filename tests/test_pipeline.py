@@ -30,9 +30,9 @@ class RecordingLLM:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def stream(self, messages):
+    def stream(self, messages, max_new_tokens=None):
         self.prompts.append(list(messages))
-        return self.inner.stream(messages)
+        return self.inner.stream(messages, max_new_tokens)
 
 
 def voice(chat: str, audio: bytes, user: UserRef = ALICE, kind=ChatKind.PRIVATE) -> Incoming:
@@ -140,9 +140,9 @@ class AsksTheLoop:
         self._ask()
         return self.inner.transcribe(audio)
 
-    def stream(self, messages):
+    def stream(self, messages, max_new_tokens=None):
         self._ask()
-        return self.inner.stream(messages)
+        return self.inner.stream(messages, max_new_tokens)
 
 
 async def test_conversations_run_concurrently_and_keep_order_within_a_chat(app, speak):

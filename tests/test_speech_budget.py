@@ -95,8 +95,9 @@ class RawReplies:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.llm, name)
 
-    def stream(self, prompt: Sequence[ChatMessage]) -> ReplyStream:
-        inner, raw = self.llm.stream(prompt), self.raw
+    def stream(self, prompt: Sequence[ChatMessage],
+               max_new_tokens: int | None = None) -> ReplyStream:
+        inner, raw = self.llm.stream(prompt, max_new_tokens), self.raw
 
         class Recorded:
             def __iter__(self) -> Iterator[str]:

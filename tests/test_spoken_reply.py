@@ -55,7 +55,8 @@ class PacedLLM(ScriptedLLM):
         self.overlapped = True
         self.written = 0
 
-    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+    def stream(self, messages: Sequence[ChatMessage],
+               max_new_tokens: int | None = None) -> ReplyStream:
         return GeneratorReplyStream(lambda stop: self._paced(stop))
 
     def _paced(self, stop: threading.Event) -> Generator[str, None, LlmReply]:
@@ -185,7 +186,8 @@ class OpeningLLM(PacedLLM):
         self.fail = fail
         self.opening, self.release = threading.Event(), threading.Event()
 
-    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+    def stream(self, messages: Sequence[ChatMessage],
+               max_new_tokens: int | None = None) -> ReplyStream:
         self.opening.set()
         if self.fail:
             raise RuntimeError("the model has been closed")

@@ -63,9 +63,11 @@ class ChatModel(Protocol):
 
     def generate(self, messages: Sequence[ChatMessage]) -> LlmReply: ...
 
-    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+    def stream(self, messages: Sequence[ChatMessage],
+               max_new_tokens: int | None = None) -> ReplyStream:
         """The reply as it is written (see :mod:`bot.core.streaming`): pieces of text, then
-        the whole reply; it can be stopped early."""
+        the whole reply; it can be stopped early. ``max_new_tokens``: this reply's cap (the
+        speech budget of the language it is in); default the model's own."""
 
     def count_conversation_tokens(self, messages: Sequence[ChatMessage]) -> int:
         """Tokens of a whole conversation as the model's chat template renders it."""

@@ -20,7 +20,7 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from bot.core.errors import EmptyInput, NoSpeech, ServerBusy, TextTooLong, UserFacingError
@@ -65,11 +65,13 @@ Deliver = Callable[[Turn], Awaitable[str | None]]
 @dataclass(frozen=True)
 class PipelineConfig:
     """``system_prompts``: the persona's prompt in every language it speaks; a turn is answered
-    in the speaker's language when it is one of them, else in ``language`` (the persona's)."""
+    in the speaker's language when it is one of them, else in ``language`` (the persona's).
+    ``reply_tokens``: each language's reply cap (its speech budget; default: the model's)."""
 
     persona: str
     system_prompts: Mapping[str, str]
     language: str
+    reply_tokens: Mapping[str, int] = field(default_factory=dict)
     speech: SpeechBudget = SpeechBudget()
     history_max_messages: int = 40
     max_text_chars: int = 2000
@@ -249,7 +251,8 @@ class VoicePipeline:
         spoken = await speak_reply(
             llm, prompt, budget=self.config.speech, language=language,
             fallback=word(FALLBACK_REPLY, language), tts=self.tts if msg.want_voice else None,
-            codec=self.codec, on_event=on_event)
+            codec=self.codec, on_event=on_event,
+            max_new_tokens=self.config.reply_tokens.get(language))
         reply, text = spoken.reply, spoken.text
         # "llm" is the model's whole reply (TTS overlaps it); the first_* marks count from the
         # turn's start, as the user waits.

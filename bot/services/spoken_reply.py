@@ -59,6 +59,7 @@ async def speak_reply(
     tts: SpeechSynthesizer | None,
     codec: AudioCodec | None = None,
     on_event: OnEvent | None = None,
+    max_new_tokens: int | None = None,
 ) -> SpokenReply:
     """Ask ``llm`` and voice its reply with ``tts`` (None: text only) as it is written.
 
@@ -80,7 +81,7 @@ async def speak_reply(
         """In the writer thread: the model's pieces, handed to the loop as they come. The end
         marker is always queued, whatever happens, so the loop never waits for nothing."""
         try:
-            stream = llm.stream(prompt)
+            stream = llm.stream(prompt, max_new_tokens)
             with lock:
                 holder.append(stream)
                 if abandon.is_set():

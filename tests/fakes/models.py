@@ -37,6 +37,7 @@ class ScriptedLLM:
         self.version, self.answer, self.fail_load = version, answer, fail_load
         self.loads = 0
         self.prompts: list[list[ChatMessage]] = []
+        self.caps: list[int | None] = []  # each reply's max_new_tokens, as asked
 
     def load(self) -> None:
         self.loads += 1
@@ -51,7 +52,9 @@ class ScriptedLLM:
         self.prompts.append(list(messages))
         return LlmReply(self.answer, 5, 10, self.version)
 
-    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+    def stream(self, messages: Sequence[ChatMessage],
+               max_new_tokens: int | None = None) -> ReplyStream:
+        self.caps.append(max_new_tokens)
         return GeneratorReplyStream(lambda stop: self._pieces(messages, stop))
 
     def _pieces(self, messages: Sequence[ChatMessage],
@@ -115,7 +118,8 @@ class HeldReplies:
         self.entered, self.release = Event(), Event()
         self._stream = stream
 
-    def __call__(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+    def __call__(self, messages: Sequence[ChatMessage],
+                 max_new_tokens: int | None = None) -> ReplyStream:
         self.entered.set()
         self.release.wait(60)
         return self._stream(messages)

@@ -43,8 +43,9 @@ class Request:
     """One reply wanted: its prompt (token ids, unpadded), its consumer's stop flag, and the
     channel the worker answers on (pieces, then the reply or an error)."""
 
-    def __init__(self, prompt: list[int]) -> None:
+    def __init__(self, prompt: list[int], max_new_tokens: int | None = None) -> None:
         self.prompt = prompt
+        self.max_new_tokens = max_new_tokens  # None: the batch's default
         self.stop = threading.Event()
         self.arrived = time.monotonic()
         self.answered = False  # touched by the worker only (and close(), before the worker has it)
@@ -227,6 +228,14 @@ class Rows:
             else:
                 self._rows.append(_Row(request))
 
+    def cap(self, row: _Row) -> int:
+        return row.request.max_new_tokens or self._max_new_tokens
+
+    @property
+    def max_new_tokens(self) -> int:
+        """The batch's ``generate`` cap: the largest of its rows' (each row ends at its own)."""
+        return max((self.cap(row) for row in self._rows), default=self._max_new_tokens)
+
     @property
     def prompts(self) -> list[list[int]]:
         """The rows' prompts, in row order (requests stopped before they began have none)."""
@@ -240,7 +249,7 @@ class Rows:
             row.tokens.append(token)
             if token in self._stops:
                 self._end(row, eos=True)
-            elif len(row.tokens) >= self._max_new_tokens:
+            elif len(row.tokens) >= self.cap(row):
                 self._end(row)
             elif row.cut is not None and len(row.tokens) >= row.cut:
                 self._end(row)

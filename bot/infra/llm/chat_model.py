@@ -217,12 +217,13 @@ class TransformersChatModel:
     def generate(self, messages: Sequence[ChatMessage]) -> LlmReply:
         return drain(self.stream(messages))
 
-    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+    def stream(self, messages: Sequence[ChatMessage],
+               max_new_tokens: int | None = None) -> ReplyStream:
         """Pieces of the reply as they are generated, in a batch with whatever other replies
         are wanted at the same time (see :mod:`bot.infra.llm.batching`); ``stop()`` ends this
         reply at its next token without ending the others."""
         self.load()
-        request = Request(self._encode(messages)["input_ids"][0].tolist())
+        request = Request(self._encode(messages)["input_ids"][0].tolist(), max_new_tokens)
         self._scheduler.submit(request)
         return RequestStream(request)
 
@@ -256,6 +257,7 @@ class TransformersChatModel:
         if not prompts:
             return
         kwargs = generation_kwargs(self.generation, pad_token_id(tokenizer))
+        kwargs["max_new_tokens"] = rows.max_new_tokens
         input_ids, mask = left_padded(prompts, kwargs["pad_token_id"])
         width = input_ids.shape[1]
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Generator, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 from bot.core.errors import EngineUnavailable
@@ -193,10 +194,13 @@ class OpenAIChatModel:
     def generate(self, messages: Sequence[ChatMessage]) -> LlmReply:
         return drain(self.stream(messages))
 
-    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+    def stream(self, messages: Sequence[ChatMessage],
+               max_new_tokens: int | None = None) -> ReplyStream:
         """The reply as the engine streams it (SSE). ``stop()`` closes the response at the
         next piece; the engine aborts a generation whose client went away."""
-        return GeneratorReplyStream(lambda stop: self._stream(messages, stop))
+        settings = (replace(self.generation, max_new_tokens=max_new_tokens) if max_new_tokens
+                    else None)
+        return GeneratorReplyStream(lambda stop: self._stream(messages, stop, settings))
 
     def answer_many(self, conversations: Sequence[Sequence[ChatMessage]],
                     settings: GenerationSettings, batch_size: int = 8) -> list[Generated]:
