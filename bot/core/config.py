@@ -17,6 +17,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -28,6 +29,12 @@ STARTER = "starter"
 #: The Chinese-speaking starter LLM (``make setup LANGS=en,zh``); ``starter`` means it for a
 #: persona whose language is Chinese (see :func:`starter_for`).
 STARTER_ZH = "starter-zh"
+
+
+def _pairs(value: str) -> dict[str, str]:
+    """``a=b,c=d`` as a mapping (entries without both sides are left out)."""
+    pairs = (entry.partition("=") for entry in value.split(","))
+    return {k.strip(): v.strip() for k, _, v in pairs if k.strip() and v.strip()}
 
 
 def starter_for(model: str, language: str) -> str:
@@ -271,29 +278,20 @@ class Settings(BaseSettings):
     @property
     def voices_by_language(self) -> dict[str, str]:
         """CHATMAN_TTS_VOICES as a mapping (language → Piper voice)."""
-        pairs = (entry.partition("=") for entry in self.tts_voices.split(","))
-        return {k.strip(): v.strip() for k, _, v in pairs if k.strip() and v.strip()}
-
-    @field_validator("tts_voices")
-    @classmethod
-    def _voices_are_pairs(cls, value: str) -> str:
-        for entry in (x.strip() for x in value.split(",")):
-            if entry and not all(part.strip() for part in entry.partition("=")[::2]):
-                raise ValueError(f"{entry!r} is not language=voice")
-        return value
+        return _pairs(self.tts_voices)
 
     @property
     def served_versions(self) -> dict[str, str]:
         """CHATMAN_LLM_SERVED_VERSIONS as a mapping (version → the engine's name for it)."""
-        pairs = (entry.partition("=") for entry in self.llm_served_versions.split(","))
-        return {k.strip(): v.strip() for k, _, v in pairs if k.strip() and v.strip()}
+        return _pairs(self.llm_served_versions)
 
-    @field_validator("llm_served_versions")
+    @field_validator("tts_voices", "llm_served_versions")
     @classmethod
-    def _served_versions_are_pairs(cls, value: str) -> str:
+    def _are_pairs(cls, value: str, info: ValidationInfo) -> str:
+        form = "language=voice" if info.field_name == "tts_voices" else "version=served-name"
         for entry in (x.strip() for x in value.split(",")):
             if entry and not all(part.strip() for part in entry.partition("=")[::2]):
-                raise ValueError(f"{entry!r} is not version=served-name")
+                raise ValueError(f"{entry!r} is not {form}")
         return value
 
     @field_validator("admin_ids")
