@@ -67,11 +67,11 @@ GENERAL_QA_ZH: list[dict[str, object]] = [
     {"question": "水的化学式是什么?", "accept": ["H2O", "H₂O"]},
     {"question": "晴朗的天空是什么颜色的?", "accept": ["蓝"]},
     {"question": "蜜蜂会酿什么?", "accept": ["蜜"]},
-    {"question": "水在摄氏多少度结冰?", "accept": ["0", "零"]},
+    {"question": "一小时有多少分钟?", "accept": ["60", "六十"]},
     {"question": "《红楼梦》的作者是谁?", "accept": ["曹雪芹"]},
     {"question": "一年有几个月?", "accept": ["十二", "12"]},
     {"question": "熊猫最爱吃什么?", "accept": ["竹"]},
-    {"question": "长城在哪个国家?", "accept": ["中国"]},
+    {"question": "长城在哪个国家?", "accept": ["中国", "中华"]},
 ]
 
 REPLAY_PROMPTS_ZH: list[str] = [
