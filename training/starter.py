@@ -161,8 +161,10 @@ def merge_adapter(adapter_dir: Path, base_ref: str, cache_dir: Path, out: Path, 
 
 
 # --- building it (the reproduction recipe) ------------------------------------------------
-def build(persona_name: str, language: str | None = None, out: Path | None = None) -> ReleaseInfo:
-    """Train the starter version from the seed data alone, with TrainConfig's defaults."""
+def build(persona_name: str, language: str | None = None, out: Path | None = None,
+          learning_rate: float | None = None) -> ReleaseInfo:
+    """Train the starter version from the seed data alone, with TrainConfig's defaults (and
+    ``learning_rate``, when given: a larger base wants a gentler step; the command records it)."""
     from bot.infra.storage import migrate
     from bot.infra.storage.curation import SqlCuration
     from bot.infra.storage.store import SqlStore, make_engine
@@ -176,7 +178,8 @@ def build(persona_name: str, language: str | None = None, out: Path | None = Non
     language = language or persona.language
     base_model = starter_for(STARTER, language)
     out = out or (persona.directory / release_folder_name(persona, language))  # type: ignore[operator]
-    config = TrainConfig()
+    overrides = {"learning_rate": learning_rate} if learning_rate is not None else {}
+    config = TrainConfig(**overrides)
     # Gate with the decoding a fresh install serves (the defaults, whatever .env says here).
     decoding = Decoding.serving(Settings(_env_file=None), persona, language, config.eval_samples)
     with tempfile.TemporaryDirectory(prefix="chatman-starter-") as tmp:
@@ -202,8 +205,9 @@ def build(persona_name: str, language: str | None = None, out: Path | None = Non
             "version": f"{persona.name}-{release_folder_name(persona, language)}",
             "persona": persona.name,
             "language": language,
-            "command": COMMAND.format(persona=persona.name,
-                                      language="" if language == "en" else f" --language {language}"),
+            "command": COMMAND.format(persona=persona.name, language=(
+                ("" if language == "en" else f" --language {language}")
+                + (f" --lr {learning_rate:g}" if learning_rate is not None else ""))),
             "base_model": base_model,
             "base_version": run.base_version,
             "dataset": {"sha256": run.dataset_sha256, "rows": run.dataset_rows,
@@ -241,8 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--persona", default="manman")
     b.add_argument("--language", default=None)
     b.add_argument("--out", type=Path, default=None)
+    b.add_argument("--lr", type=float, default=None, help="learning rate (default TrainConfig's)")
     args = parser.parse_args(argv)
-    info = build(args.persona, args.language, args.out)
+    info = build(args.persona, args.language, args.out, args.lr)
     print(json.dumps({k: info[k] for k in ("version", "steps", "dataset", "metrics")},
                      ensure_ascii=False, indent=1))
     return 0
