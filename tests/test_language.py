@@ -173,3 +173,4 @@ def test_the_chinese_voice_reads_what_its_front_end_can():
     assert chinese_only("ChatMan 是我开发的, 方向为AIGC!") == (
         "西艾尺诶提艾马诶艾娜是我开发的，方向为诶艾吉西！")
     assert chinese_only("今天15度。**好**😀") == "今天十五度。好"
+    assert chinese_only("Ａ１２（括号）") == "诶十二括号"  # full-width forms, brackets dropped

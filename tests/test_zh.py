@@ -18,6 +18,7 @@ import pytest_asyncio
 from adapters.app import ChatmanApp
 from bot.core.language import script_language
 from bot.core.types import ChatRef, Incoming, UserRef
+from bot.infra.tts.by_language import VoiceByLanguage
 from tests.conftest import make_settings
 from training.speech_metrics import error_rate
 
@@ -76,6 +77,18 @@ async def test_a_chinese_voice_note_is_heard_answered_and_spoken_in_chinese(zh_a
     # Stored, both sides.
     history = zh_app.store.recent_history(chat, 10)
     assert [m.content for m in history] == [turn.transcript, turn.reply]
+
+
+async def test_the_chinese_voice_leaves_out_what_it_cannot_read(zh_app):
+    assert isinstance(zh_app.tts, VoiceByLanguage)
+    voice = zh_app.tts.voice_for("zh")
+    assert voice.name == "fastspeech2-zh"
+    whole = voice.synthesize("你好呀好的。", "zh")
+    # 呣 breaks the front end's pinyin rules: the rest of the sentence is still said.
+    assert voice.synthesize("你好呣好的。", "zh").duration_s == pytest.approx(
+        whole.duration_s, rel=0.35)
+    for nothing_to_say in ("呣", "😀", "", "，。"):
+        assert voice.synthesize(nothing_to_say, "zh").duration_s == 0.0
 
 
 async def test_the_language_follows_the_speaker_within_one_chat(zh_app, speak):

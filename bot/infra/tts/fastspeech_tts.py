@@ -16,6 +16,7 @@ import re
 import sys
 import threading
 import types
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -41,13 +42,15 @@ _LETTERS = dict(zip(
      "艾娜", "欧", "披", "吉吾", "艾儿", "艾丝", "提", "优", "维", "达布溜", "艾克斯", "歪",
      "贼德"], strict=True))
 _ASCII_PUNCT = str.maketrans({",": "，", ".": "。", "!": "！", "?": "？", ";": "；", ":": "："})
+_PUNCT = "、，。！？；："
 _KEEP = re.compile(r"[^\u4e00-\u9fa5、，。！？；：]")
 
 
 def chinese_only(text: str) -> str:
     """``text`` as the Baker front end can read it: numbers spelled out in Chinese, Latin
     letters as syllables, ASCII punctuation as Chinese, anything else dropped."""
-    text = spoken(clean_for_speech(text), "zh").translate(_ASCII_PUNCT)
+    # NFKC first: full-width letters and digits (Ａ, １２) become the ASCII the rules know.
+    text = spoken(clean_for_speech(unicodedata.normalize("NFKC", text)), "zh").translate(_ASCII_PUNCT)
     text = re.sub(r"[A-Za-z]", lambda m: _LETTERS[m[0].upper()], text)
     return _KEEP.sub("", text)
 
@@ -112,14 +115,38 @@ class FastSpeechTTS:
             self._front_end = _baker_front_end(package, folder / "baker_mapper.json")
             self._sessions = (acoustic, vocoder)
 
+    def _sequence(self, clause: str) -> list[int] | None:
+        """The clause's phoneme ids. The front end fails on a few characters its pinyin rules
+        don't cover (呣): those are left out, so one odd character never costs the reply."""
+        try:
+            ids: list[int] = self._front_end.text_to_sequence(clause, inference=True)
+            return ids
+        except Exception:
+            kept = "".join(ch for ch in clause if ch in _PUNCT or self._readable(ch))
+            log.info("left out characters the Chinese voice can't read in %r", clause)
+            if not kept.strip(_PUNCT):
+                return None
+            ids = self._front_end.text_to_sequence(kept, inference=True)
+            return ids
+
+    def _readable(self, ch: str) -> bool:
+        try:
+            self._front_end.text_to_sequence(ch, inference=True)
+            return True
+        except Exception:
+            return False
+
     def synthesize(self, text: str, language: str) -> Pcm:
         self.load()
         assert self._sessions is not None
         acoustic, vocoder = self._sessions
         pause = np.zeros(int(SAMPLE_RATE * PAUSE_S), dtype=np.float32)
         chunks: list[np.ndarray] = []
-        for clause in (c for c in _CLAUSE_END.split(chinese_only(text)) if c.strip("、，。！？；：")):
-            ids = np.array([self._front_end.text_to_sequence(clause, inference=True)], np.int32)
+        for clause in (c for c in _CLAUSE_END.split(chinese_only(text)) if c.strip(_PUNCT)):
+            sequence = self._sequence(clause)
+            if sequence is None:
+                continue
+            ids = np.array([sequence], np.int32)
             mel = acoustic.run(None, {
                 "input_ids": ids, "speaker_ids": np.array([0], np.int32),
                 # A duration ratio: faster speech is a smaller one.
