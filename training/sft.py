@@ -275,8 +275,9 @@ def train_persona(
     if not rows:
         raise ValueError("nothing to train on: the dataset is empty")
     persona_examples = [
-        encode_conversation(tokenizer, training_messages(r.model_copy(update={"system": system})),
-                            config.cutoff_len)
+        encode_conversation(tokenizer, training_messages(r.model_copy(update={
+            "system": persona.prompt_for(persona.language_of(r.output, language),
+                                         config.system_prompt)})), config.cutoff_len)
         for r in rows
     ]
     replay_examples = [

@@ -24,6 +24,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+from bot.core.language import base_language
+
 #: The value that selects the small model shipped in a PyPI package (see README).
 STARTER = "starter"
 #: The Chinese-speaking starter LLM (``make setup LANGS=en,zh``); ``starter`` means it for a
@@ -40,7 +42,7 @@ def _pairs(value: str) -> dict[str, str]:
 def starter_for(model: str, language: str) -> str:
     """``starter`` for a persona speaking ``language``: the English starter LLM can't speak
     Chinese, so a Chinese persona's starter is the Chinese-speaking one."""
-    if model == STARTER and language.lower().replace("_", "-").split("-")[0] == "zh":
+    if model == STARTER and base_language(language) == "zh":
         return STARTER_ZH
     return model
 

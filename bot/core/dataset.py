@@ -24,8 +24,12 @@ def collect_rows(curation: CurationRepository, persona: PersonaProfile,
     for seed in persona.seed_pairs(language):
         rows[question_key(seed.question)] = seed.model_copy(update={"system": system})
     for p in curation.approved():
+        # A pair approved from a turn in another language than the persona's was answered
+        # under that language's prompt: it is trained under it too.
+        spoken_in = persona.language_of(p.answer, language)
         rows[question_key(p.question)] = AlpacaRow(
-            instruction=p.question, output=p.answer, system=system,
+            instruction=p.question, output=p.answer,
+            system=system if spoken_in == language else persona.prompt_for(spoken_in),
             history=[tuple(h) for h in p.history],
         )
     return list(rows.values())

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bot.core.formats import AlpacaRow
+from bot.core.language import answer_language, script_language
 from bot.core.speech_budget import SpeechBudget
 
 
@@ -94,6 +95,11 @@ class PersonaProfile(BaseModel):
     def languages(self) -> list[str]:
         """The languages the persona speaks: those it has a system prompt in, its own first."""
         return [self.language, *sorted(k for k in self.system_prompt if k != self.language)]
+
+    def language_of(self, text: str, default: str) -> str:
+        """The language ``text`` is in, if the persona speaks it, else ``default`` (what an
+        approved answer is trained with: the prompt it was answered under)."""
+        return answer_language(script_language(text), self.system_prompt, default)
 
     def prompts(self, languages: list[str], kind: str = "full") -> dict[str, str]:
         """The system prompt of each of ``languages`` (see :meth:`prompt_for`)."""

