@@ -2,7 +2,8 @@
 ASR (words aren't delimited), and word error rate for English.
 
 Both texts are normalised first, so only what is said counts: case, punctuation and spacing
-are dropped, and digits are spelled out in Chinese (Whisper writes "15度" for 十五度).
+are dropped, Chinese is compared in simplified characters, and digits are spelled out in
+Chinese (Whisper writes "15度" for 十五度).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import unicodedata
 
 import cn2an
 
+from bot.infra.asr import simplified
+
 _NOT_SPOKEN = re.compile(r"[\W_]+", re.UNICODE)
 
 
@@ -20,6 +23,7 @@ def normalise(text: str, language: str) -> str:
     spelled out and without spaces."""
     text = unicodedata.normalize("NFKC", text).lower()
     if language.lower().startswith("zh"):
+        text = simplified(text)  # 們 and 们 are the same word said
         try:
             text = cn2an.transform(text, "an2cn")
         except (ValueError, KeyError):  # cn2an gives up on some digit strings: keep them

@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bot.core.config import STARTER
 from bot.core.language import base_language
@@ -27,8 +27,24 @@ log = logging.getLogger(__name__)
 #: Languages written without spaces between words.
 _NO_SPACES = {"zh", "ja"}
 #: Whisper writes Chinese in traditional or simplified characters at random unless its
-#: context says which; this prompt (a simplified sentence) says simplified Mandarin.
+#: context says which; this prompt (a simplified sentence) says simplified Mandarin. Small
+#: models often ignore it, so the transcript is also converted (:func:`simplified`).
 INITIAL_PROMPTS = {"zh": "以下是普通话的句子。"}
+_t2s_lock = threading.Lock()
+_t2s: list[Any] = []
+
+
+def simplified(text: str) -> str:
+    """Chinese ``text`` in simplified characters (OpenCC's t2s: the persona and its users
+    write simplified Chinese; 們 and 们 are one word to the model and the stored history)."""
+    with _t2s_lock:
+        if not _t2s:
+            import opencc
+
+            _t2s.append(opencc.OpenCC("t2s"))
+        converter = _t2s[0]
+    converted: str = converter.convert(text)
+    return converted
 
 
 def starter_whisper_path(multilingual: bool = False) -> str:
@@ -126,6 +142,8 @@ class FasterWhisperASR:
         # as a pause and stored as a typo.
         joiner = "" if base_language(info.language) in _NO_SPACES else " "
         text = joiner.join(s.text.strip() for s in segments).strip()
+        if base_language(info.language) == "zh":
+            text = simplified(text)
         return Transcript(text=text, language=info.language, duration_s=audio.duration_s)
 
     def _detect(self, audio: Pcm) -> str:
