@@ -128,6 +128,10 @@ class FasterWhisperASR:
         language = base_language(self.language) if self.language else None
         if language is None and not self._model.model.is_multilingual:
             language = "en"
+        if language is None and len(self.languages) == 1:
+            # One language answered: whatever is said is heard as it, and detection (a second
+            # encoder pass, about as long as the transcription of a short note) is skipped.
+            language = self.languages[0]
         if language is None:
             language = self._detect(audio)
         segments, info = self._model.transcribe(
