@@ -71,6 +71,11 @@ def speak_tone() -> bytes:
     ("Bonjour, ça va ?", "en"),  # Latin script: the closest the persona speaks
     ("12345 !!", None),
     ("😀", None),
+    # Hostile text: control and bidi characters, combining marks, other scripts.
+    ("\u202e你好\u200b\x00", "zh"),
+    ("Z\u0351\u0352a\u0353l\u0354g\u0355o", "en"),
+    ("Привет, как дела?", None),
+    ("مرحبا 慢慢", "zh"),
 ])
 def test_a_typed_messages_language_is_read_from_its_script(text, expected):
     assert script_language(text) == expected
