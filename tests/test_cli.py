@@ -117,8 +117,9 @@ def test_doctor_reports_failures_without_leaking_the_password(tmp_path):
     assert "FAIL database" in result.stdout and "FAIL llm" in result.stdout
     assert "ok   asr" in result.stdout
     # ChatTTS can't load: the doctor says Piper is live instead, and why.
-    assert ("ok   tts: piper:en_US-joe-medium (fallback: chattts failed to load: "
-            "FileNotFoundError") in result.stdout
+    # (the LLM isn't the English starter: Chinese is answered too, with its own voice)
+    assert "ok   tts: piper:en_US-joe-medium (zh: fastspeech2-zh) (fallback: chattts failed to " \
+           "load: FileNotFoundError" in result.stdout
     # ...and that the weights aren't there, file by file.
     assert "FAIL chattts weights:" in result.stdout
     assert "lacks asset/Decoder.safetensors" in result.stdout

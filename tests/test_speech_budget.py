@@ -119,17 +119,14 @@ class RawReplies:
 
 async def test_a_reply_cut_by_the_cap_ends_on_a_sentence_and_the_voice_says_the_same(
         tmp_path, asr, llm, tts):
-    import copy
-
     from adapters.app import ChatmanApp
     from bot.core.types import ChatKind, ChatRef, Incoming, UserRef
-    from bot.infra.llm.chat_model import GenerationSettings
     from tests.conftest import make_settings
 
-    short = copy.copy(llm)
-    short.generation = GenerationSettings(max_new_tokens=30, temperature=0.0)
-    model, voice = RawReplies(short), HeardText(tts)
-    app = ChatmanApp.from_settings(make_settings(tmp_path / "data"), asr=asr, llm=model, tts=voice)
+    # The cap each reply is asked with (CHATMAN_LLM_MAX_NEW_TOKENS, else its language's budget).
+    model, voice = RawReplies(llm), HeardText(tts)
+    app = ChatmanApp.from_settings(make_settings(tmp_path / "data", llm_max_new_tokens=30),
+                                   asr=asr, llm=model, tts=voice)
     app.migrate()
     try:
         turn = await app.pipeline.handle(Incoming(
