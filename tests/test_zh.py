@@ -93,17 +93,22 @@ async def test_the_chinese_voice_leaves_out_what_it_cannot_read(zh_app):
 
 async def test_the_language_follows_the_speaker_within_one_chat(zh_app, speak):
     chat = ChatRef("web", "switching")
-    english = await zh_app.pipeline.handle(Incoming(
-        chat, USER, audio=speak("What is the capital of France?")))
+    # Piper's English voice varies from run to run (VITS samples its noise): a question whose
+    # words Whisper base always hears; what it knows is asked in typed text below.
+    question = "Hello! How are you today?"
+    english = await zh_app.pipeline.handle(Incoming(chat, USER, audio=speak(question)))
     chinese = await zh_app.pipeline.handle(Incoming(
         chat, USER, audio=await say(zh_app, "你现在做什么工作？")))
-    typed = await zh_app.pipeline.handle(Incoming(chat, USER, text="Thanks! Who are you?"))
+    typed = await zh_app.pipeline.handle(Incoming(
+        chat, USER, text="What is the capital of France?"))
     assert [t.language for t in (english, chinese, typed)] == ["en", "zh", "en"]
-    assert "Paris" in english.reply, english.reply
+    assert error_rate(question, english.transcript, "en") <= 0.4, english.transcript
     assert script_language(english.reply) == "en" and script_language(typed.reply) == "en"
     assert script_language(chinese.reply) == "zh", chinese.reply
+    assert "Paris" in typed.reply, typed.reply
     # Each reply is spoken by its language's voice: the English one reads back as English.
-    assert english.voice is not None and chinese.voice is not None
-    assert "paris" in (await heard_back(zh_app, english.voice.data)).lower()
+    assert typed.voice is not None and chinese.voice is not None
+    english_back = await heard_back(zh_app, typed.voice.data)
+    assert error_rate(typed.reply, english_back, "en") <= 0.4, (typed.reply, english_back)
     back = await heard_back(zh_app, chinese.voice.data)
     assert error_rate(chinese.reply, back, "zh") <= 0.35, (chinese.reply, back)
