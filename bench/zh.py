@@ -85,6 +85,8 @@ async def main(cache_dir: Path) -> None:
             fixed = FasterWhisperASR(app.asr.model_ref, language="zh")  # type: ignore[attr-defined]
             await asyncio.to_thread(fixed.load)
             asr_rows, asr_rtf, fixed_rtf, tts_rtf = [], [], [], []
+            whisper = app.asr._model  # type: ignore[attr-defined]
+            passes_before = whisper.encoder_passes
             for text in SENTENCES:
                 t0 = time.perf_counter()
                 pcm = await asyncio.to_thread(app.tts.synthesize, text, "zh")
@@ -104,7 +106,11 @@ async def main(cache_dir: Path) -> None:
                              "cer": round(statistics.fmean(r["cer"] for r in asr_rows), 3),  # type: ignore[misc]
                              "language_detected_zh": sum(r["language"] == "zh" for r in asr_rows),
                              "rtf": rounded(asr_rtf),
-                             "rtf_language_given": rounded(fixed_rtf), "rows": asr_rows}
+                             "rtf_language_given": rounded(fixed_rtf),
+                             # Detection reuses the transcription's pass (whisper_model.py).
+                             "encoder_passes_per_note":
+                                 (whisper.encoder_passes - passes_before) / len(asr_rows),
+                             "rows": asr_rows}
             report["tts"] = {"rtf": rounded(tts_rtf)}
             # --- the LLM alone ---------------------------------------------------------------
             llm = app.llm

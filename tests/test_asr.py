@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from bot.core.types import Pcm
+from bot.infra.asr import FasterWhisperASR
+from bot.infra.tts.fastspeech_tts import FastSpeechTTS
 from tests.speech_checks import recall
 
 
@@ -20,3 +23,31 @@ def test_transcribes_spoken_english(asr, codec, speak):
 def test_silence_gives_no_text(asr):
     heard = asr.transcribe(Pcm(np.zeros(16_000 * 2, np.float32), 16_000))
     assert heard.text == ""
+
+
+@pytest.fixture(scope="module")
+def bilingual() -> FasterWhisperASR:
+    """The multilingual starter, detecting among English and Chinese (a bot answering both)."""
+    model = FasterWhisperASR(languages=["en", "zh"])
+    model.load()
+    assert model.name == "faster-whisper:whisper-base"
+    return model
+
+
+def test_detection_and_transcription_share_one_encoder_pass(bilingual, codec, speak):
+    """Detecting the language costs no second encoder pass, and changes nothing heard: each
+    note's transcript is what the same model, told the language, hears."""
+    chinese = FastSpeechTTS()
+    notes = [("en", codec.decode(speak("Tell me about your work, please."))),
+             ("zh", codec.decode(codec.encode_voice_note(
+                 chinese.synthesize("今天天气很好，我们去公园散步吧。", "zh")).data))]
+    model = bilingual._model
+    assert model is not None
+    for language, pcm in notes:
+        told = FasterWhisperASR(bilingual.model_ref, language=language)
+        told.load()
+        before = model.encoder_passes
+        heard = bilingual.transcribe(pcm)
+        assert heard.language == language
+        assert model.encoder_passes - before == 1
+        assert heard.text and heard.text == told.transcribe(pcm).text

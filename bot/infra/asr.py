@@ -19,7 +19,7 @@ from bot.infra.starter_models import (
 )
 
 if TYPE_CHECKING:
-    from faster_whisper import WhisperModel
+    from bot.infra.whisper_model import OneEncodeWhisperModel
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,14 @@ class FasterWhisperASR:
         self.beam_size = beam_size
         self.cpu_threads = cpu_threads
         self.name = f"faster-whisper:{os.path.basename(self.model_ref.rstrip('/')) or self.model_ref}"
-        self._model: WhisperModel | None = None
+        self._model: OneEncodeWhisperModel | None = None
         self._load_lock = threading.Lock()
 
     def load(self) -> None:
         with self._load_lock:
             if self._model is not None:
                 return
-            from faster_whisper import WhisperModel
+            from bot.infra.whisper_model import OneEncodeWhisperModel
 
             if self.model_ref == str(multilingual_whisper_target()):
                 try:
@@ -111,7 +111,7 @@ class FasterWhisperASR:
                 self.compute_type = "float16" if device == "cuda" else "int8"
             self.device = device
             log.info("loading ASR %s on %s (%s)", self.model_ref, self.device, self.compute_type)
-            self._model = WhisperModel(
+            self._model = OneEncodeWhisperModel(
                 self.model_ref,
                 device=self.device,
                 compute_type=self.compute_type,
@@ -129,8 +129,7 @@ class FasterWhisperASR:
         if language is None and not self._model.model.is_multilingual:
             language = "en"
         if language is None and len(self.languages) == 1:
-            # One language answered: whatever is said is heard as it, and detection (a second
-            # encoder pass, about as long as the transcription of a short note) is skipped.
+            # One language answered: whatever is said is heard as it, and detection is skipped.
             language = self.languages[0]
         if language is None:
             language = self._detect(audio)
@@ -151,11 +150,7 @@ class FasterWhisperASR:
         return Transcript(text=text, language=info.language, duration_s=audio.duration_s)
 
     def _detect(self, audio: Pcm) -> str:
-        """The spoken language, the likeliest of ``languages`` when they are given."""
+        """The spoken language, the likeliest of ``languages`` when they are given; its encoder
+        pass is the transcription's (:class:`OneEncodeWhisperModel`)."""
         assert self._model is not None
-        best, _, probs = self._model.detect_language(audio.samples, vad_filter=self.vad)
-        best = str(best)
-        if not self.languages:
-            return best
-        allowed = [(p, code) for code, p in probs if base_language(code) in self.languages]
-        return base_language(max(allowed)[1]) if allowed else best
+        return base_language(self._model.detect_among(audio.samples, self.languages, vad=self.vad))
