@@ -17,7 +17,7 @@ from bot.infra.tts.chattts_tts import check_assets
 def packages(tmp_path, monkeypatch) -> dict[str, Path]:
     """Fake installed packages (module name → folder) and a fresh starters folder."""
     found: dict[str, Path] = {}
-    monkeypatch.setattr(starter_models, "_package_dir", lambda module: found.get(module))
+    monkeypatch.setattr(starter_models, "package_dir", lambda module: found.get(module))
     monkeypatch.setattr(starter_models, "starters_dir", lambda: tmp_path / "share")
     return found
 

