@@ -78,6 +78,6 @@ class OneEncodeWhisperModel(WhisperModel):  # type: ignore[misc]  # untyped upst
         # [(token like "<|zh|>", probability)], likeliest first.
         scored = [(token[2:-2], p) for token, p in self.model.detect_language(output)[0]]
         allowed = [(p, code) for code, p in scored if base_language(code) in languages]
-        if languages and allowed:
+        if allowed:
             return str(max(allowed)[1])
         return str(scored[0][0])
