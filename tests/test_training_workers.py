@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -127,17 +129,36 @@ def test_a_restart_of_the_same_owner_takes_its_job_back_and_stops_its_trainer(tw
 
 
 # --- the runner: heartbeats, periodic recovery ------------------------------------------------
-# A trainer that reports a rejected candidate once the file named in argv[1] exists.
+# A trainer that reports a rejected candidate once the test lets it go: it blocks reading a
+# byte from the FIFO named in argv[1] (see trainer_gate).
 FAKE_WORKER = r"""
-import json, os, sys, time
+import json, sys
 sys.stdin.read()
-while not os.path.exists(sys.argv[1]):
-    time.sleep(0.02)
+with open(sys.argv[1], "rb") as gate:
+    gate.read(1)
 print(json.dumps({"event": "done", "version": "manman-v9", "status": "rejected",
                   "passed": False, "reasons": ["fake"], "steps": 1,
                   "summary": "manman-v9: gate not passed.", "plot": None, "directory": "."}),
       flush=True)
 """
+
+
+@contextmanager
+def trainer_gate(path: Path) -> Iterator[Callable[[], None]]:
+    """A FIFO at ``path`` for FAKE_WORKER to block on, and the function that lets it go.
+
+    The test holds the FIFO open read-write from the start, so the trainer's open never waits
+    and the byte written stays in the pipe until the trainer reads it, whenever it gets there.
+    """
+    os.mkfifo(path)
+    fd = os.open(path, os.O_RDWR)
+    def let_go() -> None:
+        os.write(fd, b"x")
+
+    try:
+        yield let_go
+    finally:
+        os.close(fd)
 
 
 def fake_runner(app: ChatmanApp, owner: str, release: Path,
@@ -173,20 +194,21 @@ async def test_a_runner_fails_a_dead_hosts_job_then_runs_the_next(fast_app, tmp_
     release = tmp_path / "release"
     notices: list[tuple[ChatRef, Notice]] = []
     runner = fake_runner(app, "host-b", release, notices)
-    task = asyncio.create_task(runner.run_forever())
-    try:
-        nxt = await eventually(lambda: (j := app.jobs.get(dead.id + 1)) and j.pid and j, 30,
-                               lambda: f"{app.jobs.open_jobs()}")
-        assert nxt.owner == "host-b"
-        # It beats while its trainer runs.
-        await eventually(lambda: (j := app.jobs.get(nxt.id)) and j.heartbeat_at
-                         and j.heartbeat_at > nxt.heartbeat_at, 30,
-                         lambda: f"{app.jobs.get(nxt.id)}")
-        release.touch()
-        done = await asyncio.to_thread(app.jobs.wait_ended, nxt.id, 30)
-    finally:
-        await runner.stop()
-        await asyncio.wait_for(task, 30)
+    with trainer_gate(release) as let_go:
+        task = asyncio.create_task(runner.run_forever())
+        try:
+            nxt = await eventually(lambda: (j := app.jobs.get(dead.id + 1)) and j.pid and j, 30,
+                                   lambda: f"{app.jobs.open_jobs()}")
+            assert nxt.owner == "host-b"
+            # It beats while its trainer runs.
+            await eventually(lambda: (j := app.jobs.get(nxt.id)) and j.heartbeat_at
+                             and j.heartbeat_at > nxt.heartbeat_at, 30,
+                             lambda: f"{app.jobs.get(nxt.id)}")
+            let_go()
+            done = await asyncio.to_thread(app.jobs.wait_ended, nxt.id, 30)
+        finally:
+            await runner.stop()
+            await asyncio.wait_for(task, 30)
     failed = app.jobs.get(dead.id)
     assert failed is not None and failed.status == JobStatus.FAILED
     assert failed.error is not None and "dead-host stopped responding" in failed.error
@@ -202,20 +224,21 @@ async def test_a_runner_whose_job_was_taken_back_stops_its_trainer(fast_app, tmp
     notices: list[tuple[ChatRef, Notice]] = []
     runner = fake_runner(app, "host-a", tmp_path / "never", notices)
     job, _ = app.jobs.enqueue("test:1", ADMIN_CHAT)
-    task = asyncio.create_task(runner.run_forever())
-    try:
-        running = await eventually(lambda: (j := app.jobs.get(job.id)) and j.pid and j, 30,
-                                   lambda: f"{app.jobs.get(job.id)}")
-        # host-b saw host-a silent for too long (the database was out of its reach, say).
-        age_heartbeat(app.jobs, job.id, 120)
-        other = SqlJobQueue(app.store, "manman")
-        [taken] = other.recover("host-b", 60, "unused", lambda pid: None)
-        assert taken.id == job.id
-        # host-a's next heartbeat finds the job gone and stops the trainer.
-        await eventually(lambda: runner.current is None, 30, lambda: "the trainer still runs")
-    finally:
-        await runner.stop()
-        await asyncio.wait_for(task, 30)
+    with trainer_gate(tmp_path / "never"):  # never let go: only a kill ends the trainer
+        task = asyncio.create_task(runner.run_forever())
+        try:
+            running = await eventually(lambda: (j := app.jobs.get(job.id)) and j.pid and j, 30,
+                                       lambda: f"{app.jobs.get(job.id)}")
+            # host-b saw host-a silent for too long (the database was out of its reach, say).
+            age_heartbeat(app.jobs, job.id, 120)
+            other = SqlJobQueue(app.store, "manman")
+            [taken] = other.recover("host-b", 60, "unused", lambda pid: None)
+            assert taken.id == job.id
+            # host-a's next heartbeat finds the job gone and stops the trainer.
+            await eventually(lambda: runner.current is None, 30, lambda: "the trainer still runs")
+        finally:
+            await runner.stop()
+            await asyncio.wait_for(task, 30)
     assert running.pid is not None
     with pytest.raises(ProcessLookupError):
         os.kill(running.pid, 0)
