@@ -51,3 +51,11 @@ def test_detection_and_transcription_share_one_encoder_pass(bilingual, codec, sp
         assert heard.language == language
         assert model.encoder_passes - before == 1
         assert heard.text and heard.text == told.transcribe(pcm).text
+
+
+@pytest.mark.parametrize("seconds", [2.0, 0.01])
+def test_detection_on_silence_or_a_blip_hears_nothing(bilingual, seconds):
+    """Nothing spoken (VAD keeps no audio at all): detection still answers one of the bot's
+    languages and the transcript is empty, not a hallucination."""
+    heard = bilingual.transcribe(Pcm(np.zeros(int(16_000 * seconds), np.float32), 16_000))
+    assert heard.text == "" and heard.language in {"en", "zh"}
